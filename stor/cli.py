@@ -1,0 +1,77 @@
+"""The `stor` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from stor import __version__
+from stor.config import CONFIG_ENV, CREDENTIALS_ENV, ConfigError, load_settings
+from stor.http.auth import generate_credentials
+
+log = logging.getLogger("stor")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stor", description="Store and serve files by their SHA-256.")
+    parser.add_argument("--version", action="version", version=f"stor {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP service")
+    serve.add_argument("--config", help=f"JSON configuration file (default: ${CONFIG_ENV}, else the embedded default)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument(
+        "--limit-concurrency", type=int, default=None, help="answer 503 beyond this many connections per worker"
+    )
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+    args = parser.parse_args(argv)
+    return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = args.config or os.environ.get(CONFIG_ENV)
+    if config:
+        # Workers read the same file: hand it on by absolute path.
+        os.environ[CONFIG_ENV] = str(Path(config).resolve())
+    try:
+        settings = load_settings(config)
+    except ConfigError as e:
+        print(f"stor: {e}", file=sys.stderr)
+        return 2
+    if args.workers < 1:
+        print("stor: --workers: must be at least 1", file=sys.stderr)
+        return 2
+
+    if settings.basic_auth is None:
+        # Generated once here so that every worker accepts the same password.
+        os.environ[CREDENTIALS_ENV] = generate_credentials()
+        print(
+            f"WARNING: no basic_auth configured; uploads accept the generated credentials "
+            f"'{os.environ[CREDENTIALS_ENV]}' until restart. Set basic_auth in the config file or "
+            f"{CREDENTIALS_ENV} to choose them.",
+            file=sys.stderr,
+            flush=True,
+        )
+    log.info("stor %s: configuration from %s; storage pairs: %s", __version__, settings.source,
+             "; ".join(f"{a} + {b}" for a, b in settings.storage_pairs))
+
+    import uvicorn
+
+    uvicorn.run(
+        "stor.http.app:create_app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        limit_concurrency=args.limit_concurrency,
+        log_level=args.log_level,
+        server_header=False,
+    )
+    return 0

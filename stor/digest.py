@@ -1,0 +1,46 @@
+"""A validated SHA-256 digest and the names it has on disk and in S3.
+
+This is the only way client input becomes part of a path: a Digest holds
+exactly 64 hex digits, so the names below can never escape a storage root.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+
+
+class InvalidDigest(ValueError):
+    """The text is not a SHA-256 in hex."""
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    hex: str  # always lower case
+
+    @classmethod
+    def parse(cls, text: str) -> Digest:
+        # fullmatch, not match with "$": "$" would accept a trailing newline.
+        if not _SHA256_HEX.fullmatch(text):
+            raise InvalidDigest(text)
+        return cls(text.lower())
+
+    @property
+    def upper(self) -> str:
+        return self.hex.upper()
+
+    @property
+    def relative_path(self) -> str:
+        """The original Stor's layout: AA/BB/CC/<SHA>.dat, upper-case hex, lower-case suffix."""
+        u = self.upper
+        return f"{u[0:2]}/{u[2:4]}/{u[4:6]}/{u}.dat"
+
+    @property
+    def s3_key(self) -> str:
+        h = self.hex
+        return f"{h[0:2]}/{h[2:4]}/{h[4:6]}/{h}"
+
+    def __str__(self) -> str:
+        return self.hex

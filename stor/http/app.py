@@ -1,0 +1,69 @@
+"""The ASGI application: wires settings, store, cache, metrics and auth together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from starlette.responses import PlainTextResponse
+
+from stor import __version__
+from stor.aio import in_thread
+from stor.config import Settings, load_settings
+from stor.http.auth import BasicAuth
+from stor.http.blobs import blob_routes
+from stor.http.health import health_routes
+from stor.metrics import Metrics
+from stor.store import tempfiles
+from stor.store.local import LocalStore
+
+log = logging.getLogger("stor")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    metrics = Metrics()
+    store = LocalStore(settings, metrics=metrics)
+    auth = BasicAuth(settings.basic_auth)
+    if settings.basic_auth is None:
+        log.warning("no basic_auth configured: every upload will be refused with 401")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(_sweep_forever(settings))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+
+    app = FastAPI(title="stor", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.store = store
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> PlainTextResponse:
+        return PlainTextResponse(f"This is Stor {__version__}")
+
+    # /status first: /{sha} would otherwise match it.
+    app.include_router(health_routes(store, metrics))
+    app.include_router(blob_routes(store, auth, metrics))
+    return app
+
+
+async def _sweep_forever(settings: Settings) -> None:
+    """Remove temporary files left by crashed uploads: now, then every cleanup_tempdir_period."""
+    while True:
+        try:
+            removed = await in_thread(tempfiles.sweep, settings.storage_dirs, settings.tempfile_max_age)
+            if removed:
+                log.info("swept %d stale upload temporary files", removed)
+        except Exception:
+            log.exception("temporary file sweep failed")
+        await asyncio.sleep(settings.cleanup_tempdir_period)
+
+
+def create_app_from_env() -> FastAPI:
+    """The uvicorn factory: settings from $CONFIG_FILE, else the embedded default."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return create_app(load_settings())

@@ -1,0 +1,346 @@
+"""The local mirrored store: blobs on both directories of a storage pair.
+
+Writes stream: the body is hashed while it is written to a temporary file on
+each target mirror, flushed to disk, verified, and only then renamed into
+place, so no reader ever sees a partial or unverified blob. Blocking file
+system calls run in worker threads; the event loop only moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from stor.aio import in_thread
+from stor.cache import LocationCache, NoLocationCache
+from stor.config import Settings
+from stor.digest import Digest
+from stor.metrics import Metrics
+from stor.store import tempfiles
+from stor.store.base import DigestMismatch, NoSpace, OpenBlob, PutResult, StoreError, TooLarge
+from stor.store.pairs import (
+    StoragePair,
+    available_bytes,
+    choose_pair,
+    make_pairs,
+    metric_name,
+    pair_free_bytes,
+    probe_order,
+)
+
+log = logging.getLogger("stor.store")
+
+# Bytes handed to a worker thread at a time: large enough that the thread hop
+# is cheap per byte, small enough that two in flight keep memory flat.
+WRITE_CHUNK = 1 << 20
+# A slow upload still reaches its temporary file this often, which keeps the
+# file's mtime fresh so the sweep on other nodes never takes it for stale.
+MAX_BUFFER_SECONDS = 10.0
+
+_NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+@dataclass(frozen=True, slots=True)
+class StorageState:
+    directory: Path
+    pair: int
+    writable: bool
+    problems: tuple[str, ...]
+    free_bytes: int | None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class LocalStore:
+    def __init__(
+        self,
+        settings: Settings,
+        cache: LocationCache | None = None,
+        metrics: Metrics | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.pairs = make_pairs(settings.storage_pairs, settings.writable_pairs_regex)
+        self.cache = cache or NoLocationCache()
+        self.metrics = metrics or Metrics()
+        self.rng = rng or random.Random()
+        self._pair_of = {d: pair for pair in self.pairs for d in pair.dirs}
+        self._metric_names = {d: metric_name(d) for d in self._pair_of}
+        self._locks = _KeyedLock()
+
+    # ---- reads -------------------------------------------------------------
+
+    async def open(self, digest: Digest) -> OpenBlob | None:
+        started = time.perf_counter()
+        cached = await self.cache.get(digest)
+        self.metrics.timing("cache.time", (time.perf_counter() - started) * 1000)
+        if cached is not None:
+            directory = Path(cached)
+            # Only a configured storage is trusted: the cache is shared and is not a source of paths.
+            blob = await in_thread(self._open_in, directory, digest) if directory in self._pair_of else None
+            if blob is not None:
+                self.metrics.incr("cache.hit")
+                return blob
+            await self.cache.delete(digest)
+        self.metrics.incr("cache.miss")
+
+        started = time.perf_counter()
+        blob, directory, probes = await in_thread(self._find, digest)
+        self.metrics.timing("lookup.time", (time.perf_counter() - started) * 1000)
+        self.metrics.incr(f"lookup.attempt.{probes}.count")
+        if blob is not None and directory is not None:
+            await self.cache.set(digest, str(directory))
+        return blob
+
+    def _find(self, digest: Digest) -> tuple[OpenBlob | None, Path | None, int]:
+        probes = 0
+        for directory in probe_order(self.pairs, self.rng):
+            probes += 1
+            blob = self._open_in(directory, digest)
+            if blob is not None:
+                return blob, directory, probes
+        return None, None, probes
+
+    def _open_in(self, directory: Path, digest: Digest) -> OpenBlob | None:
+        path = directory / digest.relative_path
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as e:
+            log.error("cannot open %s: %s", path, e)
+            return None
+        st = os.fstat(fd)
+        return OpenBlob(digest, fd, st.st_size, st.st_mtime, str(path), self._metric_names[directory])
+
+    # ---- health ------------------------------------------------------------
+
+    def storage_states(self) -> list[StorageState]:
+        """Every storage directory and what is wrong with it, if anything (blocking)."""
+        states = []
+        for pair in self.pairs:
+            for d in pair.dirs:
+                problems: list[str] = []
+                free: int | None = None
+                if not d.is_dir():
+                    problems.append(f"Storage {d} isn't a directory")
+                else:
+                    if self.settings.require_mount_points and _mount_point(d) == Path("/"):
+                        problems.append(f"Storage {d} is not mounted")
+                    try:
+                        free = available_bytes(d)
+                    except OSError as e:
+                        problems.append(f"Storage {d} cannot be read: {e.strerror}")
+                states.append(StorageState(d, pair.index, pair.writable, tuple(problems), free))
+        return states
+
+    # ---- writes ------------------------------------------------------------
+
+    async def put(self, digest: Digest, body: AsyncIterator[bytes], length: int | None) -> PutResult:
+        limit = self.settings.max_blob_bytes
+        if limit is not None and length is not None and length > limit:
+            raise TooLarge(limit)
+        # One upload per digest at a time in this process: a second one waits
+        # and then finds the blob complete without reading its body.
+        async with self._locks.hold(digest.hex):
+            presence = await in_thread(self._presence, digest)
+            existing = [str(d / digest.relative_path) for pair, have in presence for d, h in zip(pair.dirs, have) if h]
+            if any(all(have) for _, have in presence):
+                return PutResult(created=False, locations=existing)
+
+            partial = [(pair, have) for pair, have in presence if any(have) and pair.writable]
+            if partial:
+                # Present on one mirror only: complete the pair from the verified upload.
+                pair, have = partial[0]
+                targets = [d for d, h in zip(pair.dirs, have) if not h]
+                log.warning("blob %s is on one mirror only of pair %d; completing it", digest, pair.index)
+            else:
+                chosen = await in_thread(self._choose_pair, length or 0)
+                if chosen is None:
+                    raise NoSpace("Not enough space on storages")
+                pair, targets = chosen, list(chosen.dirs)
+
+            await self._write(digest, body, targets)
+            await self.cache.set(digest, str(pair.dirs[0]))
+            return PutResult(created=True, locations=[str(d / digest.relative_path) for d in pair.dirs])
+
+    def _presence(self, digest: Digest) -> list[tuple[StoragePair, tuple[bool, bool]]]:
+        return [(pair, tuple(os.path.isfile(d / digest.relative_path) for d in pair.dirs)) for pair in self.pairs]  # type: ignore[misc]
+
+    def _choose_pair(self, upload_size: int) -> StoragePair | None:
+        free = [pair_free_bytes(pair, upload_size) for pair in self.pairs]
+        index = choose_pair(free, self.settings.balance_threshold_bytes, self.rng)
+        return None if index is None else self.pairs[index]
+
+    async def _write(self, digest: Digest, body: AsyncIterator[bytes], targets: Sequence[Path]) -> None:
+        limit = self.settings.max_blob_bytes
+        loop = asyncio.get_running_loop()
+        writer = await in_thread(_MirrorWriter.create, digest, targets)
+        pending: asyncio.Future[None] | None = None
+        try:
+            buf = bytearray()
+            received = 0
+            last_handoff = loop.time()
+            async for chunk in body:
+                received += len(chunk)
+                if limit is not None and received > limit:
+                    raise TooLarge(limit)
+                buf += chunk
+                if len(buf) >= WRITE_CHUNK or (buf and loop.time() - last_handoff > MAX_BUFFER_SECONDS):
+                    # One chunk in the thread while the next one arrives: bounded memory, overlapped work.
+                    if pending is not None:
+                        await pending
+                    pending = loop.run_in_executor(None, writer.absorb, bytes(buf))
+                    buf.clear()
+                    last_handoff = loop.time()
+            if pending is not None:
+                await pending
+                pending = None
+            await in_thread(writer.commit, bytes(buf))
+        except BaseException as e:
+            # The writer serialises its calls, so the abort runs after any chunk
+            # still in a thread, even when this task is being cancelled.
+            loop.run_in_executor(None, writer.abort)
+            if isinstance(e, OSError):
+                if e.errno in _NO_SPACE_ERRNOS:
+                    raise NoSpace(f"disk full while writing {digest}: {e}") from e
+                raise StoreError(f"writing {digest} to {', '.join(map(str, targets))}: {e}") from e
+            raise
+
+
+class _MirrorWriter:
+    """Temporary files on each target mirror, fed the same bytes, hashed once.
+
+    Every method takes the same lock, so an abort from the event loop never
+    races a write still running in another thread.
+    """
+
+    def __init__(self, digest: Digest, targets: Sequence[Path]) -> None:
+        self.digest = digest
+        self.targets = list(targets)
+        self.hasher = hashlib.sha256()
+        self.files: list[tuple[int, Path]] = []
+        self.lock = threading.Lock()
+        self.done = False
+
+    @classmethod
+    def create(cls, digest: Digest, targets: Sequence[Path]) -> _MirrorWriter:
+        writer = cls(digest, targets)
+        try:
+            for root in targets:
+                writer.files.append(tempfiles.create_locked(root, digest))
+        except BaseException:
+            writer.abort()
+            raise
+        return writer
+
+    def absorb(self, data: bytes) -> None:
+        with self.lock:
+            if self.done:
+                raise StoreError("upload already finished")
+            self.hasher.update(data)
+            for fd, _ in self.files:
+                _write_all(fd, data)
+
+    def commit(self, tail: bytes) -> None:
+        if tail:
+            self.absorb(tail)
+        with self.lock:
+            actual = self.hasher.hexdigest()
+            if actual != self.digest.hex:
+                raise DigestMismatch(self.digest, actual)
+            for fd, _ in self.files:
+                os.fsync(fd)
+            for root, (_, tmp) in zip(self.targets, self.files):
+                final = root / self.digest.relative_path
+                _make_dirs_durably(final.parent, root)
+                os.rename(tmp, final)
+                _fsync_dir(final.parent)
+            self._close()
+
+    def abort(self) -> None:
+        with self.lock:
+            if self.done:
+                return
+            for _, tmp in self.files:
+                try:
+                    tmp.unlink(missing_ok=True)
+                except OSError as e:
+                    log.error("cannot remove temporary file %s: %s", tmp, e)
+            self._close()
+
+    def _close(self) -> None:
+        self.done = True
+        for fd, _ in self.files:
+            os.close(fd)
+        self.files = []
+
+
+def _mount_point(path: Path) -> Path:
+    """The mount point of the filesystem holding path, as `df` reports it."""
+    path = path.resolve()
+    while not os.path.ismount(path):
+        path = path.parent
+    return path
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _make_dirs_durably(directory: Path, root: Path) -> None:
+    """Create directory and its missing parents below root, flushing each new entry."""
+    missing: list[Path] = []
+    d = directory
+    while d != root and not d.is_dir():
+        missing.append(d)
+        d = d.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue  # another upload made it
+        _fsync_dir(d.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _KeyedLock:
+    """asyncio locks by key, kept only while someone holds or waits for them."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
