@@ -9,6 +9,7 @@ system calls run in worker threads; the event loop only moves bytes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import logging
@@ -210,8 +211,9 @@ class LocalStore:
             await in_thread(writer.commit, bytes(buf))
         except BaseException as e:
             # The writer serialises its calls, so the abort runs after any chunk
-            # still in a thread, even when this task is being cancelled.
-            loop.run_in_executor(None, writer.abort)
+            # still in a thread; it runs to the end even if this task is cancelled.
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop.run_in_executor(None, writer.abort)
             if isinstance(e, OSError):
                 if e.errno in _NO_SPACE_ERRNOS:
                     raise NoSpace(f"disk full while writing {digest}: {e}") from e

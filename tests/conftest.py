@@ -1,0 +1,177 @@
+"""Test harness: a real `stor serve` process on a free port, real directories, real tmpfs mounts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+USER, PASSWORD = "writer", "s3cret-pass"
+AUTH = (USER, PASSWORD)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def layout_path(root: Path, sha: str) -> Path:
+    """Where the original Stor keeps a blob, spelled out independently of stor.digest."""
+    u = sha.upper()
+    return root / u[0:2] / u[2:4] / u[4:6] / f"{u}.dat"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def temp_files(*roots: Path) -> list[Path]:
+    """Upload temporary files left under the storage roots."""
+    return [p for root in roots for p in (root / ".stor-tmp").glob("*") if p.is_file()]
+
+
+def final_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*.dat")]
+
+
+@dataclass
+class StorServer:
+    """A `stor serve` child process, as an operator would start it."""
+
+    workdir: Path
+    config: dict[str, Any] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    workers: int = 1
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "stor.log"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "stor", "serve", "--port", str(self.port), "--workers", str(self.workers)]
+        if self.config is not None:
+            path = self.workdir / "config.json"
+            path.write_text(json.dumps(self.config))
+            cmd += ["--config", str(path)]
+        return cmd
+
+    def start(self, timeout: float = 20.0) -> StorServer:
+        self.port = self.port or free_port()
+        env = {k: v for k, v in os.environ.items() if k not in ("CONFIG_FILE", "STOR_BASIC_AUTH")}
+        env.update(self.env)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.command(), cwd=self.workdir, env=env, stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"stor exited with {self.proc.returncode}:\n{self.log_text()}")
+            try:
+                if httpx.get(self.url + "/", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)  # polling for readiness, not synchronising on an event
+        self.stop()
+        raise RuntimeError(f"stor did not answer within {timeout}s:\n{self.log_text()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def peak_rss_bytes(self) -> int:
+        """VmHWM of the serving process (with one worker, uvicorn serves in the main process)."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmHWM")
+
+
+def pair_config(*pairs: tuple[Path, Path], **extra: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "storage_pairs": [[str(a), str(b)] for a, b in pairs],
+        "basic_auth": f"{USER}:{PASSWORD}",
+        "require_mount_points": False,
+    }
+    config.update(extra)
+    return config
+
+
+@pytest.fixture
+def mirrors(tmp_path: Path) -> tuple[Path, Path]:
+    a, b = tmp_path / "disk1", tmp_path / "disk2"
+    a.mkdir()
+    b.mkdir()
+    return a, b
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Any]:
+    """Start servers with a config (or None for the embedded default); all stopped at teardown."""
+    started: list[StorServer] = []
+
+    def start(config: dict[str, Any] | None, **kwargs: Any) -> StorServer:
+        workdir = kwargs.pop("workdir", tmp_path)
+        server = StorServer(workdir=workdir, config=config, **kwargs)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def server(start_server: Any, mirrors: tuple[Path, Path]) -> StorServer:
+    """One server over one pair of plain directories, credentials writer:s3cret-pass."""
+    return start_server(pair_config(mirrors))
+
+
+@pytest.fixture
+def client(server: StorServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Any]:
+    """Mount real tmpfs filesystems of a given size (the tests run as root); unmounted at teardown."""
+    mounted: list[Path] = []
+
+    def mount(name: str, size: str) -> Path:
+        point = tmp_path / name
+        point.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)], check=True)
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in reversed(mounted):
+        subprocess.run(["umount", "-l", str(point)], check=False)

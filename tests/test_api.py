@@ -1,0 +1,352 @@
+"""The HTTP API end to end, against a real `stor serve` process: codes, bodies, headers, layout."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import subprocess
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import AUTH, StorServer, layout_path, pair_config, sha256, temp_files
+
+ZERO_SHA = "0" * 64
+
+
+def test_original_end_to_end_scenario(client: httpx.Client) -> None:
+    """The original Stor's own test: 401 without credentials, 201, round trip, Last-Modified, 404."""
+    body = os.urandom(10_000)
+    sha = sha256(body)
+
+    assert client.post(f"/{sha}", content=body).status_code == 401
+    assert client.post(f"/{sha}", content=body, auth=AUTH).status_code == 201
+
+    got = client.get(f"/{sha}")
+    assert got.status_code == 200
+    assert got.content == body
+    modified = parsedate_to_datetime(got.headers["last-modified"])
+    assert modified.tzinfo is not None and got.headers["last-modified"].endswith(" GMT")
+
+    missing = client.get(f"/{ZERO_SHA}")
+    assert missing.status_code == 404
+    assert missing.text == f"File '{ZERO_SHA}' not found"
+
+
+def test_index_names_the_service(client: httpx.Client) -> None:
+    r = client.get("/")
+    assert r.status_code == 200
+    assert r.text.startswith("This is Stor ")
+
+
+def test_post_writes_both_mirrors_in_the_original_layout(client: httpx.Client, mirrors: tuple[Path, Path]) -> None:
+    body = b"layout check"
+    sha = sha256(body)
+    r = client.post(f"/{sha}", content=body, auth=AUTH)
+    assert r.status_code == 201
+    expected = [layout_path(m, sha) for m in mirrors]
+    assert r.json() == [str(p) for p in expected]
+    for path in expected:
+        assert path.read_bytes() == body
+        assert path.name == sha.upper() + ".dat"
+    assert temp_files(*mirrors) == []
+
+
+def test_get_and_head_headers(client: httpx.Client) -> None:
+    body = os.urandom(3000)
+    sha = sha256(body)
+    client.post(f"/{sha}", content=body, auth=AUTH).raise_for_status()
+
+    get = client.get(f"/{sha}")
+    head = client.head(f"/{sha}")
+    for r in (get, head):
+        assert r.status_code == 200
+        assert r.headers["content-length"] == "3000"
+        assert r.headers["content-type"] == "application/octet-stream"
+        assert r.headers["etag"] == f'"{sha}"'
+        parsedate_to_datetime(r.headers["last-modified"])
+    assert head.content == b""
+    assert {k: v for k, v in get.headers.items() if k != "date"} == {
+        k: v for k, v in head.headers.items() if k != "date"
+    }
+
+
+def test_upper_case_sha_is_the_same_blob(client: httpx.Client, mirrors: tuple[Path, Path]) -> None:
+    body = b"case does not matter"
+    sha = sha256(body)
+    assert client.post(f"/{sha.upper()}", content=body, auth=AUTH).status_code == 201
+    assert client.get(f"/{sha}").content == body
+    assert client.get(f"/{sha.upper()}").content == body
+    assert client.post(f"/{sha}", content=body, auth=AUTH).status_code == 200
+    assert layout_path(mirrors[0], sha).exists()
+
+
+def test_blob_placed_by_the_original_is_served(client: httpx.Client, mirrors: tuple[Path, Path]) -> None:
+    """A directory written by the Perl Stor is served as it is, from either mirror."""
+    for i, mirror in enumerate(mirrors):
+        body = f"written by the original on mirror {i}".encode()
+        sha = sha256(body)
+        path = layout_path(mirror, sha)
+        path.parent.mkdir(parents=True)
+        path.write_bytes(body)
+        r = client.get(f"/{sha}")
+        assert r.status_code == 200
+        assert r.content == body
+
+
+def test_zero_length_blob(client: httpx.Client) -> None:
+    sha = sha256(b"")
+    assert client.post(f"/{sha}", content=b"", auth=AUTH).status_code == 201
+    r = client.get(f"/{sha}")
+    assert r.status_code == 200 and r.content == b"" and r.headers["content-length"] == "0"
+
+
+def test_large_blob_round_trips_in_chunks(client: httpx.Client) -> None:
+    body = os.urandom(5 * 1024 * 1024 + 123)
+    sha = sha256(body)
+    assert client.post(f"/{sha}", content=body, auth=AUTH).status_code == 201
+    assert client.get(f"/{sha}").content == body
+
+
+@pytest.mark.parametrize("bad", ["abc", "g" * 64, "0" * 63, "0" * 65, ZERO_SHA + ".dat"])
+def test_malformed_sha(client: httpx.Client, bad: str, mirrors: tuple[Path, Path]) -> None:
+    get = client.get(f"/{bad}")
+    assert get.status_code == 404
+    assert get.text == f"Given hash '{bad}' isn't sha256"
+    assert client.head(f"/{bad}").status_code == 404
+    post = client.post(f"/{bad}", content=b"x", auth=AUTH)
+    assert post.status_code == 412
+    assert post.text == f"Given hash '{bad}' isn't sha256"
+    assert list(mirrors[0].rglob("*.dat")) == []
+
+
+def test_malformed_sha_is_checked_before_credentials(client: httpx.Client) -> None:
+    assert client.post("/nothex", content=b"x").status_code == 412
+
+
+def test_wrong_credentials(client: httpx.Client, mirrors: tuple[Path, Path]) -> None:
+    body = b"nope"
+    sha = sha256(body)
+    for auth in [("writer", "wrong"), ("other", "s3cret-pass"), ("writer", "s3cret-pass-longer")]:
+        r = client.post(f"/{sha}", content=body, auth=auth)
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"].startswith("Basic")
+    garbled = client.post(f"/{sha}", content=body, headers={"Authorization": "Basic !!notbase64!!"})
+    assert garbled.status_code == 401
+    assert not layout_path(mirrors[0], sha).exists()
+
+
+def test_existing_blob_answers_200_with_paths_and_ignores_body(
+    client: httpx.Client, mirrors: tuple[Path, Path]
+) -> None:
+    body = b"already here"
+    sha = sha256(body)
+    created = client.post(f"/{sha}", content=body, auth=AUTH)
+    assert created.status_code == 201
+    again = client.post(f"/{sha}", content=b"not even the same bytes", auth=AUTH)
+    assert again.status_code == 200
+    assert again.json() == [str(layout_path(m, sha)) for m in mirrors]
+    assert layout_path(mirrors[0], sha).read_bytes() == body
+
+
+def test_digest_mismatch_412_names_both_hashes(client: httpx.Client, mirrors: tuple[Path, Path]) -> None:
+    body = b"the real bytes"
+    claimed = sha256(b"other bytes")
+    r = client.post(f"/{claimed}", content=body, auth=AUTH)
+    assert r.status_code == 412
+    assert r.text == f"Content sha256 {sha256(body)} doesn't match given sha256 {claimed}"
+    assert list(mirrors[0].rglob("*.dat")) == [] and temp_files(*mirrors) == []
+
+
+def test_put_behaves_as_post(client: httpx.Client) -> None:
+    body = b"put me"
+    sha = sha256(body)
+    assert client.put(f"/{sha}", content=body).status_code == 401
+    assert client.put(f"/{sha}", content=body, auth=AUTH).status_code == 201
+    assert client.put(f"/{sha}", content=body, auth=AUTH).status_code == 200
+    assert client.get(f"/{sha}").content == body
+
+
+def test_curl_round_trip(server: StorServer, tmp_path: Path) -> None:
+    """The users' own client: curl uploads with --data-binary and downloads with -o."""
+    src = tmp_path / "sample.bin"
+    src.write_bytes(os.urandom(200_000))
+    sha = sha256(src.read_bytes())
+    up = subprocess.run(
+        ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-u", ":".join(AUTH),
+         "--data-binary", f"@{src}", f"{server.url}/{sha}"],
+        capture_output=True, text=True, check=True,
+    )
+    assert up.stdout == "201"
+    out = tmp_path / "out.bin"
+    down = subprocess.run(
+        ["curl", "-sS", "-f", "-o", str(out), f"{server.url}/{sha}"], capture_output=True, text=True
+    )
+    assert down.returncode == 0, down.stderr
+    assert out.read_bytes() == src.read_bytes()
+
+
+def test_expect_100_continue_for_existing_blob_sends_no_body(server: StorServer, tmp_path: Path) -> None:
+    """curl sends Expect: 100-continue for large bodies; a duplicate is answered before the body."""
+    body = os.urandom(2 * 1024 * 1024)
+    sha = sha256(body)
+    httpx.post(f"{server.url}/{sha}", content=body, auth=AUTH).raise_for_status()
+    src = tmp_path / "dup.bin"
+    src.write_bytes(body)
+    r = subprocess.run(
+        ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_upload}", "-u", ":".join(AUTH),
+         "-H", "Expect: 100-continue", "--expect100-timeout", "30",
+         "--data-binary", f"@{src}", f"{server.url}/{sha}"],
+        capture_output=True, text=True, check=True,
+    )
+    code, uploaded = r.stdout.split()
+    assert code == "200"
+    assert int(float(uploaded)) == 0
+
+
+def test_no_room_is_refused_before_the_body_from_content_length(server: StorServer) -> None:
+    """A Content-Length larger than any pair's free space is refused with 507 before any body byte."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.putrequest("POST", f"/{ZERO_SHA}")
+    conn.putheader("Content-Length", str(1 << 60))
+    conn.putheader("Authorization", httpx.BasicAuth(*AUTH)._auth_header)
+    conn.endheaders()  # headers only: the body is never sent
+    r = conn.getresponse()
+    assert r.status == 507
+    assert r.read() == b"Not enough space on storages"
+    conn.close()
+
+
+def test_max_blob_bytes_413(start_server: object, mirrors: tuple[Path, Path]) -> None:
+    server = start_server(pair_config(mirrors, max_blob_bytes=1000))  # type: ignore[operator]
+    small, big = b"s" * 1000, b"b" * 1001
+    with httpx.Client(base_url=server.url) as c:
+        assert c.post(f"/{sha256(small)}", content=small, auth=AUTH).status_code == 201
+        assert c.post(f"/{sha256(big)}", content=big, auth=AUTH).status_code == 413
+
+        def chunked():  # no Content-Length: the limit is enforced while streaming
+            yield big[:600]
+            yield big[600:]
+
+        assert c.post(f"/{sha256(big)}", content=chunked(), auth=AUTH).status_code == 413
+    assert list(mirrors[0].rglob("*.dat")) == [layout_path(mirrors[0], sha256(small))]
+    assert temp_files(*mirrors) == []
+
+
+def test_chunked_upload_without_content_length(client: httpx.Client) -> None:
+    parts = [os.urandom(70_000) for _ in range(5)]
+    body = b"".join(parts)
+    sha = sha256(body)
+    r = client.post(f"/{sha}", content=iter(parts), auth=AUTH)
+    assert r.status_code == 201
+    assert client.get(f"/{sha}").content == body
+
+
+# ---- /status ---------------------------------------------------------------
+
+
+def test_status_ok_plain_and_json(client: httpx.Client, mirrors: tuple[Path, Path]) -> None:
+    plain = client.get("/status")
+    assert plain.status_code == 200 and plain.text == "OK"
+    js = client.get("/status", headers={"Accept": "application/json"})
+    assert js.status_code == 200
+    data = js.json()
+    assert data["status"] == "ok"
+    assert [s["path"] for s in data["storages"]] == [str(m) for m in mirrors]
+    assert all(s["ok"] and s["free_bytes"] > 0 for s in data["storages"])
+
+
+def test_status_503_names_every_failing_storage(start_server: object, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    c, d = tmp_path / "c", tmp_path / "d"
+    a.mkdir()
+    c.mkdir()
+    (tmp_path / "d").write_text("a file, not a directory")
+    server = start_server(pair_config((a, b), (c, d), require_mount_points=True))  # type: ignore[operator]
+    r = httpx.get(f"{server.url}/status")
+    assert r.status_code == 503
+    lines = r.text.splitlines()
+    # a and c exist but are on the root filesystem; b is missing; d is a file.
+    assert f"Storage {a} is not mounted" in lines
+    assert f"Storage {b} isn't a directory" in lines
+    assert f"Storage {c} is not mounted" in lines
+    assert f"Storage {d} isn't a directory" in lines
+    js = httpx.get(f"{server.url}/status", headers={"Accept": "application/json"})
+    assert js.status_code == 503
+    assert js.json()["status"] == "failing"
+    assert {s["path"]: s["ok"] for s in js.json()["storages"]} == {str(p): False for p in (a, b, c, d)}
+
+
+def test_status_mount_points_pass_on_real_mounts(start_server: object, tmpfs: object) -> None:
+    a, b = tmpfs("m1", "2m"), tmpfs("m2", "2m")  # type: ignore[operator]
+    sub = b / "stor"
+    sub.mkdir()  # a directory below a mount point is on that filesystem, as df reports it
+    server = start_server(pair_config((a, sub), require_mount_points=True))  # type: ignore[operator]
+    r = httpx.get(f"{server.url}/status")
+    assert r.status_code == 200 and r.text == "OK"
+
+
+def test_embedded_default_runs_with_no_configuration(start_server: object, tmp_path: Path) -> None:
+    work = tmp_path / "fresh"
+    work.mkdir()
+    server = start_server(None, workdir=work)  # type: ignore[operator]
+    log = server.log_text()
+    assert "WARNING" in log and "generated credentials" in log
+    password = log.split("generated credentials '")[1].split("'")[0]
+    user, _, pw = password.partition(":")
+    body = b"embedded"
+    sha = sha256(body)
+    with httpx.Client(base_url=server.url) as c:
+        assert c.get("/status").text == "OK"
+        assert c.post(f"/{sha}", content=body).status_code == 401
+        assert c.post(f"/{sha}", content=body, auth=(user, pw)).status_code == 201
+    assert layout_path(work / "data" / "a", sha).read_bytes() == body
+    assert layout_path(work / "data" / "b", sha).read_bytes() == body
+
+
+def test_embedded_default_takes_credentials_from_environment(start_server: object, tmp_path: Path) -> None:
+    server = start_server(None, env={"STOR_BASIC_AUTH": "ops:envpass"})  # type: ignore[operator]
+    assert "generated credentials" not in server.log_text()
+    body = b"env creds"
+    r = httpx.post(f"{server.url}/{sha256(body)}", content=body, auth=("ops", "envpass"))
+    assert r.status_code == 201
+
+
+def test_credentials_never_logged(start_server: object, mirrors: tuple[Path, Path]) -> None:
+    server = start_server(pair_config(mirrors))  # type: ignore[operator]
+    body = b"log check"
+    httpx.post(f"{server.url}/{sha256(body)}", content=body, auth=AUTH).raise_for_status()
+    httpx.post(f"{server.url}/{sha256(body)}", content=body, auth=("writer", "wrong-guess"))
+    server.stop()
+    log = server.log_text()
+    assert AUTH[1] not in log and "wrong-guess" not in log
+
+
+def test_several_workers_serve(start_server: object, mirrors: tuple[Path, Path]) -> None:
+    server = start_server(pair_config(mirrors), workers=2)  # type: ignore[operator]
+    bodies = [os.urandom(1000) for _ in range(10)]
+    with httpx.Client(base_url=server.url) as c:
+        for body in bodies:
+            assert c.post(f"/{sha256(body)}", content=body, auth=AUTH).status_code == 201
+        for body in bodies:
+            assert c.get(f"/{sha256(body)}").content == body
+
+
+def test_read_only_pair_is_read_but_never_written(start_server: object, tmp_path: Path) -> None:
+    ro = (tmp_path / "old1", tmp_path / "old2")
+    rw = (tmp_path / "new1", tmp_path / "new2")
+    for d in ro + rw:
+        d.mkdir()
+    old = b"archived long ago"
+    layout_path(ro[0], sha256(old)).parent.mkdir(parents=True)
+    layout_path(ro[0], sha256(old)).write_bytes(old)
+    server = start_server(pair_config(ro, rw, writable_pairs_regex="new"))  # type: ignore[operator]
+    with httpx.Client(base_url=server.url) as c:
+        assert c.get(f"/{sha256(old)}").content == old
+        for i in range(20):
+            body = f"new blob {i}".encode()
+            assert c.post(f"/{sha256(body)}", content=body, auth=AUTH).status_code == 201
+    assert len(list(ro[0].rglob("*.dat"))) == 1 and list(ro[1].rglob("*.dat")) == []
+    assert len(list(rw[0].rglob("*.dat"))) == 20 == len(list(rw[1].rglob("*.dat")))
