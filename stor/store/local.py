@@ -187,9 +187,10 @@ class LocalStore:
     async def _write(self, digest: Digest, body: AsyncIterator[bytes], targets: Sequence[Path]) -> None:
         limit = self.settings.max_blob_bytes
         loop = asyncio.get_running_loop()
-        writer = await in_thread(_MirrorWriter.create, digest, targets)
+        writer: _MirrorWriter | None = None
         pending: asyncio.Future[None] | None = None
         try:
+            writer = await in_thread(_MirrorWriter.create, digest, targets)
             buf = bytearray()
             received = 0
             last_handoff = loop.time()
@@ -210,10 +211,14 @@ class LocalStore:
                 pending = None
             await in_thread(writer.commit, bytes(buf))
         except BaseException as e:
+            if pending is not None:
+                # Its outcome no longer matters; retrieving it keeps asyncio from warning.
+                pending.add_done_callback(lambda f: f.cancelled() or f.exception())
             # The writer serialises its calls, so the abort runs after any chunk
             # still in a thread; it runs to the end even if this task is cancelled.
-            with contextlib.suppress(asyncio.CancelledError):
-                await loop.run_in_executor(None, writer.abort)
+            if writer is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop.run_in_executor(None, writer.abort)
             if isinstance(e, OSError):
                 if e.errno in _NO_SPACE_ERRNOS:
                     raise NoSpace(f"disk full while writing {digest}: {e}") from e
