@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import subprocess
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -27,8 +28,8 @@ def test_original_end_to_end_scenario(client: httpx.Client) -> None:
     got = client.get(f"/{sha}")
     assert got.status_code == 200
     assert got.content == body
-    modified = parsedate_to_datetime(got.headers["last-modified"])
-    assert modified.tzinfo is not None and got.headers["last-modified"].endswith(" GMT")
+    assert re.fullmatch(r"\w+, \d+ \w+ \d+ \d+:\d+:\d+ GMT", got.headers["last-modified"])
+    assert parsedate_to_datetime(got.headers["last-modified"]).tzinfo is not None
 
     missing = client.get(f"/{ZERO_SHA}")
     assert missing.status_code == 404
@@ -114,7 +115,7 @@ def test_large_blob_round_trips_in_chunks(client: httpx.Client) -> None:
 def test_malformed_sha(client: httpx.Client, bad: str, mirrors: tuple[Path, Path]) -> None:
     get = client.get(f"/{bad}")
     assert get.status_code == 404
-    assert get.text == f"Given hash '{bad}' isn't sha256"
+    assert get.text == f"Given hash '{bad}' isn't SHA256"  # the original's GET wording
     assert client.head(f"/{bad}").status_code == 404
     post = client.post(f"/{bad}", content=b"x", auth=AUTH)
     assert post.status_code == 412
@@ -132,6 +133,7 @@ def test_wrong_credentials(client: httpx.Client, mirrors: tuple[Path, Path]) -> 
     for auth in [("writer", "wrong"), ("other", "s3cret-pass"), ("writer", "s3cret-pass-longer")]:
         r = client.post(f"/{sha}", content=body, auth=auth)
         assert r.status_code == 401
+        assert r.text == "Authentication required!"
         assert r.headers["www-authenticate"].startswith("Basic")
     garbled = client.post(f"/{sha}", content=body, headers={"Authorization": "Basic !!notbase64!!"})
     assert garbled.status_code == 401

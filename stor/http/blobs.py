@@ -35,7 +35,8 @@ def blob_routes(store: LocalStore, auth: BasicAuth, metrics: Metrics) -> APIRout
             digest = Digest.parse(sha)
         except InvalidDigest:
             metrics.incr("error.get.malformed_sha.count")
-            return PlainTextResponse(f"Given hash '{_shown(sha)}' isn't sha256", status_code=404)
+            # The original's wording differs between GET ("SHA256") and POST ("sha256"); probes may match either.
+            return PlainTextResponse(f"Given hash '{_shown(sha)}' isn't SHA256", status_code=404)
         try:
             blob = await store.open(digest)
         except Exception:
@@ -66,7 +67,7 @@ def blob_routes(store: LocalStore, auth: BasicAuth, metrics: Metrics) -> APIRout
             return PlainTextResponse(f"Given hash '{_shown(sha)}' isn't sha256", status_code=412)
         if not auth.allows(request.headers.get("authorization")):
             return PlainTextResponse(
-                "Authentication required", status_code=401, headers={"WWW-Authenticate": 'Basic realm="stor"'}
+                "Authentication required!", status_code=401, headers={"WWW-Authenticate": 'Basic realm="stor"'}
             )
         length_header = request.headers.get("content-length")
         length: int | None = None
