@@ -2,14 +2,43 @@
 
 Only a location is ever cached, never an absence, so a blob written through
 another node is found at once; the store checks every cached location before
-trusting it. The memcached-backed implementation plugs in behind this seam.
+trusting it, so a stale entry costs one failed open, never a wrong answer.
+
+The memcached cache spreads keys over its servers by rendezvous hashing (a
+server that goes away moves only its own keys), keeps a small LRU in this
+process in front, and treats an unreachable server as a miss: requests go on
+through the disk lookup, the outage is logged once, and the server is tried
+again after a short pause. pymemcache is a blocking client, so every call
+runs in a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
+from pymemcache.client.base import PooledClient
+from pymemcache.client.rendezvous import RendezvousHash
+
+from stor.aio import in_thread
 from stor.digest import Digest
+from stor.metrics import Metrics
+
+log = logging.getLogger("stor.cache")
+
+KEY_PREFIX = "stor:loc:"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheServerHealth:
+    server: str
+    reachable: bool
+    error: str | None = None
 
 
 class LocationCache(Protocol):
@@ -20,9 +49,12 @@ class LocationCache(Protocol):
 
     async def delete(self, digest: Digest) -> None: ...
 
+    async def health(self) -> list[CacheServerHealth]:
+        """Each cache server and whether it answers now."""
+
 
 class NoLocationCache:
-    """The embedded default: every read looks the blob up on disk."""
+    """No memcached configured: every read looks the blob up on disk."""
 
     async def get(self, digest: Digest) -> str | None:
         return None
@@ -32,3 +64,145 @@ class NoLocationCache:
 
     async def delete(self, digest: Digest) -> None:
         return None
+
+    async def health(self) -> list[CacheServerHealth]:
+        return []
+
+
+class _LRU:
+    """A bounded mapping touched only from the event loop thread."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.items: OrderedDict[str, str] = OrderedDict()
+
+    def get(self, key: str) -> str | None:
+        value = self.items.get(key)
+        if value is not None:
+            self.items.move_to_end(key)
+        return value
+
+    def put(self, key: str, value: str) -> None:
+        if self.size <= 0:
+            return
+        self.items[key] = value
+        self.items.move_to_end(key)
+        while len(self.items) > self.size:
+            self.items.popitem(last=False)
+
+    def drop(self, key: str) -> None:
+        self.items.pop(key, None)
+
+
+def parse_server(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    return (host, int(port)) if sep else (text, 11211)
+
+
+class _Server:
+    """One memcached server, its connection pool and whether it is in an outage."""
+
+    def __init__(self, name: str, timeout: float, retry_after: float, pool_size: int) -> None:
+        self.name = name
+        self.retry_after = retry_after
+        self.client = PooledClient(
+            parse_server(name),
+            connect_timeout=timeout,
+            timeout=timeout,
+            no_delay=True,
+            max_pool_size=pool_size,
+            encoding="utf-8",
+        )
+        self.lock = threading.Lock()
+        self.down_until = 0.0  # while in an outage: when to try again
+        self.down = False
+
+    def available(self) -> bool:
+        return not self.down or time.monotonic() >= self.down_until
+
+    def failed(self, error: Exception) -> None:
+        with self.lock:
+            first = not self.down
+            self.down = True
+            self.down_until = time.monotonic() + self.retry_after
+        if first:
+            log.warning("memcached %s unreachable (%s); serving from disk lookups until it is back", self.name, error)
+
+    def succeeded(self) -> None:
+        if self.down:
+            with self.lock:
+                was_down, self.down = self.down, False
+            if was_down:
+                log.warning("memcached %s reachable again", self.name)
+
+
+class MemcachedLocationCache:
+    def __init__(
+        self,
+        servers: Sequence[str],
+        metrics: Metrics,
+        local_size: int = 10_000,
+        timeout: float = 0.25,
+        retry_after: float = 5.0,
+        pool_size: int = 64,
+    ) -> None:
+        self.servers = {name: _Server(name, timeout, retry_after, pool_size) for name in servers}
+        self.ring = RendezvousHash(list(self.servers))
+        self.local = _LRU(local_size)
+        self.metrics = metrics
+
+    async def get(self, digest: Digest) -> str | None:
+        key = KEY_PREFIX + digest.hex
+        value = self.local.get(key)
+        if value is None:
+            value = await self._call(key, "get")
+            if value is not None:
+                self.local.put(key, value)
+        return value
+
+    async def set(self, digest: Digest, directory: str) -> None:
+        key = KEY_PREFIX + digest.hex
+        self.local.put(key, directory)
+        await self._call(key, "set", directory)
+
+    async def delete(self, digest: Digest) -> None:
+        key = KEY_PREFIX + digest.hex
+        self.local.drop(key)
+        await self._call(key, "delete")
+
+    async def health(self) -> list[CacheServerHealth]:
+        return [await in_thread(self._probe, server) for server in self.servers.values()]
+
+    async def _call(self, key: str, op: str, *args: str) -> str | None:
+        server = self.servers[self.ring.get_node(key)]
+        if not server.available():
+            self.metrics.incr("cache.error")
+            return None
+        return await in_thread(self._call_blocking, server, key, op, *args)
+
+    def _call_blocking(self, server: _Server, key: str, op: str, *args: str) -> str | None:
+        try:
+            if op == "get":
+                raw = server.client.get(key)
+                result = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+            elif op == "set":
+                server.client.set(key, args[0], noreply=False)
+                result = None
+            else:
+                server.client.delete(key, noreply=False)
+                result = None
+        except Exception as e:  # a cache fault must never fail a request
+            self.metrics.incr("cache.error")
+            server.failed(e)
+            return None
+        server.succeeded()
+        return result
+
+    def _probe(self, server: _Server) -> CacheServerHealth:
+        try:
+            server.client.version()
+        except Exception as e:
+            server.failed(e)
+            return CacheServerHealth(server.name, False, str(e) or type(e).__name__)
+        server.succeeded()
+        return CacheServerHealth(server.name, True)

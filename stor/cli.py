@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from stor import __version__
@@ -13,6 +15,8 @@ from stor.config import CONFIG_ENV, CREDENTIALS_ENV, ConfigError, load_settings
 from stor.http.auth import generate_credentials
 
 log = logging.getLogger("stor")
+
+PROMETHEUS_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,16 +66,26 @@ def _serve(args: argparse.Namespace) -> int:
     log.info("stor %s: configuration from %s; storage pairs: %s", __version__, settings.source,
              "; ".join(f"{a} + {b}" for a, b in settings.storage_pairs))
 
+    metrics_dir = None
+    if settings.prometheus.enabled and args.workers > 1 and not os.environ.get(PROMETHEUS_MULTIPROC_ENV):
+        # Workers each count into files here; /metrics sums them (prometheus-client's multiprocess mode).
+        metrics_dir = tempfile.mkdtemp(prefix="stor-metrics-")
+        os.environ[PROMETHEUS_MULTIPROC_ENV] = metrics_dir
+
     import uvicorn
 
-    uvicorn.run(
-        "stor.http.app:create_app_from_env",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        limit_concurrency=args.limit_concurrency,
-        log_level=args.log_level,
-        server_header=False,
-    )
+    try:
+        uvicorn.run(
+            "stor.http.app:create_app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            limit_concurrency=args.limit_concurrency,
+            log_level=args.log_level,
+            server_header=False,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0

@@ -33,6 +33,12 @@ class StatsiteSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PrometheusSettings:
+    enabled: bool = True
+    path: str = "/metrics"
+
+
+@dataclass(frozen=True, slots=True)
 class S3Settings:
     access_key: str
     secret_key: str
@@ -46,7 +52,13 @@ class Settings:
     writable_pairs_regex: re.Pattern[str] = re.compile(".*")
     basic_auth: str | None = None
     memcached_servers: tuple[str, ...] = ()
+    # Seconds a memcached call may take, and the pause before an unreachable
+    # server is tried again; entries kept in this process in front of memcached.
+    memcached_timeout: float = 0.25
+    memcached_retry_after: float = 5.0
+    local_cache_size: int = 10_000
     statsite: StatsiteSettings | None = None
+    prometheus: PrometheusSettings = PrometheusSettings()
     s3_enabled: bool = False
     s3_credentials: S3Settings | None = None
     rabbitmq_uri: str | None = None
@@ -85,8 +97,8 @@ def embedded_default(base: Path | None = None) -> Settings:
 
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     """Settings from the named file, else from $CONFIG_FILE, else the embedded default."""
-    if path is None:
-        path = os.environ.get(CONFIG_ENV) or None
+    # An empty value means "not set", as it does for every worker reading $CONFIG_FILE.
+    path = path or os.environ.get(CONFIG_ENV) or None
     if path is None:
         return embedded_default()
     return load_file(Path(path))
@@ -123,7 +135,11 @@ def parse(raw: dict[str, Any], source: str = "config") -> Settings:
         writable_pairs_regex=writable,
         basic_auth=basic_auth,
         memcached_servers=tuple(_memcached_servers(raw)),
+        memcached_timeout=r.positive_number("memcached_timeout", 0.25),
+        memcached_retry_after=r.positive_number("memcached_retry_after", 5.0),
+        local_cache_size=r.non_negative_int("local_cache_size", 10_000),
         statsite=_statsite(raw),
+        prometheus=_prometheus(raw),
         s3_enabled=r.get("s3_enabled", bool, False),
         s3_credentials=_s3(raw),
         rabbitmq_uri=r.get("rabbitmq_uri", str, None),
@@ -157,7 +173,7 @@ class _Reader:
     def positive_number(self, key: str, default: float) -> float:
         value = self.raw.get(key, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ConfigError(f"{key}: expected a positive number of seconds, got {value!r}")
+            raise ConfigError(f"{key}: expected a positive number, got {value!r}")
         return float(value)
 
     def non_negative_int(self, key: str, default: int) -> int:
@@ -212,6 +228,19 @@ def _statsite(raw: dict[str, Any]) -> StatsiteSettings | None:
     if not 0 < port < 65536:
         raise ConfigError(f"statsite.port: {port} is not a port number")
     return StatsiteSettings(host=block["host"], port=port, prefix=r.get("prefix", str, ""), sample_rate=float(rate))
+
+
+def _prometheus(raw: dict[str, Any]) -> PrometheusSettings:
+    block = raw.get("prometheus")
+    if block is None:
+        return PrometheusSettings()
+    if not isinstance(block, dict):
+        raise ConfigError("prometheus: expected an object like {\"enabled\": true, \"path\": \"/metrics\"}")
+    r = _Reader(block)
+    path = r.get("path", str, "/metrics")
+    if not path.startswith("/") or path.count("/") != 1 or path in ("/", "/status"):
+        raise ConfigError(f"prometheus.path: expected a single-segment path like /metrics, got {path!r}")
+    return PrometheusSettings(enabled=r.get("enabled", bool, True), path=path)
 
 
 def _s3(raw: dict[str, Any]) -> S3Settings | None:

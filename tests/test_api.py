@@ -352,3 +352,48 @@ def test_read_only_pair_is_read_but_never_written(start_server: object, tmp_path
             assert c.post(f"/{sha256(body)}", content=body, auth=AUTH).status_code == 201
     assert len(list(ro[0].rglob("*.dat"))) == 1 and list(ro[1].rglob("*.dat")) == []
     assert len(list(rw[0].rglob("*.dat"))) == 20 == len(list(rw[1].rglob("*.dat")))
+
+
+def test_empty_config_file_variable_means_embedded_default(start_server: object, tmp_path: Path) -> None:
+    work = tmp_path / "empty-env"
+    work.mkdir()
+    server = start_server(None, workdir=work, env={"CONFIG_FILE": ""})  # type: ignore[operator]
+    assert httpx.get(f"{server.url}/status").text == "OK"
+    assert (work / "data" / "a").is_dir()
+
+
+def test_existing_blob_answers_200_even_above_the_size_limit(start_server: object, mirrors: tuple[Path, Path]) -> None:
+    """The existence check comes first, as in the original: a duplicate is never refused for its size."""
+    server = start_server(pair_config(mirrors, max_blob_bytes=1000))  # type: ignore[operator]
+    body = b"x" * 500
+    sha = sha256(body)
+    with httpx.Client(base_url=server.url) as c:
+        assert c.post(f"/{sha}", content=body, auth=AUTH).status_code == 201
+        again = c.post(f"/{sha}", content=b"y" * 5000, auth=AUTH)
+    assert again.status_code == 200
+
+
+def test_unreadable_copy_is_a_500_not_a_404(client: httpx.Client, mirrors: tuple[Path, Path]) -> None:
+    """A storage fault (here a real symlink loop where the blob should be) is never reported as absent."""
+    body = b"faulty disk"
+    sha = sha256(body)
+    bad = layout_path(mirrors[0], sha)
+    bad.parent.mkdir(parents=True)
+    bad.symlink_to(bad)  # open() fails with ELOOP
+    r = client.get(f"/{sha}")
+    assert r.status_code == 500
+    assert "not found" not in r.text
+
+    good = layout_path(mirrors[1], sha)  # the other mirror's copy is still served
+    good.parent.mkdir(parents=True)
+    good.write_bytes(body)
+    for _ in range(10):  # whichever mirror the probe order tries first
+        r = client.get(f"/{sha}")
+        assert r.status_code == 200 and r.content == body
+
+
+def test_a_directory_in_place_of_a_blob_is_a_fault(client: httpx.Client, mirrors: tuple[Path, Path]) -> None:
+    sha = sha256(b"dir")
+    for m in mirrors:
+        layout_path(m, sha).mkdir(parents=True)
+    assert client.get(f"/{sha}").status_code == 500

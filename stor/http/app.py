@@ -8,15 +8,16 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
-from starlette.responses import PlainTextResponse
+from starlette.responses import PlainTextResponse, Response
 
 from stor import __version__
 from stor.aio import in_thread
+from stor.cache import LocationCache, MemcachedLocationCache, NoLocationCache
 from stor.config import Settings, load_settings
 from stor.http.auth import BasicAuth
 from stor.http.blobs import blob_routes
 from stor.http.health import health_routes
-from stor.metrics import Metrics
+from stor.metrics import Metrics, MetricsSink, StatsdSink
 from stor.store import tempfiles
 from stor.store.local import LocalStore
 
@@ -24,11 +25,16 @@ log = logging.getLogger("stor")
 
 
 def create_app(settings: Settings) -> FastAPI:
-    metrics = Metrics()
-    store = LocalStore(settings, metrics=metrics)
+    metrics = Metrics(_metric_sinks(settings))
+    cache = _location_cache(settings, metrics)
+    store = LocalStore(settings, cache=cache, metrics=metrics)
     auth = BasicAuth(settings.basic_auth)
     if settings.basic_auth is None:
         log.warning("no basic_auth configured: every upload will be refused with 401")
+    if settings.s3_enabled:
+        log.warning("s3_enabled is set, but this version serves local storage only; the S3 tier is not read")
+    if settings.rabbitmq_uri:
+        log.warning("rabbitmq_uri is set, but publishing requested shas to RabbitMQ is not supported; ignored")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,10 +51,42 @@ def create_app(settings: Settings) -> FastAPI:
     async def index() -> PlainTextResponse:
         return PlainTextResponse(f"This is Stor {__version__}")
 
-    # /status first: /{sha} would otherwise match it.
-    app.include_router(health_routes(store, metrics))
+    # Fixed paths first: /{sha} would otherwise match them.
+    app.include_router(health_routes(store, cache, metrics))
+    if settings.prometheus.enabled:
+        from stor import prometheus
+
+        @app.get(settings.prometheus.path, include_in_schema=False)
+        async def metrics_endpoint() -> Response:
+            body, content_type = await in_thread(prometheus.render, settings.storage_dirs)
+            return Response(body, media_type=content_type)
+
+        app.add_middleware(prometheus.HttpMetricsMiddleware, metrics_path=settings.prometheus.path)
     app.include_router(blob_routes(store, auth, metrics))
     return app
+
+
+def _metric_sinks(settings: Settings) -> list[MetricsSink]:
+    sinks: list[MetricsSink] = []
+    if settings.statsite is not None:
+        sinks.append(StatsdSink(settings.statsite))
+    if settings.prometheus.enabled:
+        from stor.prometheus import PrometheusSink
+
+        sinks.append(PrometheusSink())
+    return sinks
+
+
+def _location_cache(settings: Settings, metrics: Metrics) -> LocationCache:
+    if not settings.memcached_servers:
+        return NoLocationCache()
+    return MemcachedLocationCache(
+        settings.memcached_servers,
+        metrics,
+        local_size=settings.local_cache_size,
+        timeout=settings.memcached_timeout,
+        retry_after=settings.memcached_retry_after,
+    )
 
 
 async def _sweep_forever(settings: Settings) -> None:

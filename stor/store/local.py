@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import random
+import stat
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -89,7 +90,7 @@ class LocalStore:
         if cached is not None:
             directory = Path(cached)
             # Only a configured storage is trusted: the cache is shared and is not a source of paths.
-            blob = await in_thread(self._open_in, directory, digest) if directory in self._pair_of else None
+            blob = await in_thread(self._open_cached, directory, digest) if directory in self._pair_of else None
             if blob is not None:
                 self.metrics.incr("cache.hit")
                 return blob
@@ -104,25 +105,41 @@ class LocalStore:
             await self.cache.set(digest, str(directory))
         return blob
 
+    def _open_cached(self, directory: Path, digest: Digest) -> OpenBlob | None:
+        try:
+            return self._open_in(directory, digest)
+        except OSError:
+            return None  # the full lookup that follows reports the fault, or finds the other mirror
+
     def _find(self, digest: Digest) -> tuple[OpenBlob | None, Path | None, int]:
         probes = 0
+        faults: list[str] = []
         for directory in probe_order(self.pairs, self.rng):
             probes += 1
-            blob = self._open_in(directory, digest)
+            try:
+                blob = self._open_in(directory, digest)
+            except OSError as e:
+                # A failing disk must not hide the other mirror's copy, nor pass for "not found".
+                log.error("cannot read %s: %s", directory / digest.relative_path, e)
+                faults.append(f"{directory}: {e.strerror or e}")
+                continue
             if blob is not None:
                 return blob, directory, probes
+        if faults:
+            raise StoreError(f"{digest} not readable: {'; '.join(faults)}")
         return None, None, probes
 
     def _open_in(self, directory: Path, digest: Digest) -> OpenBlob | None:
+        """The blob opened in one storage directory; None if it is not there, OSError on a fault."""
         path = directory / digest.relative_path
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        except OSError as e:
-            log.error("cannot open %s: %s", path, e)
-            return None
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise OSError(errno.EISDIR, "not a regular file", str(path))
         return OpenBlob(digest, fd, st.st_size, st.st_mtime, str(path), self._metric_names[directory])
 
     # ---- health ------------------------------------------------------------
@@ -149,9 +166,6 @@ class LocalStore:
     # ---- writes ------------------------------------------------------------
 
     async def put(self, digest: Digest, body: AsyncIterator[bytes], length: int | None) -> PutResult:
-        limit = self.settings.max_blob_bytes
-        if limit is not None and length is not None and length > limit:
-            raise TooLarge(limit)
         # One upload per digest at a time in this process: a second one waits
         # and then finds the blob complete without reading its body.
         async with self._locks.hold(digest.hex):
@@ -159,6 +173,9 @@ class LocalStore:
             existing = [str(d / digest.relative_path) for pair, have in presence for d, h in zip(pair.dirs, have) if h]
             if any(all(have) for _, have in presence):
                 return PutResult(created=False, locations=existing)
+            limit = self.settings.max_blob_bytes
+            if limit is not None and length is not None and length > limit:
+                raise TooLarge(limit)
 
             partial = [(pair, have) for pair, have in presence if any(have) and pair.writable]
             if partial:

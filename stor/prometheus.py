@@ -1,0 +1,143 @@
+"""Prometheus metrics: HTTP traffic from a small ASGI middleware, store events through the facade.
+
+With several workers, prometheus-client's multiprocess mode sums the workers'
+counters at scrape time; `stor serve` points PROMETHEUS_MULTIPROC_DIR at a
+fresh directory before the workers start. Free space is read at scrape time,
+so it is always current and needs no gauge shared between processes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from stor.store.pairs import available_bytes
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+REQUESTS = Counter("stor_http_requests", "HTTP requests answered", ["method", "route", "status"])
+LATENCY = Histogram(
+    "stor_http_request_duration_seconds",
+    "Time from request to the end of the response",
+    ["method", "route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+RECEIVED = Counter("stor_http_received_bytes", "Request body bytes received")
+SENT = Counter("stor_http_sent_bytes", "Response body bytes sent")
+CACHE = Counter("stor_cache_requests", "Location cache look-ups by result", ["result"])
+LOOKUPS = Counter("stor_lookups", "Disk look-ups by number of directories probed", ["probes"])
+WRITTEN = Counter("stor_blobs_written", "Blobs written (new or completed mirrors)")
+DUPLICATES = Counter("stor_blob_duplicates", "Uploads of blobs already stored")
+VERIFICATION_FAILURES = Counter("stor_verification_failures", "Uploads whose bytes did not match their sha256")
+NO_SPACE = Counter("stor_no_space", "Uploads refused for lack of space")
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"})
+
+
+class PrometheusSink:
+    """Turns the facade's (original statsd) event names into Prometheus counters."""
+
+    _COUNTERS = {
+        "cache.hit": CACHE.labels("hit"),
+        "cache.miss": CACHE.labels("miss"),
+        "cache.error": CACHE.labels("error"),
+        "success.post.write.count": WRITTEN,
+        "success.post.duplicate.count": DUPLICATES,
+        "error.post.bad_sha.count": VERIFICATION_FAILURES,
+        "error.post.no_space.count": NO_SPACE,
+    }
+
+    def incr(self, name: str, count: int = 1) -> None:
+        counter = self._COUNTERS.get(name)
+        if counter is not None:
+            counter.inc(count)
+        elif name.startswith("lookup.attempt."):
+            LOOKUPS.labels(name.split(".")[2]).inc(count)
+
+    def timing(self, name: str, milliseconds: float) -> None:
+        return None  # request latency comes from the middleware
+
+    def size(self, name: str, nbytes: int) -> None:
+        return None  # bytes sent come from the middleware
+
+
+class StorageFreeBytes(Collector):
+    def __init__(self, directories: Sequence[Path]) -> None:
+        self.directories = directories
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily("stor_storage_free_bytes", "Bytes available to stor on each storage", labels=["storage"])
+        for d in self.directories:
+            try:
+                family.add_metric([str(d)], available_bytes(d))
+            except OSError:
+                continue  # absent storage: /status says why
+        yield family
+
+
+def render(directories: Sequence[Path]) -> tuple[bytes, str]:
+    """The exposition text (blocking: reads worker files and statvfs)."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        text = generate_latest(registry)
+    else:
+        text = generate_latest(REGISTRY)
+    extra = CollectorRegistry()
+    extra.register(StorageFreeBytes(directories))
+    return text + generate_latest(extra), CONTENT_TYPE_LATEST
+
+
+class HttpMetricsMiddleware:
+    """Counts requests, bytes and latency per method, route and status."""
+
+    def __init__(self, app: ASGIApp, metrics_path: str) -> None:
+        self.app = app
+        self.fixed_routes = {"/", "/status", metrics_path}
+
+    def route(self, path: str) -> str:
+        if path in self.fixed_routes:
+            return path
+        return "/{sha}" if path.count("/") == 1 else "other"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        received = sent = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            return message
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            else:
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, counting_send)
+        finally:
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            route = self.route(scope["path"])
+            REQUESTS.labels(method, route, str(status)).inc()
+            LATENCY.labels(method, route).observe(time.perf_counter() - started)
+            if received:
+                RECEIVED.inc(received)
+            if sent:
+                SENT.inc(sent)
