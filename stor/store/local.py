@@ -284,13 +284,23 @@ class _MirrorWriter:
             actual = self.hasher.hexdigest()
             if actual != self.digest.hex:
                 raise DigestMismatch(self.digest, actual)
+            finals = [root / self.digest.relative_path for root in self.targets]
             for fd, _ in self.files:
                 os.fsync(fd)
-            for root, (_, tmp) in zip(self.targets, self.files):
-                final = root / self.digest.relative_path
+            # Everything that can fail for lack of room happens before the first rename,
+            # so a refused upload never leaves the blob visible on one mirror.
+            for root, final in zip(self.targets, finals):
                 _make_dirs_durably(final.parent, root)
-                os.rename(tmp, final)
-                _fsync_dir(final.parent)
+            renamed: list[tuple[Path, int]] = []
+            try:
+                for (fd, tmp), final in zip(self.files, finals):
+                    os.rename(tmp, final)
+                    renamed.append((final, os.fstat(fd).st_ino))
+                    _fsync_dir(final.parent)
+            except OSError:
+                for final, inode in renamed:
+                    _unlink_if_same_file(final, inode)
+                raise
             self._close()
 
     def abort(self) -> None:
@@ -317,6 +327,15 @@ def _mount_point(path: Path) -> Path:
     while not os.path.ismount(path):
         path = path.parent
     return path
+
+
+def _unlink_if_same_file(path: Path, inode: int) -> None:
+    """Undo our own rename, but never remove a copy another upload put there since."""
+    try:
+        if os.stat(path).st_ino == inode:
+            path.unlink()
+    except OSError as e:
+        log.error("cannot roll back %s: %s", path, e)
 
 
 def _write_all(fd: int, data: bytes) -> None:
