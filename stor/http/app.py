@@ -9,13 +9,14 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from starlette.responses import PlainTextResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stor import __version__
 from stor.aio import in_thread
 from stor.cache import LocationCache, MemcachedLocationCache, NoLocationCache
 from stor.config import Settings, load_settings
 from stor.http.auth import BasicAuth
-from stor.http.blobs import blob_routes
+from stor.http.blobs import BlobEndpoint
 from stor.http.health import health_routes
 from stor.metrics import Metrics, MetricsSink, StatsdSink
 from stor.store import tempfiles
@@ -24,7 +25,7 @@ from stor.store.local import LocalStore
 log = logging.getLogger("stor")
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings) -> ASGIApp:
     metrics = Metrics(_metric_sinks(settings))
     cache = _location_cache(settings, metrics)
     store = LocalStore(settings, cache=cache, metrics=metrics)
@@ -45,14 +46,13 @@ def create_app(settings: Settings) -> FastAPI:
             sweeper.cancel()
 
     app = FastAPI(title="stor", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.store = store
 
     @app.get("/", include_in_schema=False)
     async def index() -> PlainTextResponse:
         return PlainTextResponse(f"This is Stor {__version__}")
 
-    # Fixed paths first: /{sha} would otherwise match them.
     app.include_router(health_routes(store, cache, metrics))
+    fixed_paths = {"/", "/status"}
     if settings.prometheus.enabled:
         from stor import prometheus
 
@@ -61,9 +61,32 @@ def create_app(settings: Settings) -> FastAPI:
             body, content_type = await in_thread(prometheus.render, settings.storage_dirs)
             return Response(body, media_type=content_type)
 
-        app.add_middleware(prometheus.HttpMetricsMiddleware, metrics_path=settings.prometheus.path)
-    app.include_router(blob_routes(store, auth, metrics))
-    return app
+        fixed_paths.add(settings.prometheus.path)
+    service: ASGIApp = BlobDispatch(BlobEndpoint(store, auth, metrics), app, fixed_paths)
+    if settings.prometheus.enabled:
+        service = prometheus.HttpMetricsMiddleware(service, metrics_path=settings.prometheus.path)
+    return service
+
+
+class BlobDispatch:
+    """Single-segment paths (/<sha>) go straight to the blob endpoint; the rest to FastAPI.
+
+    The blob paths are the hot path: skipping the framework's router and
+    request machinery for them is most of what a small GET costs.
+    """
+
+    def __init__(self, blobs: ASGIApp, rest: ASGIApp, fixed_paths: set[str]) -> None:
+        self.blobs = blobs
+        self.rest = rest
+        self.fixed_paths = frozenset(fixed_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path not in self.fixed_paths and path.rfind("/") == 0:
+                await self.blobs(scope, receive, send)
+                return
+        await self.rest(scope, receive, send)
 
 
 def _metric_sinks(settings: Settings) -> list[MetricsSink]:
@@ -101,7 +124,7 @@ async def _sweep_forever(settings: Settings) -> None:
         await asyncio.sleep(settings.cleanup_tempdir_period)
 
 
-def create_app_from_env() -> FastAPI:
+def create_app_from_env() -> ASGIApp:
     """The uvicorn factory: settings from $CONFIG_FILE, else the embedded default."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return create_app(load_settings())

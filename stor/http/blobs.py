@@ -1,13 +1,17 @@
-"""HEAD/GET/POST/PUT /<sha>: parse, call the store, map its answer to HTTP."""
+"""HEAD/GET/POST/PUT /<sha>: parse, call the store, map its answer to HTTP.
+
+A plain ASGI endpoint rather than a framework route: this is the hot path,
+and it needs nothing from routing but the one path segment.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 
-from fastapi import APIRouter, Request
-from starlette.requests import ClientDisconnect
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from stor.digest import Digest, InvalidDigest
 from stor.http.auth import BasicAuth
@@ -18,18 +22,37 @@ from stor.store.local import LocalStore
 
 log = logging.getLogger("stor.http")
 
+READ_METHODS = frozenset({"GET", "HEAD"})
+WRITE_METHODS = frozenset({"POST", "PUT"})
+
 
 def _shown(text: str) -> str:
     # Client text echoed in a reason is cut short: a reason is one line, not a mirror.
     return text if len(text) <= 100 else text[:100] + "..."
 
 
-def blob_routes(store: LocalStore, auth: BasicAuth, metrics: Metrics) -> APIRouter:
-    router = APIRouter()
+class BlobEndpoint:
+    def __init__(self, store: LocalStore, auth: BasicAuth, metrics: Metrics) -> None:
+        self.store = store
+        self.auth = auth
+        self.metrics = metrics
 
-    @router.api_route("/{sha}", methods=["GET", "HEAD"], include_in_schema=False)
-    async def read_blob(sha: str, request: Request) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope["method"]
+        sha = scope["path"][1:]
+        if method in READ_METHODS:
+            response = await self.read(sha, send_body=method == "GET")
+        elif method in WRITE_METHODS:
+            response = await self.write(sha, Request(scope, receive))
+        else:
+            response = PlainTextResponse(
+                f"Method {method} not allowed", status_code=405, headers={"Allow": "GET, HEAD, POST, PUT"}
+            )
+        await response(scope, receive, send)
+
+    async def read(self, sha: str, send_body: bool) -> Response:
         started = time.perf_counter()
+        metrics = self.metrics
         metrics.incr("request.get.count")
         try:
             digest = Digest.parse(sha)
@@ -38,7 +61,7 @@ def blob_routes(store: LocalStore, auth: BasicAuth, metrics: Metrics) -> APIRout
             # The original's wording differs between GET ("SHA256") and POST ("sha256"); probes may match either.
             return PlainTextResponse(f"Given hash '{_shown(sha)}' isn't SHA256", status_code=404)
         try:
-            blob = await store.open(digest)
+            blob = await self.store.open(digest, prefetch=send_body)
         except Exception:
             metrics.incr("error.get.500.count")
             log.exception("GET %s failed", digest)
@@ -55,17 +78,17 @@ def blob_routes(store: LocalStore, auth: BasicAuth, metrics: Metrics) -> APIRout
             metrics.size(f"{name}.size", size)
             metrics.timing(f"{name}.time", (time.perf_counter() - started) * 1000)
 
-        return BlobResponse(blob, send_body=request.method != "HEAD", on_sent=sent)
+        return BlobResponse(blob, send_body=send_body, on_sent=sent)
 
-    @router.api_route("/{sha}", methods=["POST", "PUT"], include_in_schema=False)
-    async def write_blob(sha: str, request: Request) -> Response:
+    async def write(self, sha: str, request: Request) -> Response:
+        metrics = self.metrics
         metrics.incr("request.post.count")
         try:
             digest = Digest.parse(sha)
         except InvalidDigest:
             metrics.incr("error.post.malformed_sha.count")
             return PlainTextResponse(f"Given hash '{_shown(sha)}' isn't sha256", status_code=412)
-        if not auth.allows(request.headers.get("authorization")):
+        if not self.auth.allows(request.headers.get("authorization")):
             return PlainTextResponse(
                 "Authentication required!", status_code=401, headers={"WWW-Authenticate": 'Basic realm="stor"'}
             )
@@ -77,7 +100,7 @@ def blob_routes(store: LocalStore, auth: BasicAuth, metrics: Metrics) -> APIRout
             length = int(length_header)
 
         try:
-            result = await store.put(digest, request.stream(), length)
+            result = await self.store.put(digest, request.stream(), length)
         except DigestMismatch as e:
             metrics.incr("error.post.bad_sha.count")
             return PlainTextResponse(str(e), status_code=412)
@@ -100,5 +123,3 @@ def blob_routes(store: LocalStore, auth: BasicAuth, metrics: Metrics) -> APIRout
             return JSONResponse(result.locations, status_code=201)
         metrics.incr("success.post.duplicate.count")
         return JSONResponse(result.locations, status_code=200)
-
-    return router

@@ -42,6 +42,10 @@ class BlobResponse(Response):
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             if not self.send_body or blob.size == 0:
                 await send({"type": "http.response.body", "body": b""})
+            elif blob.data is not None:
+                if len(blob.data) != blob.size:
+                    raise StoreError(f"{blob.location} is shorter than its {blob.size} bytes")
+                await send({"type": "http.response.body", "body": blob.data})
             else:
                 offset = 0
                 while offset < blob.size:

@@ -45,6 +45,7 @@ class OpenBlob:
     mtime: float
     location: str  # the full path (or URI) it was read from
     storage: str  # the storage it came from, for metrics
+    data: bytes | None = None  # the whole content when read ahead; the descriptor is then closed
 
     def close(self) -> None:
         if self.fd >= 0:

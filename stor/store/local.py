@@ -49,6 +49,9 @@ WRITE_CHUNK = 1 << 20
 # file's mtime fresh so the sweep on other nodes never takes it for stale.
 MAX_BUFFER_SECONDS = 10.0
 
+# Blobs up to this size are read whole while opening: one thread hop per small GET.
+PREFETCH_BYTES = 256 * 1024
+
 _NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 @dataclass(frozen=True, slots=True)
@@ -83,14 +86,15 @@ class LocalStore:
 
     # ---- reads -------------------------------------------------------------
 
-    async def open(self, digest: Digest) -> OpenBlob | None:
+    async def open(self, digest: Digest, prefetch: bool = False) -> OpenBlob | None:
+        """The blob opened for reading; with prefetch, a small blob's bytes are read in the same thread hop."""
         started = time.perf_counter()
         cached = await self.cache.get(digest)
         self.metrics.timing("cache.time", (time.perf_counter() - started) * 1000)
         if cached is not None:
             directory = Path(cached)
             # Only a configured storage is trusted: the cache is shared and is not a source of paths.
-            blob = await in_thread(self._open_cached, directory, digest) if directory in self._pair_of else None
+            blob = await in_thread(self._open_cached, directory, digest, prefetch) if directory in self._pair_of else None
             if blob is not None:
                 self.metrics.incr("cache.hit")
                 return blob
@@ -98,26 +102,26 @@ class LocalStore:
         self.metrics.incr("cache.miss")
 
         started = time.perf_counter()
-        blob, directory, probes = await in_thread(self._find, digest)
+        blob, directory, probes = await in_thread(self._find, digest, prefetch)
         self.metrics.timing("lookup.time", (time.perf_counter() - started) * 1000)
         self.metrics.incr(f"lookup.attempt.{probes}.count")
         if blob is not None and directory is not None:
             await self.cache.set(digest, str(directory))
         return blob
 
-    def _open_cached(self, directory: Path, digest: Digest) -> OpenBlob | None:
+    def _open_cached(self, directory: Path, digest: Digest, prefetch: bool) -> OpenBlob | None:
         try:
-            return self._open_in(directory, digest)
+            return self._open_in(directory, digest, prefetch)
         except OSError:
             return None  # the full lookup that follows reports the fault, or finds the other mirror
 
-    def _find(self, digest: Digest) -> tuple[OpenBlob | None, Path | None, int]:
+    def _find(self, digest: Digest, prefetch: bool) -> tuple[OpenBlob | None, Path | None, int]:
         probes = 0
         faults: list[str] = []
         for directory in probe_order(self.pairs, self.rng):
             probes += 1
             try:
-                blob = self._open_in(directory, digest)
+                blob = self._open_in(directory, digest, prefetch)
             except OSError as e:
                 # A failing disk must not hide the other mirror's copy, nor pass for "not found".
                 log.error("cannot read %s: %s", directory / digest.relative_path, e)
@@ -129,7 +133,7 @@ class LocalStore:
             raise StoreError(f"{digest} not readable: {'; '.join(faults)}")
         return None, None, probes
 
-    def _open_in(self, directory: Path, digest: Digest) -> OpenBlob | None:
+    def _open_in(self, directory: Path, digest: Digest, prefetch: bool = False) -> OpenBlob | None:
         """The blob opened in one storage directory; None if it is not there, OSError on a fault."""
         path = directory / digest.relative_path
         try:
@@ -140,7 +144,13 @@ class LocalStore:
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise OSError(errno.EISDIR, "not a regular file", str(path))
-        return OpenBlob(digest, fd, st.st_size, st.st_mtime, str(path), self._metric_names[directory])
+        blob = OpenBlob(digest, fd, st.st_size, st.st_mtime, str(path), self._metric_names[directory])
+        if prefetch and st.st_size <= PREFETCH_BYTES:
+            try:
+                blob.data = os.pread(fd, st.st_size, 0)
+            finally:
+                blob.close()
+        return blob
 
     # ---- health ------------------------------------------------------------
 
