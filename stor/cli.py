@@ -30,7 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     serve.add_argument(
-        "--limit-concurrency", type=int, default=None, help="answer 503 beyond this many connections per worker"
+        "--limit-concurrency",
+        type=int,
+        default=None,
+        help="requests handled at once per worker; more wait (granian) or get 503 (uvicorn)",
+    )
+    serve.add_argument(
+        "--server",
+        choices=["granian", "uvicorn"],
+        default="granian",
+        help="HTTP server (default granian: it sends files from its own I/O threads, see README)",
     )
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
@@ -72,20 +81,47 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_dir = tempfile.mkdtemp(prefix="stor-metrics-")
         os.environ[PROMETHEUS_MULTIPROC_ENV] = metrics_dir
 
-    import uvicorn
-
     try:
-        uvicorn.run(
-            "stor.http.app:create_app_from_env",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            limit_concurrency=args.limit_concurrency,
-            log_level=args.log_level,
-            server_header=False,
-        )
+        (_run_granian if args.server == "granian" else _run_uvicorn)(args)
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+APP_FACTORY = "stor.http.app:create_app_from_env"
+
+
+def _run_granian(args: argparse.Namespace) -> None:
+    from granian import Granian
+    from granian.constants import Interfaces
+    from granian.log import LogLevels
+
+    Granian(
+        APP_FACTORY,
+        factory=True,
+        interface=Interfaces.ASGI,
+        address=args.host,
+        port=args.port,
+        workers=args.workers,
+        backpressure=args.limit_concurrency,
+        log_level=LogLevels(args.log_level),
+        log_access=args.log_level in ("info", "debug"),
+        websockets=False,
+        respawn_failed_workers=True,
+    ).serve()
+
+
+def _run_uvicorn(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        APP_FACTORY,
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        limit_concurrency=args.limit_concurrency,
+        log_level=args.log_level,
+        server_header=False,
+    )

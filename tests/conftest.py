@@ -105,13 +105,26 @@ class StorServer:
                 self.proc.kill()
                 self.proc.wait()
 
-    def peak_rss_bytes(self) -> int:
-        """VmHWM of the serving process (with one worker, uvicorn serves in the main process)."""
+    def processes(self) -> list[int]:
+        """The `stor serve` process and all its descendants (the workers)."""
         assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError("no VmHWM")
+        found, todo = [], [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        return found
+
+    def peak_rss_bytes(self) -> int:
+        """The largest VmHWM among the serving processes: the peak RSS of the busiest worker."""
+        peaks = []
+        for pid in self.processes():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(int(line.split()[1]) * 1024)
+        assert peaks, "no VmHWM"
+        return max(peaks)
 
 
 def pair_config(*pairs: tuple[Path, Path], **extra: Any) -> dict[str, Any]:

@@ -397,3 +397,19 @@ def test_a_directory_in_place_of_a_blob_is_a_fault(client: httpx.Client, mirrors
     for m in mirrors:
         layout_path(m, sha).mkdir(parents=True)
     assert client.get(f"/{sha}").status_code == 500
+
+
+def test_uvicorn_server_option(mirrors: tuple[Path, Path], tmp_path: Path) -> None:
+    """`--server uvicorn` serves the same application (uvicorn has no zero-copy file send)."""
+    server = StorServer(workdir=tmp_path, config=pair_config(mirrors))
+    server.command = lambda: StorServer.command(server) + ["--server", "uvicorn"]  # type: ignore[method-assign]
+    server.start()
+    try:
+        body = os.urandom(300_000)
+        sha = sha256(body)
+        assert httpx.post(f"{server.url}/{sha}", content=body, auth=AUTH).status_code == 201
+        r = httpx.get(f"{server.url}/{sha}")
+        assert r.content == body and r.headers["etag"] == f'"{sha}"'
+        assert "Uvicorn running" in server.log_text()
+    finally:
+        server.stop()

@@ -53,24 +53,15 @@ def worker_pids(server: StorServer) -> list[int]:
     assert server.proc is not None
     pid = server.proc.pid
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    # uvicorn's workers are multiprocessing "spawn" children (the resource tracker is another child)
-    return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    # The server's worker processes (forked by granian, spawned by uvicorn, whose
+    # multiprocessing resource tracker is another child and no worker).
+    return [int(c) for c in children if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
-def multiproc_dir(pid: int) -> Path | None:
-    for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-        if item.startswith(b"PROMETHEUS_MULTIPROC_DIR="):
-            return Path(item.split(b"=", 1)[1].decode())
-    return None
-
-
-def per_worker_requests(server: StorServer) -> dict[int, int]:
-    """Blob requests each worker process counted, read from its own multiprocess file."""
+def per_worker_requests(server: StorServer, d: Path) -> dict[int, int]:
+    """Blob requests each worker process counted, read from its own file in the multiprocess directory d."""
     out = {}
     for pid in worker_pids(server):
-        d = multiproc_dir(pid)
-        if d is None:
-            continue
         f = d / f"counter_{pid}.db"
         if not f.exists():
             out[pid] = 0
@@ -89,7 +80,15 @@ def test_metrics_add_up_over_two_workers(
 ) -> None:
     m = memcached()
     a, b = mirrors
-    server = start_server(pair_config(mirrors, memcached_servers=[m.address]), workers=2)
+    # The directory is named here so the test can read each worker's own file;
+    # without it `stor serve` makes one itself (test_metrics_on_a_configured_path does that).
+    metrics_dir = a.parent / "prometheus-multiproc"
+    metrics_dir.mkdir()
+    server = start_server(
+        pair_config(mirrors, memcached_servers=[m.address]),
+        workers=2,
+        env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+    )
     url = server.url
 
     n_post, n_dup, n_hand = 12, 3, 4
@@ -127,7 +126,7 @@ def test_metrics_add_up_over_two_workers(
     downloaded = sum(map(len, posted)) + sum(map(len, hand))
 
     # Both workers served part of the traffic (read from each worker's own counter file).
-    per_worker = per_worker_requests(server)
+    per_worker = per_worker_requests(server, metrics_dir)
     assert len(per_worker) == 2, per_worker
     assert sum(per_worker.values()) == sum(sent_blobs.values()), per_worker
     assert all(v > 0 for v in per_worker.values()), f"one worker got all the traffic: {per_worker}"

@@ -46,6 +46,9 @@ class BlobResponse(Response):
                 if len(blob.data) != blob.size:
                     raise StoreError(f"{blob.location} is shorter than its {blob.size} bytes")
                 await send({"type": "http.response.body", "body": blob.data})
+            elif "http.response.pathsend" in scope.get("extensions", {}):
+                # The server sends the file itself (granian): no bytes pass through Python.
+                await send({"type": "http.response.pathsend", "path": blob.location})
             else:
                 offset = 0
                 while offset < blob.size:
