@@ -73,6 +73,9 @@ class Settings:
     balance_threshold_bytes: int = GB
     # Largest accepted upload in bytes; None accepts any size.
     max_blob_bytes: int | None = None
+    # Threads per worker for blocking disk and memcached calls: uploads wait
+    # on fsync there, so this bounds how many writes a worker flushes at once.
+    io_threads: int = 32
     # Where the settings came from, for the start-up log line.
     source: str = "embedded default"
 
@@ -148,10 +151,13 @@ def parse(raw: dict[str, Any], source: str = "config") -> Settings:
         require_mount_points=r.get("require_mount_points", bool, True),
         balance_threshold_bytes=r.non_negative_int("balance_threshold_bytes", GB),
         max_blob_bytes=r.get("max_blob_bytes", int, None),
+        io_threads=r.non_negative_int("io_threads", 32),
         source=source,
     )
     if settings.max_blob_bytes is not None and settings.max_blob_bytes <= 0:
         raise ConfigError("max_blob_bytes: must be a positive number of bytes")
+    if settings.io_threads < 1:
+        raise ConfigError("io_threads: must be at least 1")
     if settings.s3_enabled and settings.s3_credentials is None:
         raise ConfigError("s3_credentials: required when s3_enabled is true")
     return settings

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -39,6 +40,9 @@ def create_app(settings: Settings) -> ASGIApp:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=settings.io_threads, thread_name_prefix="stor-io")
+        )
         sweeper = asyncio.create_task(_sweep_forever(settings))
         try:
             yield

@@ -11,7 +11,7 @@ import time
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from stor.digest import Digest, InvalidDigest
 from stor.http.auth import BasicAuth
@@ -31,6 +31,47 @@ def _shown(text: str) -> str:
     return text if len(text) <= 100 else text[:100] + "..."
 
 
+# An unread request body up to this size is read and dropped after an early
+# answer, so the connection stays usable; a larger one closes the connection.
+DRAIN_LIMIT = 1 << 20
+
+
+class _BodyTracker:
+    """The ASGI receive channel, noting whether the request body was read to its end."""
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.complete = False
+
+    async def __call__(self) -> Message:
+        message = await self.receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self.complete = True
+        return message
+
+
+async def _settle_unread_body(request: Request, body: _BodyTracker, response: Response) -> None:
+    """After an answer given before the body was read (duplicate, 401, 412, 413, 507).
+
+    A client that sent Expect: 100-continue sends nothing more; any other
+    client is sending the body, so it is either drained (small) or the
+    connection is closed after the answer, which the answer says.
+    """
+    headers = request.headers
+    if headers.get("expect", "").lower() == "100-continue":
+        return
+    length = headers.get("content-length")
+    if length == "0" or (length is None and "chunked" not in headers.get("transfer-encoding", "")):
+        return
+    drained = 0
+    if length is not None and length.isdigit() and int(length) <= DRAIN_LIMIT:
+        while not body.complete and drained <= DRAIN_LIMIT:
+            message = await body()
+            drained += len(message.get("body", b""))
+    if not body.complete:
+        response.headers["connection"] = "close"
+
+
 class BlobEndpoint:
     def __init__(self, store: LocalStore, auth: BasicAuth, metrics: Metrics) -> None:
         self.store = store
@@ -43,7 +84,11 @@ class BlobEndpoint:
         if method in READ_METHODS:
             response = await self.read(sha, send_body=method == "GET")
         elif method in WRITE_METHODS:
-            response = await self.write(sha, Request(scope, receive))
+            body = _BodyTracker(receive)
+            request = Request(scope, body)
+            response = await self.write(sha, request)
+            if not body.complete:
+                await _settle_unread_body(request, body, response)
         else:
             response = PlainTextResponse(
                 f"Method {method} not allowed", status_code=405, headers={"Allow": "GET, HEAD, POST, PUT"}

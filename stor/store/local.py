@@ -179,45 +179,45 @@ class LocalStore:
         # One upload per digest at a time in this process: a second one waits
         # and then finds the blob complete without reading its body.
         async with self._locks.hold(digest.hex):
-            presence = await in_thread(self._presence, digest)
-            existing = [str(d / digest.relative_path) for pair, have in presence for d, h in zip(pair.dirs, have) if h]
-            if any(all(have) for _, have in presence):
-                return PutResult(created=False, locations=existing)
-            limit = self.settings.max_blob_bytes
-            if limit is not None and length is not None and length > limit:
-                raise TooLarge(limit)
-
-            partial = [(pair, have) for pair, have in presence if any(have) and pair.writable]
-            if partial:
-                # Present on one mirror only: complete the pair from the verified upload.
-                pair, have = partial[0]
-                targets = [d for d, h in zip(pair.dirs, have) if not h]
-                log.warning("blob %s is on one mirror only of pair %d; completing it", digest, pair.index)
-            else:
-                chosen = await in_thread(self._choose_pair, length or 0)
-                if chosen is None:
-                    raise NoSpace("Not enough space on storages")
-                pair, targets = chosen, list(chosen.dirs)
-
+            plan = await in_thread(self._plan_write, digest, length)
+            if isinstance(plan, PutResult):
+                return plan
+            pair, targets = plan
             await self._write(digest, body, targets)
             await self.cache.set(digest, str(pair.dirs[0]))
             return PutResult(created=True, locations=[str(d / digest.relative_path) for d in pair.dirs])
 
-    def _presence(self, digest: Digest) -> list[tuple[StoragePair, tuple[bool, bool]]]:
-        return [(pair, tuple(os.path.isfile(d / digest.relative_path) for d in pair.dirs)) for pair in self.pairs]  # type: ignore[misc]
+    def _plan_write(self, digest: Digest, length: int | None) -> PutResult | tuple[StoragePair, list[Path]]:
+        """What an upload must do, decided in one pass over the disks (blocking).
 
-    def _choose_pair(self, upload_size: int) -> StoragePair | None:
-        free = [pair_free_bytes(pair, upload_size) for pair in self.pairs]
+        A PutResult when the blob is already complete on some pair; otherwise
+        the pair and the mirrors to write. Raises TooLarge or NoSpace before
+        any body byte is read.
+        """
+        presence = [(pair, [os.path.isfile(d / digest.relative_path) for d in pair.dirs]) for pair in self.pairs]
+        if any(all(have) for _, have in presence):
+            existing = [str(d / digest.relative_path) for pair, have in presence for d, h in zip(pair.dirs, have) if h]
+            return PutResult(created=False, locations=existing)
+        limit = self.settings.max_blob_bytes
+        if limit is not None and length is not None and length > limit:
+            raise TooLarge(limit)
+        for pair, have in presence:
+            if any(have) and pair.writable:
+                # Present on one mirror only: complete the pair from the verified upload.
+                log.warning("blob %s is on one mirror only of pair %d; completing it", digest, pair.index)
+                return pair, [d for d, h in zip(pair.dirs, have) if not h]
+        free = [pair_free_bytes(pair, length or 0) for pair in self.pairs]
         index = choose_pair(free, self.settings.balance_threshold_bytes, self.rng)
-        return None if index is None else self.pairs[index]
+        if index is None:
+            raise NoSpace("Not enough space on storages")
+        return self.pairs[index], list(self.pairs[index].dirs)
 
     async def _write(self, digest: Digest, body: AsyncIterator[bytes], targets: Sequence[Path]) -> None:
         limit = self.settings.max_blob_bytes
         loop = asyncio.get_running_loop()
-        writer: _MirrorWriter | None = None
+        writer = _MirrorWriter(digest, targets)
         pending: asyncio.Future[None] | None = None
         try:
-            writer = await in_thread(_MirrorWriter.create, digest, targets)
             buf = bytearray()
             received = 0
             last_handoff = loop.time()
@@ -243,9 +243,8 @@ class LocalStore:
                 pending.add_done_callback(lambda f: f.cancelled() or f.exception())
             # The writer serialises its calls, so the abort runs after any chunk
             # still in a thread; it runs to the end even if this task is cancelled.
-            if writer is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await loop.run_in_executor(None, writer.abort)
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop.run_in_executor(None, writer.abort)
             if isinstance(e, OSError):
                 if e.errno in _NO_SPACE_ERRNOS:
                     raise NoSpace(f"disk full while writing {digest}: {e}") from e
@@ -268,28 +267,22 @@ class _MirrorWriter:
         self.lock = threading.Lock()
         self.done = False
 
-    @classmethod
-    def create(cls, digest: Digest, targets: Sequence[Path]) -> _MirrorWriter:
-        writer = cls(digest, targets)
-        try:
-            for root in targets:
-                writer.files.append(tempfiles.create_locked(root, digest))
-        except BaseException:
-            writer.abort()
-            raise
-        return writer
+    def _open_files(self) -> None:
+        """Create the temporary files on first use, in the first thread call: no extra thread hop."""
+        for root in self.targets[len(self.files) :]:
+            self.files.append(tempfiles.create_locked(root, self.digest))
 
     def absorb(self, data: bytes) -> None:
         with self.lock:
             if self.done:
                 raise StoreError("upload already finished")
+            self._open_files()
             self.hasher.update(data)
             for fd, _ in self.files:
                 _write_all(fd, data)
 
     def commit(self, tail: bytes) -> None:
-        if tail:
-            self.absorb(tail)
+        self.absorb(tail)
         with self.lock:
             actual = self.hasher.hexdigest()
             if actual != self.digest.hex:
