@@ -1,0 +1,265 @@
+/*
+ * loadgen: a minimal closed-loop HTTP/1.1 load generator for HEAD, and for
+ * GET of large bodies.
+ *
+ * Debian's wrk 4.1 (and h2load) wait for a body after a HEAD response that
+ * carries Content-Length, so they cannot measure HEAD; hey can, but its Go
+ * client saturates well below nginx on two cores.  And wrk reads bodies 8 KiB
+ * at a time into user space, so for large GETs it is the bottleneck, not the
+ * server.  This does the one thing needed: N keep-alive connections spread
+ * over T threads (epoll each), one request in flight per connection, the same
+ * request over and over, for D seconds.  Responses are framed by their
+ * headers; a GET body is skipped by Content-Length (chunked bodies are not
+ * supported) with recv(MSG_TRUNC), which discards it in the kernel without a
+ * copy to user space, so the client costs next to nothing per byte.
+ *
+ *   loadgen HOST PORT PATH METHOD CONNECTIONS THREADS SECONDS
+ *
+ * Prints one JSON object: requests, bytes (body bytes received, whole
+ * responses or not), duration_s, status counts, errors.
+ * Built by bench/run.py with `cc -O2 -pthread`.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BUF 65536
+
+struct conn {
+    int fd;
+    size_t sent;          /* bytes of the request written so far */
+    char buf[BUF];
+    size_t len;           /* bytes in buf */
+    long long body_left;  /* body bytes still to skip, -1 while reading headers */
+};
+
+struct worker {
+    pthread_t thread;
+    int nconns;
+    uint64_t requests, body_bytes, s2xx, s3xx, s4xx, s5xx, sother;
+    uint64_t connect_errors, read_errors, write_errors;
+};
+
+static const char *g_host;
+static int g_port;
+static char g_request[4096];
+static size_t g_request_len;
+static int g_is_head;
+static double g_deadline;
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int open_conn(void) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(g_port);
+    if (inet_pton(AF_INET, g_host, &a.sin_addr) != 1) { close(fd); return -1; }
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) { close(fd); return -1; }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return fd;
+}
+
+/* Writes the request (blocking sockets: a request is tiny). 0 ok, -1 error. */
+static int send_request(struct conn *c) {
+    size_t off = 0;
+    while (off < g_request_len) {
+        ssize_t n = write(c->fd, g_request + off, g_request_len - off);
+        if (n < 0) { if (errno == EINTR) continue; return -1; }
+        off += (size_t)n;
+    }
+    return 0;
+}
+
+static long long header_content_length(const char *h, size_t n) {
+    const char *p = h, *end = h + n;
+    while (p < end) {
+        const char *eol = memmem(p, (size_t)(end - p), "\r\n", 2);
+        if (!eol) eol = end;
+        if ((size_t)(eol - p) > 15 && strncasecmp(p, "content-length:", 15) == 0) {
+            return strtoll(p + 15, NULL, 10);
+        }
+        p = eol + 2;
+    }
+    return -1;
+}
+
+static void count_status(struct worker *w, int status) {
+    w->requests++;
+    if (status >= 200 && status < 300) w->s2xx++;
+    else if (status >= 300 && status < 400) w->s3xx++;
+    else if (status >= 400 && status < 500) w->s4xx++;
+    else if (status >= 500 && status < 600) w->s5xx++;
+    else w->sother++;
+}
+
+/* Consumes what is in c->buf; returns the number of responses completed, -1 on a protocol error. */
+static int consume(struct worker *w, struct conn *c) {
+    int done = 0;
+    for (;;) {
+        if (c->body_left > 0) {
+            size_t k = c->len < (size_t)c->body_left ? c->len : (size_t)c->body_left;
+            memmove(c->buf, c->buf + k, c->len - k);
+            c->len -= k;
+            c->body_left -= (long long)k;
+            w->body_bytes += k;
+            if (c->body_left > 0) return done;
+            c->body_left = -1;
+            done++;
+            continue;
+        }
+        if (c->len == 0) return done;
+        char *end = memmem(c->buf, c->len, "\r\n\r\n", 4);
+        if (!end) {
+            if (c->len == BUF) return -1;  /* headers too large */
+            return done;
+        }
+        size_t hlen = (size_t)(end - c->buf) + 4;
+        if (c->len < 12 || strncmp(c->buf, "HTTP/1.", 7) != 0) return -1;
+        int status = atoi(c->buf + 9);
+        long long cl = g_is_head ? 0 : header_content_length(c->buf, hlen);
+        if (cl < 0) return -1;  /* no Content-Length on a GET: not supported */
+        count_status(w, status);
+        memmove(c->buf, c->buf + hlen, c->len - hlen);
+        c->len -= hlen;
+        if (cl > 0) {
+            c->body_left = cl;  /* the response completes when its body is skipped */
+            continue;
+        }
+        done++;
+    }
+}
+
+static void *run(void *arg) {
+    struct worker *w = arg;
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    struct conn *conns = calloc((size_t)w->nconns, sizeof *conns);
+    for (int i = 0; i < w->nconns; i++) {
+        conns[i].fd = open_conn();
+        conns[i].body_left = -1;
+        if (conns[i].fd < 0) { w->connect_errors++; continue; }
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &conns[i]};
+        epoll_ctl(ep, EPOLL_CTL_ADD, conns[i].fd, &ev);
+        if (send_request(&conns[i]) < 0) w->write_errors++;
+    }
+    struct epoll_event events[256];
+    while (now() < g_deadline) {
+        int n = epoll_wait(ep, events, 256, 50);
+        for (int i = 0; i < n; i++) {
+            struct conn *c = events[i].data.ptr;
+            if (c->body_left > 0 && c->len == 0) {
+                /* In the middle of a body: discard it in the kernel (no copy to user space). */
+                size_t want = c->body_left > (1LL << 30) ? (size_t)1 << 30 : (size_t)c->body_left;
+                ssize_t d = recv(c->fd, c->buf, want, MSG_TRUNC | MSG_DONTWAIT);
+                if (d > 0) {
+                    c->body_left -= d;
+                    w->body_bytes += (uint64_t)d;
+                    if (c->body_left == 0) {
+                        c->body_left = -1;
+                        if (now() < g_deadline && send_request(c) < 0) w->write_errors++;
+                    }
+                    continue;
+                }
+                if (d < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+                /* 0 or an error: fall through to read(), which reports it */
+            }
+            ssize_t r = read(c->fd, c->buf + c->len, BUF - c->len);
+            if (r <= 0) {
+                if (r < 0 && errno == EINTR) continue;
+                /* closed or failed: reconnect */
+                w->read_errors++;
+                epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+                close(c->fd);
+                c->len = 0;
+                c->body_left = -1;
+                c->fd = open_conn();
+                if (c->fd < 0) { w->connect_errors++; continue; }
+                struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+                epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
+                if (send_request(c) < 0) w->write_errors++;
+                continue;
+            }
+            c->len += (size_t)r;
+            int k = consume(w, c);
+            if (k < 0) {
+                w->read_errors++;
+                c->len = 0;
+                continue;
+            }
+            /* one request in flight per connection: a completed response sends the next */
+            if (k > 0 && c->len == 0 && c->body_left < 0 && now() < g_deadline) {
+                if (send_request(c) < 0) w->write_errors++;
+            }
+        }
+    }
+    for (int i = 0; i < w->nconns; i++)
+        if (conns[i].fd >= 0) close(conns[i].fd);
+    free(conns);
+    close(ep);
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 8) {
+        fprintf(stderr, "usage: loadgen HOST PORT PATH METHOD CONNECTIONS THREADS SECONDS\n");
+        return 2;
+    }
+    g_host = argv[1];
+    g_port = atoi(argv[2]);
+    const char *path = argv[3], *method = argv[4];
+    int nconns = atoi(argv[5]), nthreads = atoi(argv[6]);
+    double seconds = atof(argv[7]);
+    if (nconns < 1 || nthreads < 1 || nthreads > nconns || seconds <= 0) {
+        fprintf(stderr, "loadgen: bad arguments\n");
+        return 2;
+    }
+    g_is_head = strcmp(method, "HEAD") == 0;
+    g_request_len = (size_t)snprintf(g_request, sizeof g_request,
+                                     "%s %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: loadgen\r\n\r\n",
+                                     method, path, g_host, g_port);
+    struct worker *ws = calloc((size_t)nthreads, sizeof *ws);
+    double start = now();
+    g_deadline = start + seconds;
+    for (int t = 0; t < nthreads; t++) {
+        ws[t].nconns = nconns / nthreads + (t < nconns % nthreads ? 1 : 0);
+        pthread_create(&ws[t].thread, NULL, run, &ws[t]);
+    }
+    struct worker sum = {0};
+    for (int t = 0; t < nthreads; t++) {
+        pthread_join(ws[t].thread, NULL);
+        sum.requests += ws[t].requests;
+        sum.body_bytes += ws[t].body_bytes;
+        sum.s2xx += ws[t].s2xx; sum.s3xx += ws[t].s3xx; sum.s4xx += ws[t].s4xx;
+        sum.s5xx += ws[t].s5xx; sum.sother += ws[t].sother;
+        sum.connect_errors += ws[t].connect_errors;
+        sum.read_errors += ws[t].read_errors;
+        sum.write_errors += ws[t].write_errors;
+    }
+    double elapsed = now() - start;
+    printf("{\"requests\": %llu, \"bytes\": %llu, \"duration_s\": %.6f, \"status\": {\"2xx\": %llu, \"3xx\": %llu, "
+           "\"4xx\": %llu, \"5xx\": %llu, \"other\": %llu}, \"errors\": {\"connect\": %llu, "
+           "\"read\": %llu, \"write\": %llu}}\n",
+           (unsigned long long)sum.requests, (unsigned long long)sum.body_bytes, elapsed, (unsigned long long)sum.s2xx,
+           (unsigned long long)sum.s3xx, (unsigned long long)sum.s4xx, (unsigned long long)sum.s5xx,
+           (unsigned long long)sum.sother, (unsigned long long)sum.connect_errors,
+           (unsigned long long)sum.read_errors, (unsigned long long)sum.write_errors);
+    return 0;
+}
