@@ -19,6 +19,7 @@ import stat
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,10 @@ MAX_BUFFER_SECONDS = 10.0
 
 # Blobs up to this size are read whole while opening: one thread hop per small GET.
 PREFETCH_BYTES = 256 * 1024
+
+# Chunks at least this large are written to the mirrors in parallel with hashing.
+PARALLEL_WRITE_BYTES = 256 * 1024
+_MIRROR_WRITERS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="stor-mirror")
 
 _NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
@@ -230,7 +235,7 @@ class LocalStore:
                     # One chunk in the thread while the next one arrives: bounded memory, overlapped work.
                     if pending is not None:
                         await pending
-                    pending = loop.run_in_executor(None, writer.absorb, bytes(buf))
+                    pending = in_thread(writer.absorb, bytes(buf))
                     buf.clear()
                     last_handoff = loop.time()
             if pending is not None:
@@ -244,7 +249,7 @@ class LocalStore:
             # The writer serialises its calls, so the abort runs after any chunk
             # still in a thread; it runs to the end even if this task is cancelled.
             with contextlib.suppress(asyncio.CancelledError):
-                await loop.run_in_executor(None, writer.abort)
+                await in_thread(writer.abort)
             if isinstance(e, OSError):
                 if e.errno in _NO_SPACE_ERRNOS:
                     raise NoSpace(f"disk full while writing {digest}: {e}") from e
@@ -277,9 +282,18 @@ class _MirrorWriter:
             if self.done:
                 raise StoreError("upload already finished")
             self._open_files()
-            self.hasher.update(data)
-            for fd, _ in self.files:
-                _write_all(fd, data)
+            if len(data) < PARALLEL_WRITE_BYTES:
+                self.hasher.update(data)
+                for fd, _ in self.files:
+                    _write_all(fd, data)
+                return
+            # Large chunks: both mirrors written while this thread hashes (all three release the GIL).
+            writes = [_MIRROR_WRITERS.submit(_write_all, fd, data) for fd, _ in self.files]
+            try:
+                self.hasher.update(data)
+            finally:
+                for w in writes:
+                    w.result()
 
     def commit(self, tail: bytes) -> None:
         self.absorb(tail)
