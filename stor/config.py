@@ -33,6 +33,19 @@ class StatsiteSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class User:
+    name: str
+    password_hash: bytes  # bcrypt
+    role: str  # "read" or "write"; write implies read
+
+    def __repr__(self) -> str:
+        return f"User({self.name!r}, role={self.role!r})"
+
+
+ROLES = ("read", "write")
+
+
+@dataclass(frozen=True, slots=True)
 class PrometheusSettings:
     enabled: bool = True
     path: str = "/metrics"
@@ -51,6 +64,11 @@ class Settings:
     storage_pairs: tuple[tuple[Path, Path], ...]
     writable_pairs_regex: re.Pattern[str] = re.compile(".*")
     basic_auth: str | None = None
+    # More users than the original's one writer, with bcrypt hashes, from the
+    # config and from htpasswd files; reads need a user only when asked to.
+    users: tuple[User, ...] = ()
+    read_auth_required: bool = False
+    exists_max_items: int = 10_000
     memcached_servers: tuple[str, ...] = ()
     # Seconds a memcached call may take, and the pause before an unreachable
     # server is tried again; entries kept in this process in front of memcached.
@@ -137,6 +155,9 @@ def parse(raw: dict[str, Any], source: str = "config") -> Settings:
         storage_pairs=_storage_pairs(raw),
         writable_pairs_regex=writable,
         basic_auth=basic_auth,
+        users=tuple(_users(raw)),
+        read_auth_required=r.get("read_auth_required", bool, False),
+        exists_max_items=r.non_negative_int("exists_max_items", 10_000),
         memcached_servers=tuple(_memcached_servers(raw)),
         memcached_timeout=r.positive_number("memcached_timeout", 0.25),
         memcached_retry_after=r.positive_number("memcached_retry_after", 5.0),
@@ -207,6 +228,61 @@ def _storage_pairs(raw: dict[str, Any]) -> tuple[tuple[Path, Path], ...]:
             seen.add(d)
         result.append(dirs)
     return tuple(result)
+
+
+def _users(raw: dict[str, Any]) -> list[User]:
+    users: list[User] = []
+    entries = raw.get("users") or []
+    if not isinstance(entries, list):
+        raise ConfigError("users: expected a list of {\"name\", \"password_hash\", \"role\"} objects")
+    for i, entry in enumerate(entries):
+        key = f"users[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{key}: expected an object with name, password_hash and role")
+        name, hashed, role = entry.get("name"), entry.get("password_hash"), entry.get("role")
+        if not isinstance(name, str) or not name or ":" in name:
+            raise ConfigError(f"{key}.name: expected a non-empty user name without ':'")
+        if role not in ROLES:
+            raise ConfigError(f"{key}.role: expected \"read\" or \"write\", got {role!r}")
+        users.append(User(name, _bcrypt_hash(hashed, f"{key}.password_hash"), role))
+
+    files = raw.get("htpasswd_files") or {}
+    if not isinstance(files, dict) or not set(files) <= set(ROLES):
+        raise ConfigError("htpasswd_files: expected an object like {\"read\": \"/path\", \"write\": \"/path\"}")
+    for role, path in sorted(files.items()):
+        users += _htpasswd(path, role, f"htpasswd_files.{role}")
+
+    seen: set[str] = set()
+    for user in users:
+        if user.name in seen:
+            raise ConfigError(f"users: user {user.name!r} is defined twice")
+        seen.add(user.name)
+    return users
+
+
+def _htpasswd(path: Any, role: str, key: str) -> list[User]:
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"{key}: expected a file path")
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{key}: cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    users = []
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, hashed = line.partition(":")
+        if not sep or not name:
+            raise ConfigError(f"{key}: {path} line {n}: expected user:hash")
+        users.append(User(name, _bcrypt_hash(hashed, f"{key}: {path} line {n} (user {name!r})"), role))
+    return users
+
+
+def _bcrypt_hash(value: Any, where: str) -> bytes:
+    if not isinstance(value, str) or not re.fullmatch(r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}", value):
+        raise ConfigError(f"{where}: not a bcrypt hash (make one with `htpasswd -nbB user pass`)")
+    return value.encode()
 
 
 def _memcached_servers(raw: dict[str, Any]) -> list[str]:

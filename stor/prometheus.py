@@ -101,7 +101,7 @@ class HttpMetricsMiddleware:
 
     def __init__(self, app: ASGIApp, metrics_path: str) -> None:
         self.app = app
-        self.fixed_routes = {"/", "/status", metrics_path}
+        self.fixed_routes = {"/", "/status", "/exists", metrics_path}
 
     def route(self, path: str) -> str:
         if path in self.fixed_routes:

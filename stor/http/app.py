@@ -16,8 +16,9 @@ from stor import __version__
 from stor.aio import in_thread
 from stor.cache import LocationCache, MemcachedLocationCache, NoLocationCache
 from stor.config import Settings, load_settings
-from stor.http.auth import BasicAuth
+from stor.http.auth import Authenticator
 from stor.http.blobs import BlobEndpoint
+from stor.http.exists import exists_routes
 from stor.http.health import health_routes
 from stor.metrics import Metrics, MetricsSink, StatsdSink
 from stor.store import tempfiles
@@ -30,9 +31,9 @@ def create_app(settings: Settings) -> ASGIApp:
     metrics = Metrics(_metric_sinks(settings))
     cache = _location_cache(settings, metrics)
     store = LocalStore(settings, cache=cache, metrics=metrics)
-    auth = BasicAuth(settings.basic_auth)
-    if settings.basic_auth is None:
-        log.warning("no basic_auth configured: every upload will be refused with 401")
+    auth = Authenticator(settings)
+    if not auth.has_writer:
+        log.warning("no writer configured (basic_auth or a user with role write): every upload will be refused")
     if settings.s3_enabled:
         log.warning("s3_enabled is set, but this version serves local storage only; the S3 tier is not read")
     if settings.rabbitmq_uri:
@@ -56,7 +57,8 @@ def create_app(settings: Settings) -> ASGIApp:
         return PlainTextResponse(f"This is Stor {__version__}")
 
     app.include_router(health_routes(store, cache, metrics))
-    fixed_paths = {"/", "/status"}
+    app.include_router(exists_routes(store, auth, settings.exists_max_items))
+    fixed_paths = {"/", "/status", "/exists"}
     if settings.prometheus.enabled:
         from stor import prometheus
 

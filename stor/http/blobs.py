@@ -7,18 +7,24 @@ and it needs nothing from routing but the one path segment.
 from __future__ import annotations
 
 import logging
+import re
 import time
+from urllib.parse import unquote
 
+from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
 from stor.digest import Digest, InvalidDigest
-from stor.http.auth import BasicAuth
-from stor.http.responses import BlobResponse
+from stor.http.auth import Authenticator, refusal
+from stor.http.conditional import decide
+from stor.http.responses import blob_response, validator_headers
+from stor.http.text import shown
 from stor.metrics import Metrics
 from stor.store.base import DigestMismatch, NoSpace, TooLarge
 from stor.store.local import LocalStore
+from stor.store.metadata import BlobMeta
 
 log = logging.getLogger("stor.http")
 
@@ -26,14 +32,41 @@ READ_METHODS = frozenset({"GET", "HEAD"})
 WRITE_METHODS = frozenset({"POST", "PUT"})
 
 
-def _shown(text: str) -> str:
-    # Client text echoed in a reason is cut short: a reason is one line, not a mirror.
-    return text if len(text) <= 100 else text[:100] + "..."
+# Media types as RFC 9110 spells them: type/subtype, then optional parameters.
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;[ -~]*)?")
+# What curl --data-binary sends unless told otherwise: not a statement about the blob.
+_NOT_A_TYPE = frozenset({"application/x-www-form-urlencoded"})
 
 
-# An unread request body up to this size is read and dropped after an early
-# answer, so the connection stays usable; a larger one closes the connection.
-DRAIN_LIMIT = 1 << 20
+def upload_meta(headers: Headers) -> BlobMeta:
+    """The Content-Type and X-Filename an upload declares; ValueError with a one-line reason if malformed."""
+    content_type = headers.get("content-type")
+    if content_type is not None:
+        content_type = content_type.strip()
+        if content_type.lower() in _NOT_A_TYPE or not content_type:
+            content_type = None
+        elif len(content_type) > 200 or not _MEDIA_TYPE.fullmatch(content_type):
+            raise ValueError(f"Bad Content-Type '{shown(content_type)}': expected type/subtype")
+    filename = headers.get("x-filename")
+    if filename is not None:
+        decoded = unquote(filename, errors="strict") if _decodes(filename) else None
+        if (
+            decoded is None
+            or not decoded
+            or len(decoded.encode()) > 255
+            or "/" in decoded
+            or any(ord(c) < 32 or ord(c) == 127 for c in decoded)
+        ):
+            raise ValueError(f"Bad X-Filename '{shown(filename)}': a file name without '/' or control characters")
+    return BlobMeta(content_type, filename)
+
+
+def _decodes(text: str) -> bool:
+    try:
+        unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class _BodyTracker:
@@ -50,30 +83,24 @@ class _BodyTracker:
         return message
 
 
-async def _settle_unread_body(request: Request, body: _BodyTracker, response: Response) -> None:
+def _close_if_body_unread(request: Request, response: Response) -> None:
     """After an answer given before the body was read (duplicate, 401, 412, 413, 507).
 
-    A client that sent Expect: 100-continue sends nothing more; any other
-    client is sending the body, so it is either drained (small) or the
-    connection is closed after the answer, which the answer says.
+    A client that sent Expect: 100-continue sends nothing more, so the
+    connection stays usable. Any other client is sending (or about to send) a
+    body nobody will read: the connection is closed after the answer, and the
+    answer says so, so that no client reuses it. (Draining instead would wait
+    for a body the client may hold back until it has the answer.)
     """
     headers = request.headers
     if headers.get("expect", "").lower() == "100-continue":
         return
-    length = headers.get("content-length")
-    if length == "0" or (length is None and "chunked" not in headers.get("transfer-encoding", "")):
-        return
-    drained = 0
-    if length is not None and length.isdigit() and int(length) <= DRAIN_LIMIT:
-        while not body.complete and drained <= DRAIN_LIMIT:
-            message = await body()
-            drained += len(message.get("body", b""))
-    if not body.complete:
+    if headers.get("content-length", "0") != "0" or "chunked" in headers.get("transfer-encoding", ""):
         response.headers["connection"] = "close"
 
 
 class BlobEndpoint:
-    def __init__(self, store: LocalStore, auth: BasicAuth, metrics: Metrics) -> None:
+    def __init__(self, store: LocalStore, auth: Authenticator, metrics: Metrics) -> None:
         self.store = store
         self.auth = auth
         self.metrics = metrics
@@ -82,29 +109,33 @@ class BlobEndpoint:
         method = scope["method"]
         sha = scope["path"][1:]
         if method in READ_METHODS:
-            response = await self.read(sha, send_body=method == "GET")
+            response = await self.read(sha, Headers(scope=scope), send_body=method == "GET")
         elif method in WRITE_METHODS:
             body = _BodyTracker(receive)
             request = Request(scope, body)
             response = await self.write(sha, request)
             if not body.complete:
-                await _settle_unread_body(request, body, response)
+                _close_if_body_unread(request, response)
         else:
             response = PlainTextResponse(
                 f"Method {method} not allowed", status_code=405, headers={"Allow": "GET, HEAD, POST, PUT"}
             )
         await response(scope, receive, send)
 
-    async def read(self, sha: str, send_body: bool) -> Response:
+    async def read(self, sha: str, headers: Headers, send_body: bool) -> Response:
         started = time.perf_counter()
         metrics = self.metrics
         metrics.incr("request.get.count")
+        if self.auth.read_required:
+            refused = await refusal(self.auth, headers, need_write=False)
+            if refused is not None:
+                return refused
         try:
             digest = Digest.parse(sha)
         except InvalidDigest:
             metrics.incr("error.get.malformed_sha.count")
             # The original's wording differs between GET ("SHA256") and POST ("sha256"); probes may match either.
-            return PlainTextResponse(f"Given hash '{_shown(sha)}' isn't SHA256", status_code=404)
+            return PlainTextResponse(f"Given hash '{shown(sha)}' isn't SHA256", status_code=404)
         try:
             blob = await self.store.open(digest, prefetch=send_body)
         except Exception:
@@ -123,7 +154,9 @@ class BlobEndpoint:
             metrics.size(f"{name}.size", size)
             metrics.timing(f"{name}.time", (time.perf_counter() - started) * 1000)
 
-        return BlobResponse(blob, send_body=send_body, on_sent=sent)
+        validators = validator_headers(blob)
+        answer = decide(headers, blob.size, validators["etag"], validators["last-modified"], blob.mtime)
+        return blob_response(blob, validators, answer, send_body, sent)
 
     async def write(self, sha: str, request: Request) -> Response:
         metrics = self.metrics
@@ -132,20 +165,23 @@ class BlobEndpoint:
             digest = Digest.parse(sha)
         except InvalidDigest:
             metrics.incr("error.post.malformed_sha.count")
-            return PlainTextResponse(f"Given hash '{_shown(sha)}' isn't sha256", status_code=412)
-        if not self.auth.allows(request.headers.get("authorization")):
-            return PlainTextResponse(
-                "Authentication required!", status_code=401, headers={"WWW-Authenticate": 'Basic realm="stor"'}
-            )
+            return PlainTextResponse(f"Given hash '{shown(sha)}' isn't sha256", status_code=412)
+        refused = await refusal(self.auth, request.headers, need_write=True)
+        if refused is not None:
+            return refused
+        try:
+            meta = upload_meta(request.headers)
+        except ValueError as e:
+            return PlainTextResponse(str(e), status_code=400)
         length_header = request.headers.get("content-length")
         length: int | None = None
         if length_header is not None:
             if not length_header.isdigit():
-                return PlainTextResponse(f"Bad Content-Length '{_shown(length_header)}'", status_code=400)
+                return PlainTextResponse(f"Bad Content-Length '{shown(length_header)}'", status_code=400)
             length = int(length_header)
 
         try:
-            result = await self.store.put(digest, request.stream(), length)
+            result = await self.store.put(digest, request.stream(), length, meta)
         except DigestMismatch as e:
             metrics.incr("error.post.bad_sha.count")
             return PlainTextResponse(str(e), status_code=412)

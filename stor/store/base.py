@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from stor.digest import Digest
+from stor.store.metadata import BlobMeta
 
 
 class StoreError(Exception):
@@ -46,6 +47,7 @@ class OpenBlob:
     location: str  # the full path (or URI) it was read from
     storage: str  # the storage it came from, for metrics
     data: bytes | None = None  # the whole content when read ahead; the descriptor is then closed
+    meta: BlobMeta = field(default_factory=BlobMeta)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -65,5 +67,10 @@ class BlobStore(Protocol):
     async def open(self, digest: Digest) -> OpenBlob | None:
         """The blob opened for reading, or None when this backend does not have it."""
 
-    async def put(self, digest: Digest, body: AsyncIterator[bytes], length: int | None) -> PutResult:
+    async def put(
+        self, digest: Digest, body: AsyncIterator[bytes], length: int | None, meta: BlobMeta = BlobMeta()
+    ) -> PutResult:
         """Store the body under digest, verifying it; the body is consumed only if needed."""
+
+    async def contains(self, digests: list[Digest]) -> list[bool]:
+        """Whether each blob is stored, in one round trip."""

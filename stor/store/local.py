@@ -30,6 +30,7 @@ from stor.config import Settings
 from stor.digest import Digest
 from stor.metrics import Metrics
 from stor.store import tempfiles
+from stor.store.metadata import BlobMeta, meta_relative_path, read_meta
 from stor.store.base import DigestMismatch, NoSpace, OpenBlob, PutResult, StoreError, TooLarge
 from stor.store.pairs import (
     StoragePair,
@@ -149,7 +150,8 @@ class LocalStore:
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise OSError(errno.EISDIR, "not a regular file", str(path))
-        blob = OpenBlob(digest, fd, st.st_size, st.st_mtime, str(path), self._metric_names[directory])
+        meta = read_meta(directory / meta_relative_path(digest))
+        blob = OpenBlob(digest, fd, st.st_size, st.st_mtime, str(path), self._metric_names[directory], meta=meta)
         if prefetch and st.st_size <= PREFETCH_BYTES:
             try:
                 blob.data = os.pread(fd, st.st_size, 0)
@@ -180,7 +182,16 @@ class LocalStore:
 
     # ---- writes ------------------------------------------------------------
 
-    async def put(self, digest: Digest, body: AsyncIterator[bytes], length: int | None) -> PutResult:
+    async def contains(self, digests: list[Digest]) -> list[bool]:
+        return await in_thread(self._contains, digests)
+
+    def _contains(self, digests: list[Digest]) -> list[bool]:
+        dirs = [d for pair in self.pairs for d in pair.dirs]
+        return [any(os.path.isfile(d / digest.relative_path) for d in dirs) for digest in digests]
+
+    async def put(
+        self, digest: Digest, body: AsyncIterator[bytes], length: int | None, meta: BlobMeta = BlobMeta()
+    ) -> PutResult:
         # One upload per digest at a time in this process: a second one waits
         # and then finds the blob complete without reading its body.
         async with self._locks.hold(digest.hex):
@@ -188,7 +199,7 @@ class LocalStore:
             if isinstance(plan, PutResult):
                 return plan
             pair, targets = plan
-            await self._write(digest, body, targets)
+            await self._write(digest, body, targets, meta)
             await self.cache.set(digest, str(pair.dirs[0]))
             return PutResult(created=True, locations=[str(d / digest.relative_path) for d in pair.dirs])
 
@@ -217,10 +228,12 @@ class LocalStore:
             raise NoSpace("Not enough space on storages")
         return self.pairs[index], list(self.pairs[index].dirs)
 
-    async def _write(self, digest: Digest, body: AsyncIterator[bytes], targets: Sequence[Path]) -> None:
+    async def _write(
+        self, digest: Digest, body: AsyncIterator[bytes], targets: Sequence[Path], meta: BlobMeta
+    ) -> None:
         limit = self.settings.max_blob_bytes
         loop = asyncio.get_running_loop()
-        writer = _MirrorWriter(digest, targets)
+        writer = _MirrorWriter(digest, targets, meta)
         pending: asyncio.Future[None] | None = None
         try:
             buf = bytearray()
@@ -264,9 +277,10 @@ class _MirrorWriter:
     races a write still running in another thread.
     """
 
-    def __init__(self, digest: Digest, targets: Sequence[Path]) -> None:
+    def __init__(self, digest: Digest, targets: Sequence[Path], meta: BlobMeta) -> None:
         self.digest = digest
         self.targets = list(targets)
+        self.meta = meta
         self.hasher = hashlib.sha256()
         self.files: list[tuple[int, Path]] = []
         self.lock = threading.Lock()
@@ -308,6 +322,10 @@ class _MirrorWriter:
             # so a refused upload never leaves the blob visible on one mirror.
             for root, final in zip(self.targets, finals):
                 _make_dirs_durably(final.parent, root)
+            if self.meta:
+                # The sidecar is in place before the blob is visible, so a reader never misses it.
+                for root in self.targets:
+                    _write_file_durably(root, self.digest, root / meta_relative_path(self.digest), self.meta.to_json())
             renamed: list[tuple[Path, int]] = []
             try:
                 for (fd, tmp), final in zip(self.files, finals):
@@ -344,6 +362,20 @@ def _mount_point(path: Path) -> Path:
     while not os.path.ismount(path):
         path = path.parent
     return path
+
+
+def _write_file_durably(root: Path, digest: Digest, final: Path, data: bytes) -> None:
+    fd, tmp = tempfiles.create_locked(root, digest)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+        os.rename(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(fd)
+    _fsync_dir(final.parent)
 
 
 def _unlink_if_same_file(path: Path, inode: int) -> None:

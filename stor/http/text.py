@@ -1,0 +1,6 @@
+"""Wording of one-line reasons."""
+
+
+def shown(text: str) -> str:
+    """Client text echoed in a reason, cut short: a reason is one line, not a mirror."""
+    return text if len(text) <= 100 else text[:100] + "..."
