@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -82,7 +83,10 @@ class StorServer:
         env = {k: v for k, v in os.environ.items() if k not in ("CONFIG_FILE", "STOR_BASIC_AUTH")}
         env.update(self.env)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.command(), cwd=self.workdir, env=env, stdout=log, stderr=log)
+            # A session of its own, so that stop() reaches the workers too, whatever the server does.
+            self.proc = subprocess.Popen(
+                self.command(), cwd=self.workdir, env=env, stdout=log, stderr=log, start_new_session=True
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -97,13 +101,17 @@ class StorServer:
         raise RuntimeError(f"stor did not answer within {timeout}s:\n{self.log_text()}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # anything of the group still there
+        self.proc.wait()
 
     def processes(self) -> list[int]:
         """The `stor serve` process and all its descendants (the workers)."""
