@@ -280,7 +280,8 @@ def _htpasswd(path: Any, role: str, key: str) -> list[User]:
 
 
 def _bcrypt_hash(value: Any, where: str) -> bytes:
-    if not isinstance(value, str) or not re.fullmatch(r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}", value):
+    match = re.fullmatch(r"\$2[aby]\$([0-9]{2})\$[./A-Za-z0-9]{53}", value) if isinstance(value, str) else None
+    if match is None or not 4 <= int(match.group(1)) <= 31:  # the costs bcrypt accepts
         raise ConfigError(f"{where}: not a bcrypt hash (make one with `htpasswd -nbB user pass`)")
     return value.encode()
 
@@ -291,7 +292,7 @@ def _memcached_servers(raw: dict[str, Any]) -> list[str]:
         raise ConfigError("memcached_servers: expected a list of 'host[:port]' strings")
     for s in servers:
         host, _, port = s.rpartition(":") if ":" in s else (s, "", "11211")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise ConfigError(f"memcached_servers: {s!r} is not 'host[:port]'")
     return servers
 

@@ -78,13 +78,20 @@ class Authenticator:
         name = name_bytes.decode("utf-8", "replace")
         user = self._users.get(name)
         hashed = user.password_hash if user is not None else self._decoy
-        if not await in_thread(bcrypt.checkpw, password, hashed) or user is None:
+        if not await in_thread(_password_matches, password, hashed) or user is None:
             return None
         identity = Identity(user.name, user.role)
         if len(self._remembered) >= REMEMBER_MAX:
             self._remembered.clear()
         self._remembered[token] = (identity, time.monotonic() + REMEMBER_SECONDS)
         return identity
+
+
+def _password_matches(password: bytes, hashed: bytes) -> bool:
+    try:
+        return bcrypt.checkpw(password, hashed)
+    except ValueError:
+        return False  # e.g. longer than the 72 bytes bcrypt takes: no stored password can match it
 
 
 def _basic_credentials(authorization: str | None) -> bytes | None:

@@ -20,7 +20,7 @@ from stor.digest import Digest, InvalidDigest
 from stor.http.auth import Authenticator, refusal
 from stor.http.conditional import decide
 from stor.http.responses import blob_response, validator_headers
-from stor.http.text import shown
+from stor.http.text import is_decimal, shown
 from stor.metrics import Metrics
 from stor.store.base import DigestMismatch, NoSpace, TooLarge
 from stor.store.local import LocalStore
@@ -176,7 +176,7 @@ class BlobEndpoint:
         length_header = request.headers.get("content-length")
         length: int | None = None
         if length_header is not None:
-            if not length_header.isdigit():
+            if not is_decimal(length_header):
                 return PlainTextResponse(f"Bad Content-Length '{shown(length_header)}'", status_code=400)
             length = int(length_header)
 

@@ -11,7 +11,7 @@ from email.utils import parsedate_to_datetime
 
 from starlette.datastructures import Headers
 
-from stor.http.text import shown
+from stor.http.text import is_decimal, shown
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +83,7 @@ def parse_range(header: str, size: int) -> Answer:
     if "," in spec:
         return Refused(416, "Only a single byte range is supported")
     first, dash, last = (part.strip() for part in spec.partition("-"))
-    if not dash or not (first or last) or not all(p.isdigit() for p in (first, last) if p):
+    if not dash or not (first or last) or not all(is_decimal(p) for p in (first, last) if p):
         return Refused(400, f"Malformed Range header '{shown(header)}': expected bytes=START-END")
     if not first:
         suffix = int(last)

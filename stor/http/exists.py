@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from stor.digest import Digest, InvalidDigest
 from stor.http.auth import Authenticator, refusal
+from stor.http.text import is_decimal
 from stor.store.local import LocalStore
 
 # A sha in JSON with its quotes and comma is 67 bytes; room for spacing.
@@ -28,7 +29,7 @@ def exists_routes(store: LocalStore, auth: Authenticator, max_items: int) -> API
                 return refused
         too_large = PlainTextResponse(f"Too many shas: at most {max_items} per request", status_code=413)
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_bytes:
+        if length is not None and is_decimal(length) and int(length) > max_bytes:
             return too_large
         body = bytearray()
         try:
@@ -42,6 +43,8 @@ def exists_routes(store: LocalStore, auth: Authenticator, max_items: int) -> API
             items = json.loads(body)
         except ValueError as e:
             return PlainTextResponse(f"Invalid JSON: {e}", status_code=400)
+        except RecursionError:
+            return PlainTextResponse("Invalid JSON: nested too deeply", status_code=400)
         if not isinstance(items, list):
             return PlainTextResponse("Expected a JSON array of sha256 strings", status_code=400)
         if len(items) > max_items:
