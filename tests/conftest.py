@@ -169,6 +169,18 @@ def start_server(tmp_path: Path) -> Iterator[Any]:
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[StorServer, tuple[Path, Path]]]:
+    """One server over one pair for a whole module whose tests never change a stored blob (started once)."""
+    root = tmp_path_factory.mktemp("shared")
+    disks = (root / "disk1", root / "disk2")
+    for d in disks:
+        d.mkdir()
+    server = StorServer(workdir=root, config=pair_config(disks)).start()
+    yield server, disks
+    server.stop()
+
+
 @pytest.fixture
 def server(start_server: Any, mirrors: tuple[Path, Path]) -> StorServer:
     """One server over one pair of plain directories, credentials writer:s3cret-pass."""
