@@ -432,3 +432,16 @@ def test_early_answer_keeps_the_next_request_on_the_client_working(
         bad = client.post("/not-a-sha", content=os.urandom(size), auth=AUTH)
         assert bad.status_code == 412
         assert client.get(f"/{sha}").content == body
+
+
+@pytest.mark.parametrize("access_log", [False, True])
+def test_access_log_is_opt_in(mirrors: tuple[Path, Path], tmp_path: Path, access_log: bool) -> None:
+    server = StorServer(workdir=tmp_path, config=pair_config(mirrors))
+    if access_log:
+        server.command = lambda: StorServer.command(server) + ["--access-log"]  # type: ignore[method-assign]
+    server.start()
+    try:
+        assert httpx.get(f"{server.url}/{ZERO_SHA}").status_code == 404
+    finally:
+        server.stop()
+    assert (ZERO_SHA in server.log_text()) == access_log
