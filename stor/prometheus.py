@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Sequence
+from typing import Any
 from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
@@ -55,12 +56,18 @@ class PrometheusSink:
         "error.post.no_space.count": NO_SPACE,
     }
 
+    def __init__(self) -> None:
+        self._lookups: dict[str, Any] = {}
+
     def incr(self, name: str, count: int = 1) -> None:
         counter = self._COUNTERS.get(name)
         if counter is not None:
             counter.inc(count)
         elif name.startswith("lookup.attempt."):
-            LOOKUPS.labels(name.split(".")[2]).inc(count)
+            child = self._lookups.get(name)
+            if child is None:
+                child = self._lookups[name] = LOOKUPS.labels(name.split(".")[2])
+            child.inc(count)
 
     def timing(self, name: str, milliseconds: float) -> None:
         return None  # request latency comes from the middleware
@@ -97,11 +104,17 @@ def render(directories: Sequence[Path]) -> tuple[bytes, str]:
 
 
 class HttpMetricsMiddleware:
-    """Counts requests, bytes and latency per method, route and status."""
+    """Counts requests, bytes and latency per method, route and status.
+
+    On the hot path of every request: label children are looked up once and
+    kept, and only requests that can carry a body have their receive wrapped.
+    """
 
     def __init__(self, app: ASGIApp, metrics_path: str) -> None:
         self.app = app
         self.fixed_routes = {"/", "/status", "/exists", metrics_path}
+        self._requests: dict[tuple[str, str, int], Any] = {}
+        self._latency: dict[tuple[str, str], Any] = {}
 
     def route(self, path: str) -> str:
         if path in self.fixed_routes:
@@ -115,6 +128,7 @@ class HttpMetricsMiddleware:
         started = time.perf_counter()
         status = 500
         received = sent = 0
+        length = 0
 
         async def counting_receive() -> Message:
             nonlocal received
@@ -123,20 +137,31 @@ class HttpMetricsMiddleware:
             return message
 
         async def counting_send(message: Message) -> None:
-            nonlocal status, sent
-            if message["type"] == "http.response.start":
+            nonlocal status, sent, length
+            kind = message["type"]
+            if kind == "http.response.start":
                 status = message["status"]
+                length = next((int(v) for k, v in message.get("headers", ()) if k == b"content-length"), 0)
+            elif kind == "http.response.pathsend":
+                sent += length  # the server sends the file itself
             else:
                 sent += len(message.get("body", b""))
             await send(message)
 
+        method = scope["method"] if scope["method"] in _METHODS else "other"
         try:
-            await self.app(scope, counting_receive, counting_send)
+            await self.app(scope, receive if method in ("GET", "HEAD") else counting_receive, counting_send)
         finally:
-            method = scope["method"] if scope["method"] in _METHODS else "other"
             route = self.route(scope["path"])
-            REQUESTS.labels(method, route, str(status)).inc()
-            LATENCY.labels(method, route).observe(time.perf_counter() - started)
+            key = (method, route, status)
+            counter = self._requests.get(key)
+            if counter is None:
+                counter = self._requests[key] = REQUESTS.labels(method, route, str(status))
+            counter.inc()
+            histogram = self._latency.get(key[:2])
+            if histogram is None:
+                histogram = self._latency[key[:2]] = LATENCY.labels(method, route)
+            histogram.observe(time.perf_counter() - started)
             if received:
                 RECEIVED.inc(received)
             if sent:

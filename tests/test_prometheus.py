@@ -200,3 +200,21 @@ def test_metrics_on_a_configured_path(start_server: Any, mirrors: tuple[Path, Pa
     deadline = time.monotonic() + 10
     while requests_by_route(scrape(f"{server.url}/prom"))[("GET", "/prom", "200")] == 0:
         assert time.monotonic() < deadline, "scrapes of /prom are never counted under route /prom"
+
+
+def test_bytes_sent_count_blobs_the_server_sends_itself(start_server: Any, mirrors: tuple[Path, Path]) -> None:
+    """A large blob goes out through the server's file send (pathsend), not through Python: still counted."""
+    server = start_server(pair_config(mirrors))
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    sha = sha256(data)
+    assert httpx.post(f"{server.url}/{sha}", content=data, auth=AUTH).status_code == 201
+
+    def sent() -> float:
+        return scrape(server.url + "/metrics")["stor_http_sent_bytes"].samples[0].value
+
+    before = sent()
+    assert httpx.get(f"{server.url}/{sha}").content == data
+    deadline = time.monotonic() + 5
+    while sent() - before < len(data) and time.monotonic() < deadline:
+        pass  # the count lands when the response has finished: poll for it
+    assert sent() - before >= len(data)
