@@ -68,7 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
         print("stor: --workers: must be at least 1", file=sys.stderr)
         return 2
 
-    if settings.basic_auth is None and not any(u.role == "write" for u in settings.users):
+    if not settings.has_writer:
         # Generated once here so that every worker accepts the same password.
         os.environ[CREDENTIALS_ENV] = generate_credentials()
         print(

@@ -98,6 +98,10 @@ class Settings:
     source: str = "embedded default"
 
     @property
+    def has_writer(self) -> bool:
+        return self.basic_auth is not None or any(u.role == "write" for u in self.users)
+
+    @property
     def storage_dirs(self) -> tuple[Path, ...]:
         return tuple(d for pair in self.storage_pairs for d in pair)
 

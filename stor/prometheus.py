@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from pathlib import Path
 
@@ -110,16 +110,11 @@ class HttpMetricsMiddleware:
     kept, and only requests that can carry a body have their receive wrapped.
     """
 
-    def __init__(self, app: ASGIApp, metrics_path: str) -> None:
+    def __init__(self, app: ASGIApp, route_of: Callable[[str], str]) -> None:
         self.app = app
-        self.fixed_routes = {"/", "/status", "/exists", metrics_path}
+        self.route = route_of  # the application's own routing rule, so labels match what served the request
         self._requests: dict[tuple[str, str, int], Any] = {}
         self._latency: dict[tuple[str, str], Any] = {}
-
-    def route(self, path: str) -> str:
-        if path in self.fixed_routes:
-            return path
-        return "/{sha}" if path.count("/") == 1 else "other"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

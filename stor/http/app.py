@@ -32,7 +32,7 @@ def create_app(settings: Settings) -> ASGIApp:
     cache = _location_cache(settings, metrics)
     store = LocalStore(settings, cache=cache, metrics=metrics)
     auth = Authenticator(settings)
-    if not auth.has_writer:
+    if not settings.has_writer:
         log.warning("no writer configured (basic_auth or a user with role write): every upload will be refused")
     if settings.s3_enabled:
         log.warning("s3_enabled is set, but this version serves local storage only; the S3 tier is not read")
@@ -68,10 +68,13 @@ def create_app(settings: Settings) -> ASGIApp:
             return Response(body, media_type=content_type)
 
         fixed_paths.add(settings.prometheus.path)
-    service: ASGIApp = BlobDispatch(BlobEndpoint(store, auth, metrics), app, fixed_paths)
+    dispatch = BlobDispatch(BlobEndpoint(store, auth, metrics), app, fixed_paths)
     if settings.prometheus.enabled:
-        service = prometheus.HttpMetricsMiddleware(service, metrics_path=settings.prometheus.path)
-    return service
+        return prometheus.HttpMetricsMiddleware(dispatch, route_of=dispatch.route)
+    return dispatch
+
+
+BLOB_ROUTE = "/{sha}"
 
 
 class BlobDispatch:
@@ -86,12 +89,16 @@ class BlobDispatch:
         self.rest = rest
         self.fixed_paths = frozenset(fixed_paths)
 
+    def route(self, path: str) -> str:
+        """The route a path takes: a fixed path itself, BLOB_ROUTE, or "other"."""
+        if path in self.fixed_paths:
+            return path
+        return BLOB_ROUTE if path.rfind("/") == 0 else "other"
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            path = scope["path"]
-            if path not in self.fixed_paths and path.rfind("/") == 0:
-                await self.blobs(scope, receive, send)
-                return
+        if scope["type"] == "http" and self.route(scope["path"]) == BLOB_ROUTE:
+            await self.blobs(scope, receive, send)
+            return
         await self.rest(scope, receive, send)
 
 

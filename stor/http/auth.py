@@ -57,10 +57,6 @@ class Authenticator:
     def __repr__(self) -> str:
         return "Authenticator(<hidden>)"
 
-    @property
-    def has_writer(self) -> bool:
-        return self._writer is not None or any(u.role == "write" for u in self._users.values())
-
     async def identify(self, authorization: str | None) -> Identity | None:
         """The user the Authorization header proves, or None."""
         given = _basic_credentials(authorization)

@@ -186,7 +186,7 @@ class LocalStore:
         return await in_thread(self._contains, digests)
 
     def _contains(self, digests: list[Digest]) -> list[bool]:
-        dirs = [d for pair in self.pairs for d in pair.dirs]
+        dirs = self.settings.storage_dirs
         return [any(os.path.isfile(d / digest.relative_path) for d in dirs) for digest in digests]
 
     async def put(
