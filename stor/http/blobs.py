@@ -18,8 +18,8 @@ from starlette.types import Message, Receive, Scope, Send
 
 from stor.digest import Digest, InvalidDigest
 from stor.http.auth import Authenticator, refusal
-from stor.http.conditional import decide
-from stor.http.responses import blob_response, validator_headers
+from stor.http.conditional import CONDITIONAL_HEADERS, FULL, decide
+from stor.http.responses import BlobResponse, blob_response, validator_headers
 from stor.http.text import is_decimal, shown
 from stor.metrics import Metrics
 from stor.store.base import DigestMismatch, NoSpace, TooLarge
@@ -109,7 +109,7 @@ class BlobEndpoint:
         method = scope["method"]
         sha = scope["path"][1:]
         if method in READ_METHODS:
-            response = await self.read(sha, Headers(scope=scope), send_body=method == "GET")
+            response = await self.read(sha, scope["headers"], send_body=method == "GET")
         elif method in WRITE_METHODS:
             body = _BodyTracker(receive)
             request = Request(scope, body)
@@ -122,12 +122,12 @@ class BlobEndpoint:
             )
         await response(scope, receive, send)
 
-    async def read(self, sha: str, headers: Headers, send_body: bool) -> Response:
+    async def read(self, sha: str, raw_headers: list[tuple[bytes, bytes]], send_body: bool) -> Response | BlobResponse:
         started = time.perf_counter()
         metrics = self.metrics
         metrics.incr("request.get.count")
         if self.auth.read_required:
-            refused = await refusal(self.auth, headers, need_write=False)
+            refused = await refusal(self.auth, Headers(raw=raw_headers), need_write=False)
             if refused is not None:
                 return refused
         try:
@@ -155,7 +155,10 @@ class BlobEndpoint:
             metrics.timing(f"{name}.time", (time.perf_counter() - started) * 1000)
 
         validators = validator_headers(blob)
-        answer = decide(headers, blob.size, validators["etag"], validators["last-modified"], blob.mtime)
+        if any(name in CONDITIONAL_HEADERS for name, _ in raw_headers):
+            answer = decide(Headers(raw=raw_headers), blob.size, validators["etag"], validators["last-modified"], blob.mtime)
+        else:
+            answer = FULL
         return blob_response(blob, validators, answer, send_body, sent)
 
     async def write(self, sha: str, request: Request) -> Response:

@@ -46,6 +46,10 @@ class Refused:
 
 Answer = Full | NotModified | Partial | Refused
 
+FULL = Full()
+# The request headers that can make the answer anything but FULL.
+CONDITIONAL_HEADERS = frozenset({b"range", b"if-range", b"if-none-match", b"if-modified-since"})
+
 
 def decide(headers: Headers, size: int, etag: str, last_modified: str, mtime: float) -> Answer:
     if _not_modified(headers, etag, mtime):

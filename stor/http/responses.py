@@ -27,10 +27,24 @@ def validator_headers(blob: OpenBlob) -> dict[str, str]:
     """The headers every answer about a blob carries, 304 included."""
     return {
         "etag": f'"{blob.digest.hex}"',
-        "last-modified": formatdate(blob.mtime, usegmt=True),
+        "last-modified": http_date(blob.mtime),
         "cache-control": CACHE_CONTROL,
         "accept-ranges": "bytes",
     }
+
+
+_dates: dict[int, str] = {}
+
+
+def http_date(mtime: float) -> str:
+    """mtime as an HTTP date; remembered, since many blobs share a second and formatting is slow."""
+    second = int(mtime)
+    text = _dates.get(second)
+    if text is None:
+        if len(_dates) >= 4096:
+            _dates.clear()
+        text = _dates[second] = formatdate(second, usegmt=True)
+    return text
 
 
 def representation_headers(blob: OpenBlob) -> dict[str, str]:
@@ -43,7 +57,7 @@ def representation_headers(blob: OpenBlob) -> dict[str, str]:
 
 def blob_response(
     blob: OpenBlob, validators: dict[str, str], answer: Answer, send_body: bool, on_sent: Callable[[], None]
-) -> Response:
+) -> Response | BlobResponse:
     """The response for an opened blob, given its validator headers and what the request's headers decided."""
     headers = dict(validators)
     if isinstance(answer, Refused):
@@ -62,8 +76,15 @@ def blob_response(
     return BlobResponse(blob, 200, headers, 0, blob.size, send_body, on_sent)
 
 
-class BlobResponse(Response):
-    """Bytes offset..offset+length of the blob (or headers only, for HEAD); closes the blob when done."""
+class BlobResponse:
+    """Bytes offset..offset+length of the blob (or headers only, for HEAD); closes the blob when done.
+
+    An ASGI response like Starlette's, without its header normalisation:
+    the headers here are already lower-case and valid, and this is the path
+    every GET takes.
+    """
+
+    __slots__ = ("blob", "status_code", "raw_headers", "offset", "length", "send_body", "on_sent")
 
     def __init__(
         self,
@@ -75,7 +96,9 @@ class BlobResponse(Response):
         send_body: bool,
         on_sent: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(status_code=status, headers=headers | {"content-length": str(length)})
+        self.status_code = status
+        self.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        self.raw_headers.append((b"content-length", b"%d" % length))
         self.blob = blob
         self.offset = offset
         self.length = length

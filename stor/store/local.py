@@ -18,11 +18,12 @@ import random
 import stat
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from stor.aio import in_thread
 from stor.cache import LocationCache, NoLocationCache
@@ -30,6 +31,7 @@ from stor.config import Settings
 from stor.digest import Digest
 from stor.metrics import Metrics
 from stor.store import tempfiles
+from stor.store.fileaccess import BLOCKING, CACHED_ONLY, FileAccess, WouldBlock
 from stor.store.metadata import BlobMeta, meta_relative_path, read_meta
 from stor.store.base import DigestMismatch, NoSpace, OpenBlob, PutResult, StoreError, TooLarge
 from stor.store.pairs import (
@@ -43,6 +45,8 @@ from stor.store.pairs import (
 )
 
 log = logging.getLogger("stor.store")
+
+T = TypeVar("T")
 
 # Bytes handed to a worker thread at a time: large enough that the thread hop
 # is cheap per byte, small enough that two in flight keep memory flat.
@@ -88,19 +92,25 @@ class LocalStore:
         self.rng = rng or random.Random()
         self._pair_of = {d: pair for pair in self.pairs for d in pair.dirs}
         self._metric_names = {d: metric_name(d) for d in self._pair_of}
+        self._dir_named = {str(d): d for d in self._pair_of}
         self._locks = _KeyedLock()
 
     # ---- reads -------------------------------------------------------------
 
     async def open(self, digest: Digest, prefetch: bool = False) -> OpenBlob | None:
-        """The blob opened for reading; with prefetch, a small blob's bytes are read in the same thread hop."""
+        """The blob opened for reading; with prefetch, a small blob's bytes are read in the same step.
+
+        Each step is first tried on the event loop with CACHED_ONLY file
+        access, which answers only what the kernel's caches hold, and is run in
+        a worker thread only when that would have to wait for the disk.
+        """
         started = time.perf_counter()
         cached = await self.cache.get(digest)
         self.metrics.timing("cache.time", (time.perf_counter() - started) * 1000)
         if cached is not None:
-            directory = Path(cached)
             # Only a configured storage is trusted: the cache is shared and is not a source of paths.
-            blob = await in_thread(self._open_cached, directory, digest, prefetch) if directory in self._pair_of else None
+            directory = self._dir_named.get(cached)
+            blob = await _without_waiting(self._open_cached, directory, digest, prefetch) if directory else None
             if blob is not None:
                 self.metrics.incr("cache.hit")
                 return blob
@@ -108,26 +118,28 @@ class LocalStore:
         self.metrics.incr("cache.miss")
 
         started = time.perf_counter()
-        blob, directory, probes = await in_thread(self._find, digest, prefetch)
+        blob, directory, probes = await _without_waiting(self._find, digest, prefetch)
         self.metrics.timing("lookup.time", (time.perf_counter() - started) * 1000)
         self.metrics.incr(f"lookup.attempt.{probes}.count")
         if blob is not None and directory is not None:
             await self.cache.set(digest, str(directory))
         return blob
 
-    def _open_cached(self, directory: Path, digest: Digest, prefetch: bool) -> OpenBlob | None:
+    def _open_cached(self, directory: Path, digest: Digest, prefetch: bool, files: FileAccess) -> OpenBlob | None:
         try:
-            return self._open_in(directory, digest, prefetch)
+            return self._open_in(directory, digest, prefetch, files)
         except OSError:
             return None  # the full lookup that follows reports the fault, or finds the other mirror
 
-    def _find(self, digest: Digest, prefetch: bool) -> tuple[OpenBlob | None, Path | None, int]:
+    def _find(
+        self, digest: Digest, prefetch: bool, files: FileAccess
+    ) -> tuple[OpenBlob | None, Path | None, int]:
         probes = 0
         faults: list[str] = []
         for directory in probe_order(self.pairs, self.rng):
             probes += 1
             try:
-                blob = self._open_in(directory, digest, prefetch)
+                blob = self._open_in(directory, digest, prefetch, files)
             except OSError as e:
                 # A failing disk must not hide the other mirror's copy, nor pass for "not found".
                 log.error("cannot read %s: %s", directory / digest.relative_path, e)
@@ -139,24 +151,27 @@ class LocalStore:
             raise StoreError(f"{digest} not readable: {'; '.join(faults)}")
         return None, None, probes
 
-    def _open_in(self, directory: Path, digest: Digest, prefetch: bool = False) -> OpenBlob | None:
+    def _open_in(
+        self, directory: Path, digest: Digest, prefetch: bool = False, files: FileAccess = BLOCKING
+    ) -> OpenBlob | None:
         """The blob opened in one storage directory; None if it is not there, OSError on a fault."""
-        path = directory / digest.relative_path
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError):
+        path = f"{directory}/{digest.relative_path}"
+        fd = files.open(path)
+        if fd is None:
             return None
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(errno.EISDIR, "not a regular file", path)
+            meta = read_meta(f"{directory}/{meta_relative_path(digest)}", files)
+            blob = OpenBlob(digest, fd, st.st_size, st.st_mtime, path, self._metric_names[directory], meta=meta)
+            if prefetch and st.st_size <= PREFETCH_BYTES:
+                blob.data = files.pread(fd, st.st_size, 0)
+                os.close(fd)
+                blob.fd = -1
+        except BaseException:
             os.close(fd)
-            raise OSError(errno.EISDIR, "not a regular file", str(path))
-        meta = read_meta(directory / meta_relative_path(digest))
-        blob = OpenBlob(digest, fd, st.st_size, st.st_mtime, str(path), self._metric_names[directory], meta=meta)
-        if prefetch and st.st_size <= PREFETCH_BYTES:
-            try:
-                blob.data = os.pread(fd, st.st_size, 0)
-            finally:
-                blob.close()
+            raise
         return blob
 
     # ---- health ------------------------------------------------------------
@@ -415,6 +430,14 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+async def _without_waiting(step: Callable[..., T], *args: Any) -> T:
+    """step(*args, files) on the loop if the kernel's caches can answer it; else in a thread."""
+    try:
+        return step(*args, CACHED_ONLY)
+    except WouldBlock:
+        return await in_thread(step, *args, BLOCKING)
 
 
 class _KeyedLock:

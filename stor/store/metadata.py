@@ -12,8 +12,10 @@ import os
 from dataclasses import dataclass
 
 from stor.digest import Digest
+from stor.store.fileaccess import FileAccess
 
 META_SUFFIX = ".meta"
+MAX_META_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,10 +49,15 @@ def meta_relative_path(digest: Digest) -> str:
     return digest.relative_path[: -len(".dat")] + META_SUFFIX
 
 
-def read_meta(path: os.PathLike[str] | str) -> BlobMeta:
-    """The sidecar at path, or empty metadata when there is none (blocking)."""
+def read_meta(path: str, files: FileAccess) -> BlobMeta:
+    """The sidecar at path, or empty metadata when there is none."""
+    fd = files.open(path)
+    if fd is None:
+        return NO_META
     try:
-        with open(path, "rb") as f:
-            return BlobMeta.from_json(f.read(64 * 1024))
-    except (FileNotFoundError, NotADirectoryError):
-        return BlobMeta()
+        return BlobMeta.from_json(files.pread(fd, min(os.fstat(fd).st_size, MAX_META_BYTES), 0))
+    finally:
+        os.close(fd)
+
+
+NO_META = BlobMeta()

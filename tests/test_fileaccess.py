@@ -1,0 +1,89 @@
+"""CACHED_ONLY answers from the kernel's caches or raises WouldBlock; reads fall back to a thread.
+
+These run against the real kernel: pages are evicted with posix_fadvise
+(DONTNEED), and a name never looked up has no dentry in the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from stor.store.fileaccess import BLOCKING, CACHED_ONLY, WouldBlock
+
+from conftest import layout_path, pair_config
+
+pytestmark = pytest.mark.skipif(
+    not getattr(CACHED_ONLY, "available", False), reason="kernel without openat2(RESOLVE_CACHED)"
+)
+
+
+def evict(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # dirty pages cannot be dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def test_cached_file_is_opened_and_read_without_waiting(tmp_path: Path) -> None:
+    path = tmp_path / "blob"
+    path.write_bytes(b"x" * 10_000)
+    os.stat(path)  # the lookup puts the name in the dentry cache
+    fd = CACHED_ONLY.open(str(path))
+    assert fd is not None
+    try:
+        assert CACHED_ONLY.pread(fd, 10_000, 0) == b"x" * 10_000
+    finally:
+        os.close(fd)
+
+
+def test_missing_name_is_none_once_looked_up_and_would_block_before(tmp_path: Path) -> None:
+    never = tmp_path / "never-looked-up"
+    with pytest.raises(WouldBlock):
+        CACHED_ONLY.open(str(never))
+    assert BLOCKING.open(str(never)) is None  # the blocking lookup caches the negative entry
+    assert CACHED_ONLY.open(str(never)) is None
+
+
+def test_pages_not_in_memory_would_block(tmp_path: Path) -> None:
+    path = tmp_path / "cold"
+    path.write_bytes(os.urandom(64 * 1024))
+    evict(path)
+    fd = BLOCKING.open(str(path))
+    assert fd is not None
+    try:
+        with pytest.raises(WouldBlock):
+            CACHED_ONLY.pread(fd, 64 * 1024, 0)
+        assert len(BLOCKING.pread(fd, 64 * 1024, 0)) == 64 * 1024
+    finally:
+        os.close(fd)
+
+
+def test_get_serves_cold_and_hot_blobs_alike(start_server: Any, mirrors: tuple[Path, Path]) -> None:
+    """A blob evicted from the page cache is read by a worker thread; the same bytes either way."""
+    server = start_server(pair_config(mirrors))
+    blobs = {}
+    for size in (1, 4096, 200_000):
+        data = os.urandom(size)
+        sha = hashlib.sha256(data).hexdigest()
+        for d in mirrors:
+            p = layout_path(d, sha)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(data)
+        blobs[sha] = data
+    with httpx.Client(base_url=server.url) as c:
+        for sha, data in blobs.items():
+            for d in mirrors:
+                evict(layout_path(d, sha))
+            cold = c.get(f"/{sha}")
+            hot = c.get(f"/{sha}")
+            assert cold.status_code == hot.status_code == 200
+            assert cold.content == hot.content == data
+            assert cold.headers["etag"] == hot.headers["etag"]
