@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stor.aio import DEFAULT_THREADS
+
 CONFIG_ENV = "CONFIG_FILE"
 CREDENTIALS_ENV = "STOR_BASIC_AUTH"
 
@@ -93,7 +95,7 @@ class Settings:
     max_blob_bytes: int | None = None
     # Threads per worker for blocking disk and memcached calls: uploads wait
     # on fsync there, so this bounds how many writes a worker flushes at once.
-    io_threads: int = 32
+    io_threads: int = DEFAULT_THREADS
     # Where the settings came from, for the start-up log line.
     source: str = "embedded default"
 
@@ -176,7 +178,7 @@ def parse(raw: dict[str, Any], source: str = "config") -> Settings:
         require_mount_points=r.get("require_mount_points", bool, True),
         balance_threshold_bytes=r.non_negative_int("balance_threshold_bytes", GB),
         max_blob_bytes=r.get("max_blob_bytes", int, None),
-        io_threads=r.non_negative_int("io_threads", 32),
+        io_threads=r.non_negative_int("io_threads", DEFAULT_THREADS),
         source=source,
     )
     if settings.max_blob_bytes is not None and settings.max_blob_bytes <= 0:

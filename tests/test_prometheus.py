@@ -125,8 +125,11 @@ def test_metrics_add_up_over_two_workers(
     uploaded = sum(map(len, posted)) + len(mismatch)  # duplicates' bodies are not read
     downloaded = sum(map(len, posted)) + sum(map(len, hand))
 
-    # Both workers served part of the traffic (read from each worker's own counter file).
-    per_worker = per_worker_requests(server, metrics_dir)
+    # Both workers served part of the traffic (read from each worker's own counter file,
+    # which a worker brings up to date at least every FLUSH_SECONDS: poll, bounded).
+    deadline = time.monotonic() + 10
+    while sum((per_worker := per_worker_requests(server, metrics_dir)).values()) < sum(sent_blobs.values()):
+        assert time.monotonic() < deadline, per_worker
     assert len(per_worker) == 2, per_worker
     assert sum(per_worker.values()) == sum(sent_blobs.values()), per_worker
     assert all(v > 0 for v in per_worker.values()), f"one worker got all the traffic: {per_worker}"
@@ -193,11 +196,15 @@ def test_metrics_on_a_configured_path(start_server: Any, mirrors: tuple[Path, Pa
     server = start_server(pair_config(mirrors, prometheus={"path": "/prom"}), workers=workers)
     assert httpx.get(f"{server.url}/metrics").status_code == 404
     assert httpx.get(f"{server.url}/").status_code == 200
-    reqs = requests_by_route(scrape(f"{server.url}/prom"))
+    deadline = time.monotonic() + 10
+    # The other worker's counts reach a scrape within FLUSH_SECONDS: poll, bounded.
+    earlier_scrapes = 0
+    while (reqs := requests_by_route(scrape(f"{server.url}/prom")))[("GET", SHA_ROUTE, "404")] == 0:
+        assert time.monotonic() < deadline, reqs
+        earlier_scrapes += 1
     assert reqs[("GET", SHA_ROUTE, "404")] == 1  # "metrics" is now just a malformed sha
     assert reqs[("GET", "/", "200")] >= 1  # the harness's readiness probes and the GET above
-    assert reqs[("GET", "/prom", "200")] == 0
-    deadline = time.monotonic() + 10
+    assert reqs[("GET", "/prom", "200")] <= earlier_scrapes  # a scrape is counted after its own answer
     while requests_by_route(scrape(f"{server.url}/prom"))[("GET", "/prom", "200")] == 0:
         assert time.monotonic() < deadline, "scrapes of /prom are never counted under route /prom"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -13,6 +12,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stor import __version__
+from stor import aio
 from stor.aio import in_thread
 from stor.cache import LocationCache, MemcachedLocationCache, NoLocationCache
 from stor.config import Settings, load_settings
@@ -41,14 +41,19 @@ def create_app(settings: Settings) -> ASGIApp:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        asyncio.get_running_loop().set_default_executor(
-            ThreadPoolExecutor(max_workers=settings.io_threads, thread_name_prefix="stor-io")
-        )
-        sweeper = asyncio.create_task(_sweep_forever(settings))
+        aio.configure(settings.io_threads)
+        background = [asyncio.create_task(_sweep_forever(settings))]
+        if settings.prometheus.enabled:
+            from stor.prometheus import DEFERRED
+
+            background.append(asyncio.create_task(DEFERRED.flush_forever()))
         try:
             yield
         finally:
-            sweeper.cancel()
+            for task in background:
+                task.cancel()
+            if settings.prometheus.enabled:
+                DEFERRED.flush()
 
     app = FastAPI(title="stor", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
 
@@ -64,6 +69,7 @@ def create_app(settings: Settings) -> ASGIApp:
 
         @app.get(settings.prometheus.path, include_in_schema=False)
         async def metrics_endpoint() -> Response:
+            prometheus.DEFERRED.flush()  # this worker's counts are current; the others' at most FLUSH_SECONDS old
             body, content_type = await in_thread(prometheus.render, settings.storage_dirs)
             return Response(body, media_type=content_type)
 
