@@ -199,7 +199,10 @@ def test_metrics_on_a_configured_path(start_server: Any, mirrors: tuple[Path, Pa
     deadline = time.monotonic() + 10
     # The other worker's counts reach a scrape within FLUSH_SECONDS: poll, bounded.
     earlier_scrapes = 0
-    while (reqs := requests_by_route(scrape(f"{server.url}/prom")))[("GET", SHA_ROUTE, "404")] == 0:
+    while True:
+        reqs = requests_by_route(scrape(f"{server.url}/prom"))
+        if reqs[("GET", SHA_ROUTE, "404")] and reqs[("GET", "/", "200")]:
+            break
         assert time.monotonic() < deadline, reqs
         earlier_scrapes += 1
     assert reqs[("GET", SHA_ROUTE, "404")] == 1  # "metrics" is now just a malformed sha
