@@ -377,6 +377,16 @@ def test_no_content_type_or_form_default_is_octet_stream(client: httpx.Client, s
     assert "x-filename" not in got.headers and "content-disposition" not in got.headers
 
 
+def test_the_default_type_writes_no_sidecar(client: httpx.Client, mirrors: tuple[Path, Path]) -> None:
+    """application/octet-stream is what a blob without a type is served as: nothing to keep, no extra fsyncs."""
+    body = b"declared as octet-stream"
+    sha = sha256(body)
+    r = client.post(f"/{sha}", content=body, auth=AUTH, headers={"Content-Type": "Application/Octet-Stream"})
+    assert r.status_code == 201
+    assert all(layout_path(m, sha).is_file() and not meta_path(m, sha).exists() for m in mirrors)
+    assert client.get(f"/{sha}").headers["content-type"] == "application/octet-stream"
+
+
 def test_curl_upload_with_metadata(server: StorServer, tmp_path: Path) -> None:
     src = tmp_path / "sample.zip"
     src.write_bytes(os.urandom(70_000))

@@ -19,7 +19,7 @@ from starlette.types import Message, Receive, Scope, Send
 from stor.digest import Digest, InvalidDigest
 from stor.http.auth import Authenticator, refusal
 from stor.http.conditional import CONDITIONAL_HEADERS, FULL, decide
-from stor.http.responses import BlobResponse, blob_response, validator_headers
+from stor.http.responses import DEFAULT_TYPE, BlobResponse, blob_response, validator_headers
 from stor.http.text import is_decimal, shown
 from stor.metrics import Metrics
 from stor.store.base import DigestMismatch, NoSpace, TooLarge
@@ -34,8 +34,10 @@ WRITE_METHODS = frozenset({"POST", "PUT"})
 
 # Media types as RFC 9110 spells them: type/subtype, then optional parameters.
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;[ -~]*)?")
-# What curl --data-binary sends unless told otherwise: not a statement about the blob.
-_NOT_A_TYPE = frozenset({"application/x-www-form-urlencoded"})
+# Not a statement about the blob: what curl --data-binary sends unless told
+# otherwise, and the type every blob without one is served as anyway (so no
+# sidecar, and its two fsyncs per mirror, is written for it).
+_NOT_A_TYPE = frozenset({"application/x-www-form-urlencoded", DEFAULT_TYPE})
 
 
 def upload_meta(headers: Headers) -> BlobMeta:

@@ -339,6 +339,7 @@ class _MirrorWriter:
                 _make_dirs_durably(final.parent, root)
             if self.meta:
                 # The sidecar is in place before the blob is visible, so a reader never misses it.
+                # Its directory entry is flushed with the blob's, by the directory fsync below.
                 for root in self.targets:
                     _write_file_durably(root, self.digest, root / meta_relative_path(self.digest), self.meta.to_json())
             renamed: list[tuple[Path, int]] = []
@@ -380,6 +381,7 @@ def _mount_point(path: Path) -> Path:
 
 
 def _write_file_durably(root: Path, digest: Digest, final: Path, data: bytes) -> None:
+    """data under final, flushed; the caller flushes final's directory."""
     fd, tmp = tempfiles.create_locked(root, digest)
     try:
         _write_all(fd, data)
@@ -390,7 +392,6 @@ def _write_file_durably(root: Path, digest: Digest, final: Path, data: bytes) ->
         raise
     finally:
         os.close(fd)
-    _fsync_dir(final.parent)
 
 
 def _unlink_if_same_file(path: Path, inode: int) -> None:
