@@ -145,8 +145,29 @@ def pair_config(*pairs: tuple[Path, Path], **extra: Any) -> dict[str, Any]:
     return config
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "shared_server: server, mirrors and client are one server per module (for tests that only add distinct blobs)",
+    )
+
+
+def _shares_server(request: pytest.FixtureRequest) -> bool:
+    return request.node.get_closest_marker("shared_server") is not None
+
+
+def own_disks(tmp_path: Path) -> tuple[Path, Path]:
+    """A fresh pair of directories, for a test that starts its own server."""
+    disks = (tmp_path / "own1", tmp_path / "own2")
+    for d in disks:
+        d.mkdir()
+    return disks
+
+
 @pytest.fixture
-def mirrors(tmp_path: Path) -> tuple[Path, Path]:
+def mirrors(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, Path]:
+    if _shares_server(request):
+        return request.getfixturevalue("shared_server")[1]
     a, b = tmp_path / "disk1", tmp_path / "disk2"
     a.mkdir()
     b.mkdir()
@@ -182,9 +203,14 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[St
 
 
 @pytest.fixture
-def server(start_server: Any, mirrors: tuple[Path, Path]) -> StorServer:
-    """One server over one pair of plain directories, credentials writer:s3cret-pass."""
-    return start_server(pair_config(mirrors))
+def server(request: pytest.FixtureRequest, mirrors: tuple[Path, Path]) -> StorServer:
+    """One server over one pair of plain directories, credentials writer:s3cret-pass.
+
+    In a module marked shared_server, the module's one server; otherwise a fresh one.
+    """
+    if _shares_server(request):
+        return request.getfixturevalue("shared_server")[0]
+    return request.getfixturevalue("start_server")(pair_config(mirrors))
 
 
 @pytest.fixture

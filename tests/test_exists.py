@@ -12,24 +12,14 @@ import bcrypt
 import httpx
 import pytest
 
-from conftest import AUTH, StorServer, layout_path, pair_config, sha256
+from conftest import AUTH, StorServer, layout_path, own_disks, pair_config, sha256
 
 READER, READER_PW = "analyst", "read-only-pw"
 READER_HASH = bcrypt.hashpw(READER_PW.encode(), bcrypt.gensalt(rounds=4)).decode()
 
 
 # One server for the tests that only add distinct blobs (it starts once per module).
-
-
-@pytest.fixture
-def mirrors(shared_server: tuple[StorServer, tuple[Path, Path]]) -> tuple[Path, Path]:
-    return shared_server[1]
-
-
-@pytest.fixture
-def client(shared_server: tuple[StorServer, tuple[Path, Path]]) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=shared_server[0].url, timeout=30) as c:
-        yield c
+pytestmark = pytest.mark.shared_server
 
 
 def upload(c: httpx.Client, body: bytes) -> str:
@@ -98,13 +88,6 @@ def test_the_answer_follows_uploads(client: httpx.Client) -> None:
 
 
 # ---- limits ------------------------------------------------------------------------------
-
-
-def own_disks(tmp_path: Path) -> tuple[Path, Path]:
-    disks = (tmp_path / "own1", tmp_path / "own2")
-    for d in disks:
-        d.mkdir()
-    return disks
 
 
 @pytest.fixture

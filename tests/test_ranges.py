@@ -11,7 +11,6 @@ import os
 import random
 import subprocess
 from email.utils import formatdate
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -30,22 +29,7 @@ MiB = 1 << 20
 
 
 # Nothing here changes a stored blob, so one server serves the whole module (it starts once).
-
-
-@pytest.fixture
-def server(shared_server: tuple[StorServer, tuple[Path, Path]]) -> StorServer:
-    return shared_server[0]
-
-
-@pytest.fixture
-def mirrors(shared_server: tuple[StorServer, tuple[Path, Path]]) -> tuple[Path, Path]:
-    return shared_server[1]
-
-
-@pytest.fixture
-def client(server: StorServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as c:
-        yield c
+pytestmark = pytest.mark.shared_server
 
 
 def store(client: httpx.Client, mirrors: tuple[Path, Path], body: bytes, mtime: float = MTIME + 0.7) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import AUTH, StorServer, layout_path, pair_config, sha256, temp_files
+from conftest import AUTH, StorServer, layout_path, own_disks, pair_config, sha256, temp_files
 
 MiB = 1 << 20
 
@@ -33,31 +33,9 @@ def nothing_stored_for(mirrors: tuple[Path, Path], sha: str) -> bool:
     )
 
 
-def own_disks(tmp_path: Path) -> tuple[Path, Path]:
-    disks = (tmp_path / "own1", tmp_path / "own2")
-    for d in disks:
-        d.mkdir()
-    return disks
-
-
 # Tests that add distinct blobs to a default server share one (it starts once per module);
 # tests that need a fresh or differently configured server start their own.
-
-
-@pytest.fixture
-def server(shared_server: tuple[StorServer, tuple[Path, Path]]) -> StorServer:
-    return shared_server[0]
-
-
-@pytest.fixture
-def mirrors(shared_server: tuple[StorServer, tuple[Path, Path]]) -> tuple[Path, Path]:
-    return shared_server[1]
-
-
-@pytest.fixture
-def client(server: StorServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as c:
-        yield c
+pytestmark = pytest.mark.shared_server
 
 
 def no_date(r: httpx.Response) -> dict[str, str]:
