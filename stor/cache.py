@@ -5,11 +5,12 @@ another node is found at once; the store checks every cached location before
 trusting it, so a stale entry costs one failed open, never a wrong answer.
 
 The memcached cache spreads keys over its servers by rendezvous hashing (a
-server that goes away moves only its own keys), keeps a small LRU in this
-process in front, and treats an unreachable server as a miss: requests go on
-through the disk lookup, the outage is logged once, and the server is tried
-again after a short pause. pymemcache is a blocking client, so every call
-runs in a worker thread, never on the event loop.
+server that goes away moves only its own keys) and treats an unreachable
+server as a miss: requests go on through the disk lookup, the outage is
+logged once, and the server is tried again after a short pause. pymemcache
+is a blocking client, so every call runs in a worker thread, never on the
+event loop. What a worker has itself read lately it keeps in memory in front
+of this cache (LocalStore's recently read blobs).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -69,31 +69,6 @@ class NoLocationCache:
         return []
 
 
-class _LRU:
-    """A bounded mapping touched only from the event loop thread."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.items: OrderedDict[str, str] = OrderedDict()
-
-    def get(self, key: str) -> str | None:
-        value = self.items.get(key)
-        if value is not None:
-            self.items.move_to_end(key)
-        return value
-
-    def put(self, key: str, value: str) -> None:
-        if self.size <= 0:
-            return
-        self.items[key] = value
-        self.items.move_to_end(key)
-        while len(self.items) > self.size:
-            self.items.popitem(last=False)
-
-    def drop(self, key: str) -> None:
-        self.items.pop(key, None)
-
-
 def parse_server(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     return (host, int(port)) if sep else (text, 11211)
@@ -141,34 +116,22 @@ class MemcachedLocationCache:
         self,
         servers: Sequence[str],
         metrics: Metrics,
-        local_size: int = 10_000,
         timeout: float = 0.25,
         retry_after: float = 5.0,
         pool_size: int = 64,
     ) -> None:
         self.servers = {name: _Server(name, timeout, retry_after, pool_size) for name in servers}
         self.ring = RendezvousHash(list(self.servers))
-        self.local = _LRU(local_size)
         self.metrics = metrics
 
     async def get(self, digest: Digest) -> str | None:
-        key = KEY_PREFIX + digest.hex
-        value = self.local.get(key)
-        if value is None:
-            value = await self._call(key, "get")
-            if value is not None:
-                self.local.put(key, value)
-        return value
+        return await self._call(KEY_PREFIX + digest.hex, "get")
 
     async def set(self, digest: Digest, directory: str) -> None:
-        key = KEY_PREFIX + digest.hex
-        self.local.put(key, directory)
-        await self._call(key, "set", directory)
+        await self._call(KEY_PREFIX + digest.hex, "set", directory)
 
     async def delete(self, digest: Digest) -> None:
-        key = KEY_PREFIX + digest.hex
-        self.local.drop(key)
-        await self._call(key, "delete")
+        await self._call(KEY_PREFIX + digest.hex, "delete")
 
     async def health(self) -> list[CacheServerHealth]:
         return [await in_thread(self._probe, server) for server in self.servers.values()]

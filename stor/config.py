@@ -77,6 +77,10 @@ class Settings:
     memcached_timeout: float = 0.25
     memcached_retry_after: float = 5.0
     local_cache_size: int = 10_000
+    # Small blobs each worker keeps in memory, with their files open, after
+    # reading them (stor.store.hot): how many, and up to what size.
+    hot_blobs: int = 256
+    hot_blob_max_bytes: int = 64 * 1024
     statsite: StatsiteSettings | None = None
     prometheus: PrometheusSettings = PrometheusSettings()
     s3_enabled: bool = False
@@ -168,6 +172,8 @@ def parse(raw: dict[str, Any], source: str = "config") -> Settings:
         memcached_timeout=r.positive_number("memcached_timeout", 0.25),
         memcached_retry_after=r.positive_number("memcached_retry_after", 5.0),
         local_cache_size=r.non_negative_int("local_cache_size", 10_000),
+        hot_blobs=r.non_negative_int("hot_blobs", 256),
+        hot_blob_max_bytes=r.non_negative_int("hot_blob_max_bytes", 64 * 1024),
         statsite=_statsite(raw),
         prometheus=_prometheus(raw),
         s3_enabled=r.get("s3_enabled", bool, False),

@@ -160,18 +160,43 @@ def render(directories: Sequence[Path]) -> tuple[bytes, str]:
     return text + generate_latest(extra), CONTENT_TYPE_LATEST
 
 
-class HttpMetricsMiddleware:
-    """Counts requests, bytes and latency per method, route and status.
+class HttpTraffic:
+    """Requests, bytes and latency per method, route and status.
 
     On the hot path of every request: label children are looked up once and
-    kept, and only requests that can carry a body have their receive wrapped.
+    kept. Fed by the ASGI middleware below and by the RSGI interface's own
+    blob path (stor.http.rsgi), so both count the same way.
     """
 
-    def __init__(self, app: ASGIApp, route_of: Callable[[str], str]) -> None:
-        self.app = app
-        self.route = route_of  # the application's own routing rule, so labels match what served the request
+    def __init__(self) -> None:
         self._requests: dict[tuple[str, str, int], Any] = {}
         self._latency: dict[tuple[str, str], Any] = {}
+
+    def record(self, method: str, route: str, status: int, seconds: float, received: int, sent: int) -> None:
+        if method not in _METHODS:
+            method = "other"
+        key = (method, route, status)
+        counter = self._requests.get(key)
+        if counter is None:
+            counter = self._requests[key] = REQUESTS.labels(method, route, str(status))
+        DEFERRED.inc(counter)
+        histogram = self._latency.get(key[:2])
+        if histogram is None:
+            histogram = self._latency[key[:2]] = LATENCY.labels(method, route)
+        DEFERRED.observe(histogram, seconds)
+        if received:
+            DEFERRED.inc(RECEIVED, received)
+        if sent:
+            DEFERRED.inc(SENT, sent)
+
+
+class HttpMetricsMiddleware:
+    """Feeds HttpTraffic from ASGI messages; only requests that can carry a body have their receive wrapped."""
+
+    def __init__(self, app: ASGIApp, route_of: Callable[[str], str], traffic: HttpTraffic) -> None:
+        self.app = app
+        self.route = route_of  # the application's own routing rule, so labels match what served the request
+        self.traffic = traffic
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -200,21 +225,10 @@ class HttpMetricsMiddleware:
                 sent += len(message.get("body", b""))
             await send(message)
 
-        method = scope["method"] if scope["method"] in _METHODS else "other"
+        method = scope["method"]
         try:
             await self.app(scope, receive if method in ("GET", "HEAD") else counting_receive, counting_send)
         finally:
-            route = self.route(scope["path"])
-            key = (method, route, status)
-            counter = self._requests.get(key)
-            if counter is None:
-                counter = self._requests[key] = REQUESTS.labels(method, route, str(status))
-            DEFERRED.inc(counter)
-            histogram = self._latency.get(key[:2])
-            if histogram is None:
-                histogram = self._latency[key[:2]] = LATENCY.labels(method, route)
-            DEFERRED.observe(histogram, time.perf_counter() - started)
-            if received:
-                DEFERRED.inc(RECEIVED, received)
-            if sent:
-                DEFERRED.inc(SENT, sent)
+            self.traffic.record(
+                method, self.route(scope["path"]), status, time.perf_counter() - started, received, sent
+            )

@@ -118,11 +118,13 @@ def test_first_get_misses_second_hits_and_post_sets_location(
 def test_memcached_itself_answers_hits_without_the_local_lru(
     start_server: Any, mirrors: tuple[Path, Path], memcached: Any, statsd_rx: StatsdReceiver
 ) -> None:
-    """With the in-process LRU off, the location really comes from memcached: change it there, it is followed."""
+    """With the worker's own memory of reads off, the location really comes from memcached: change it there, it is followed."""
     m = memcached()
     a, b = mirrors
     server = start_server(
-        pair_config(mirrors, memcached_servers=[m.address], local_cache_size=0, statsite=statsd_rx.config())
+        pair_config(
+            mirrors, memcached_servers=[m.address], local_cache_size=0, hot_blobs=0, statsite=statsd_rx.config()
+        )
     )
     data = os.urandom(500)
     sha = sha256(data)

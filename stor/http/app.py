@@ -20,6 +20,7 @@ from stor.http.auth import Authenticator
 from stor.http.blobs import BlobEndpoint
 from stor.http.exists import exists_routes
 from stor.http.health import health_routes
+from stor.http.rsgi import RsgiApp
 from stor.metrics import Metrics, MetricsSink, StatsdSink
 from stor.store import tempfiles
 from stor.store.local import LocalStore
@@ -28,56 +29,94 @@ log = logging.getLogger("stor")
 
 
 def create_app(settings: Settings) -> ASGIApp:
-    metrics = Metrics(_metric_sinks(settings))
-    cache = _location_cache(settings, metrics)
-    store = LocalStore(settings, cache=cache, metrics=metrics)
-    auth = Authenticator(settings)
-    if not settings.has_writer:
-        log.warning("no writer configured (basic_auth or a user with role write): every upload will be refused")
-    if settings.s3_enabled:
-        log.warning("s3_enabled is set, but this version serves local storage only; the S3 tier is not read")
-    if settings.rabbitmq_uri:
-        log.warning("rabbitmq_uri is set, but publishing requested shas to RabbitMQ is not supported; ignored")
+    """The ASGI application (uvicorn; granian's ASGI interface)."""
+    return Application(settings).asgi
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        aio.configure(settings.io_threads)
-        background = [asyncio.create_task(_sweep_forever(settings))]
+
+def create_rsgi_app(settings: Settings) -> RsgiApp:
+    """The RSGI application (granian): blob reads directly, everything else through the ASGI one."""
+    app = Application(settings)
+    return RsgiApp(
+        app.asgi,
+        app.blobs,
+        is_blob_path=lambda path: app.dispatch.route(path) == BLOB_ROUTE,
+        startup=app.startup,
+        shutdown=app.shutdown,
+        record=app.traffic.record if app.traffic is not None else None,
+        blob_route=BLOB_ROUTE,
+    )
+
+
+class Application:
+    """settings, store, cache, metrics and auth wired together, with the work to do at start-up and shutdown."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        metrics = Metrics(_metric_sinks(settings))
+        cache = _location_cache(settings, metrics)
+        self.store = store = LocalStore(settings, cache=cache, metrics=metrics)
+        auth = Authenticator(settings)
+        if not settings.has_writer:
+            log.warning("no writer configured (basic_auth or a user with role write): every upload will be refused")
+        if settings.s3_enabled:
+            log.warning("s3_enabled is set, but this version serves local storage only; the S3 tier is not read")
+        if settings.rabbitmq_uri:
+            log.warning("rabbitmq_uri is set, but publishing requested shas to RabbitMQ is not supported; ignored")
+        self._background: list[asyncio.Task[None]] = []
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+            await self.startup()
+            try:
+                yield
+            finally:
+                await self.shutdown()
+
+        app = FastAPI(title="stor", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+
+        @app.get("/", include_in_schema=False)
+        async def index() -> PlainTextResponse:
+            return PlainTextResponse(f"This is Stor {__version__}")
+
+        app.include_router(health_routes(store, cache, metrics))
+        app.include_router(exists_routes(store, auth, settings.exists_max_items))
+        fixed_paths = {"/", "/status", "/exists"}
+        self.traffic = None
         if settings.prometheus.enabled:
+            from stor import prometheus
+
+            @app.get(settings.prometheus.path, include_in_schema=False)
+            async def metrics_endpoint() -> Response:
+                prometheus.DEFERRED.flush()  # this worker's counts are current; the others' at most FLUSH_SECONDS old
+                body, content_type = await in_thread(prometheus.render, settings.storage_dirs)
+                return Response(body, media_type=content_type)
+
+            fixed_paths.add(settings.prometheus.path)
+            self.traffic = prometheus.HttpTraffic()
+        self.blobs = BlobEndpoint(store, auth, metrics)
+        self.dispatch = BlobDispatch(self.blobs, app, fixed_paths)
+        self.asgi: ASGIApp = self.dispatch
+        if self.traffic is not None:
+            self.asgi = prometheus.HttpMetricsMiddleware(self.dispatch, self.dispatch.route, self.traffic)
+
+    async def startup(self) -> None:
+        aio.configure(self.settings.io_threads)
+        self._background.append(asyncio.create_task(_sweep_forever(self.settings)))
+        self._background.append(asyncio.create_task(self.store.expire_forever()))
+        if self.settings.prometheus.enabled:
             from stor.prometheus import DEFERRED
 
-            background.append(asyncio.create_task(DEFERRED.flush_forever()))
-        try:
-            yield
-        finally:
-            for task in background:
-                task.cancel()
-            if settings.prometheus.enabled:
-                DEFERRED.flush()
+            self._background.append(asyncio.create_task(DEFERRED.flush_forever()))
 
-    app = FastAPI(title="stor", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    async def shutdown(self) -> None:
+        for task in self._background:
+            task.cancel()
+        self._background.clear()
+        self.store.close()
+        if self.settings.prometheus.enabled:
+            from stor.prometheus import DEFERRED
 
-    @app.get("/", include_in_schema=False)
-    async def index() -> PlainTextResponse:
-        return PlainTextResponse(f"This is Stor {__version__}")
-
-    app.include_router(health_routes(store, cache, metrics))
-    app.include_router(exists_routes(store, auth, settings.exists_max_items))
-    fixed_paths = {"/", "/status", "/exists"}
-    if settings.prometheus.enabled:
-        from stor import prometheus
-
-        @app.get(settings.prometheus.path, include_in_schema=False)
-        async def metrics_endpoint() -> Response:
-            prometheus.DEFERRED.flush()  # this worker's counts are current; the others' at most FLUSH_SECONDS old
-            body, content_type = await in_thread(prometheus.render, settings.storage_dirs)
-            return Response(body, media_type=content_type)
-
-        fixed_paths.add(settings.prometheus.path)
-    dispatch = BlobDispatch(BlobEndpoint(store, auth, metrics), app, fixed_paths)
-    if settings.prometheus.enabled:
-        return prometheus.HttpMetricsMiddleware(dispatch, route_of=dispatch.route)
-    return dispatch
+            DEFERRED.flush()
 
 
 BLOB_ROUTE = "/{sha}"
@@ -125,7 +164,6 @@ def _location_cache(settings: Settings, metrics: Metrics) -> LocationCache:
     return MemcachedLocationCache(
         settings.memcached_servers,
         metrics,
-        local_size=settings.local_cache_size,
         timeout=settings.memcached_timeout,
         retry_after=settings.memcached_retry_after,
     )
@@ -147,3 +185,9 @@ def create_app_from_env() -> ASGIApp:
     """The uvicorn factory: settings from $CONFIG_FILE, else the embedded default."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return create_app(load_settings())
+
+
+def create_rsgi_app_from_env() -> RsgiApp:
+    """The granian factory: settings from $CONFIG_FILE, else the embedded default."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return create_rsgi_app(load_settings())

@@ -18,11 +18,11 @@ import time
 from dataclasses import dataclass
 
 import bcrypt
-from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse, Response
 
 from stor.aio import in_thread
 from stor.config import Settings
+from stor.http.headers import HeaderLookup
 
 GENERATED_USER = "stor"
 REMEMBER_SECONDS = 60.0
@@ -108,7 +108,7 @@ def _rounds(settings: Settings) -> int:
     return max(4, min(max(costs, default=4), 14))
 
 
-async def refusal(auth: Authenticator, headers: Headers, need_write: bool) -> Response | None:
+async def refusal(auth: Authenticator, headers: HeaderLookup, need_write: bool) -> Response | None:
     """401 or 403 when the request's credentials do not allow it; None when they do."""
     identity = await auth.identify(headers.get("authorization"))
     if identity is None:

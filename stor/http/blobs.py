@@ -19,7 +19,8 @@ from starlette.types import Message, Receive, Scope, Send
 from stor.digest import Digest, InvalidDigest
 from stor.http.auth import Authenticator, refusal
 from stor.http.conditional import CONDITIONAL_HEADERS, FULL, decide
-from stor.http.responses import DEFAULT_TYPE, BlobResponse, blob_response, validator_headers
+from stor.http.headers import HeaderLookup
+from stor.http.responses import DEFAULT_TYPE, BlobResponse, TextResponse, blob_response, validator_headers
 from stor.http.text import is_decimal, shown
 from stor.metrics import Metrics
 from stor.store.base import DigestMismatch, NoSpace, TooLarge
@@ -111,7 +112,7 @@ class BlobEndpoint:
         method = scope["method"]
         sha = scope["path"][1:]
         if method in READ_METHODS:
-            response = await self.read(sha, scope["headers"], send_body=method == "GET")
+            response = await self.read(sha, Headers(scope=scope), send_body=method == "GET")
         elif method in WRITE_METHODS:
             body = _BodyTracker(receive)
             request = Request(scope, body)
@@ -124,12 +125,13 @@ class BlobEndpoint:
             )
         await response(scope, receive, send)
 
-    async def read(self, sha: str, raw_headers: list[tuple[bytes, bytes]], send_body: bool) -> Response | BlobResponse:
+    async def read(self, sha: str, headers: HeaderLookup, send_body: bool) -> Response | BlobResponse | TextResponse:
+        """The answer to GET (send_body) or HEAD of /<sha>, under either server interface."""
         started = time.perf_counter()
         metrics = self.metrics
         metrics.incr("request.get.count")
         if self.auth.read_required:
-            refused = await refusal(self.auth, Headers(raw=raw_headers), need_write=False)
+            refused = await refusal(self.auth, headers, need_write=False)
             if refused is not None:
                 return refused
         try:
@@ -137,7 +139,7 @@ class BlobEndpoint:
         except InvalidDigest:
             metrics.incr("error.get.malformed_sha.count")
             # The original's wording differs between GET ("SHA256") and POST ("sha256"); probes may match either.
-            return PlainTextResponse(f"Given hash '{shown(sha)}' isn't SHA256", status_code=404)
+            return TextResponse(f"Given hash '{shown(sha)}' isn't SHA256", 404)
         try:
             blob = await self.store.open(digest, prefetch=send_body)
         except Exception:
@@ -146,7 +148,7 @@ class BlobEndpoint:
             return PlainTextResponse("Internal error reading the blob", status_code=500)
         if blob is None:
             metrics.incr("error.get.not_found_old.count")
-            return PlainTextResponse(f"File '{sha}' not found", status_code=404)
+            return TextResponse(f"File '{sha}' not found", 404)
 
         name = f"success.get.ok_old.{blob.storage}"
         size = blob.size
@@ -157,8 +159,8 @@ class BlobEndpoint:
             metrics.timing(f"{name}.time", (time.perf_counter() - started) * 1000)
 
         validators = validator_headers(blob)
-        if any(name in CONDITIONAL_HEADERS for name, _ in raw_headers):
-            answer = decide(Headers(raw=raw_headers), blob.size, validators["etag"], validators["last-modified"], blob.mtime)
+        if any(name in headers for name in CONDITIONAL_HEADERS):
+            answer = decide(headers, blob.size, validators["etag"], validators["last-modified"], blob.mtime)
         else:
             answer = FULL
         return blob_response(blob, validators, answer, send_body, sent)

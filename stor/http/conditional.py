@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
-from starlette.datastructures import Headers
-
+from stor.http.headers import HeaderLookup
 from stor.http.text import is_decimal, shown
 
 
@@ -48,10 +47,10 @@ Answer = Full | NotModified | Partial | Refused
 
 FULL = Full()
 # The request headers that can make the answer anything but FULL.
-CONDITIONAL_HEADERS = frozenset({b"range", b"if-range", b"if-none-match", b"if-modified-since"})
+CONDITIONAL_HEADERS = ("range", "if-none-match", "if-modified-since")  # if-range matters only with range
 
 
-def decide(headers: Headers, size: int, etag: str, last_modified: str, mtime: float) -> Answer:
+def decide(headers: HeaderLookup, size: int, etag: str, last_modified: str, mtime: float) -> Answer:
     if _not_modified(headers, etag, mtime):
         return NotModified()
     range_header = headers.get("range")
@@ -63,7 +62,7 @@ def decide(headers: Headers, size: int, etag: str, last_modified: str, mtime: fl
     return parse_range(range_header, size)
 
 
-def _not_modified(headers: Headers, etag: str, mtime: float) -> bool:
+def _not_modified(headers: HeaderLookup, etag: str, mtime: float) -> bool:
     if_none_match = headers.get("if-none-match")
     if if_none_match is not None:
         tags = {t.strip() for t in if_none_match.split(",")}

@@ -29,8 +29,10 @@ from stor.aio import in_thread
 from stor.cache import LocationCache, NoLocationCache
 from stor.config import Settings
 from stor.digest import Digest
+from stor.lru import LRU
 from stor.metrics import Metrics
 from stor.store import tempfiles
+from stor.store.hot import HotBlobs
 from stor.store.fileaccess import BLOCKING, CACHED_ONLY, FileAccess, WouldBlock
 from stor.store.metadata import BlobMeta, meta_relative_path, read_meta
 from stor.store.base import DigestMismatch, NoSpace, OpenBlob, PutResult, StoreError, TooLarge
@@ -77,6 +79,15 @@ class StorageState:
         return not self.problems
 
 
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """A blob as a read found it: the directory, the file's inode, and its sidecar's metadata."""
+
+    directory: Path
+    inode: int
+    meta: BlobMeta
+
+
 class LocalStore:
     def __init__(
         self,
@@ -94,6 +105,9 @@ class LocalStore:
         self._metric_names = {d: metric_name(d) for d in self._pair_of}
         self._dir_named = {str(d): d for d in self._pair_of}
         self._locks = _KeyedLock()
+        # Where this worker last read each blob, and its sidecar: a hit costs one open, with no cache round trip.
+        self._seen: LRU[str, _Seen] = LRU(settings.local_cache_size)
+        self._hot = HotBlobs(settings.hot_blobs, settings.hot_blob_max_bytes)
 
     # ---- reads -------------------------------------------------------------
 
@@ -105,56 +119,104 @@ class LocalStore:
         a worker thread only when that would have to wait for the disk.
         """
         started = time.perf_counter()
+        # What this worker read lately answers first, as a location cache hit (the original's metrics).
+        hot = self._hot.get(digest)
+        if hot is not None:
+            self._cache_hit(started)
+            return hot
+        seen = self._seen.get(digest.hex)
+        if seen is not None:
+            found, from_caches = await _without_waiting(self._open_cached, seen.directory, digest, prefetch, seen)
+            if found is not None:
+                self._cache_hit(started)
+                return self._opened(found[0], from_caches)
+            self._seen.drop(digest.hex)
+
         cached = await self.cache.get(digest)
         self.metrics.timing("cache.time", (time.perf_counter() - started) * 1000)
         if cached is not None:
             # Only a configured storage is trusted: the cache is shared and is not a source of paths.
             directory = self._dir_named.get(cached)
-            blob = await _without_waiting(self._open_cached, directory, digest, prefetch) if directory else None
-            if blob is not None:
+            found, from_caches = None, False
+            if directory is not None:
+                found, from_caches = await _without_waiting(self._open_cached, directory, digest, prefetch, None)
+            if found is not None:
                 self.metrics.incr("cache.hit")
-                return blob
+                self._seen.put(digest.hex, found[1])
+                return self._opened(found[0], from_caches)
             await self.cache.delete(digest)
         self.metrics.incr("cache.miss")
 
         started = time.perf_counter()
-        blob, directory, probes = await _without_waiting(self._find, digest, prefetch)
+        (found, probes), from_caches = await _without_waiting(self._find, digest, prefetch)
         self.metrics.timing("lookup.time", (time.perf_counter() - started) * 1000)
         self.metrics.incr(f"lookup.attempt.{probes}.count")
-        if blob is not None and directory is not None:
-            await self.cache.set(digest, str(directory))
+        if found is None:
+            return None
+        blob, seen = found
+        self._seen.put(digest.hex, seen)
+        await self.cache.set(digest, str(seen.directory))
+        return self._opened(blob, from_caches)
+
+    def _cache_hit(self, started: float) -> None:
+        self.metrics.timing("cache.time", (time.perf_counter() - started) * 1000)
+        self.metrics.incr("cache.hit")
+
+    def _opened(self, blob: OpenBlob, from_caches: bool) -> OpenBlob:
+        if from_caches:
+            self._hot.admit(blob)
         return blob
 
-    def _open_cached(self, directory: Path, digest: Digest, prefetch: bool, files: FileAccess) -> OpenBlob | None:
+    async def expire_forever(self) -> None:
+        """Close hot blobs' descriptors as they expire (a background task for the service's lifetime)."""
+        await self._hot.expire_forever()
+
+    def close(self) -> None:
+        """Release the descriptors held for hot blobs."""
+        self._hot.clear()
+
+    def _open_cached(
+        self, directory: Path, digest: Digest, prefetch: bool, seen: _Seen | None, files: FileAccess
+    ) -> tuple[OpenBlob, _Seen] | None:
         try:
-            return self._open_in(directory, digest, prefetch, files)
+            return self._open_in(directory, digest, prefetch, files, seen)
         except OSError:
             return None  # the full lookup that follows reports the fault, or finds the other mirror
 
     def _find(
         self, digest: Digest, prefetch: bool, files: FileAccess
-    ) -> tuple[OpenBlob | None, Path | None, int]:
+    ) -> tuple[tuple[OpenBlob, _Seen] | None, int]:
         probes = 0
         faults: list[str] = []
         for directory in probe_order(self.pairs, self.rng):
             probes += 1
             try:
-                blob = self._open_in(directory, digest, prefetch, files)
+                found = self._open_in(directory, digest, prefetch, files)
             except OSError as e:
                 # A failing disk must not hide the other mirror's copy, nor pass for "not found".
                 log.error("cannot read %s: %s", directory / digest.relative_path, e)
                 faults.append(f"{directory}: {e.strerror or e}")
                 continue
-            if blob is not None:
-                return blob, directory, probes
+            if found is not None:
+                return found, probes
         if faults:
             raise StoreError(f"{digest} not readable: {'; '.join(faults)}")
-        return None, None, probes
+        return None, probes
 
     def _open_in(
-        self, directory: Path, digest: Digest, prefetch: bool = False, files: FileAccess = BLOCKING
-    ) -> OpenBlob | None:
-        """The blob opened in one storage directory; None if it is not there, OSError on a fault."""
+        self,
+        directory: Path,
+        digest: Digest,
+        prefetch: bool = False,
+        files: FileAccess = BLOCKING,
+        seen: _Seen | None = None,
+    ) -> tuple[OpenBlob, _Seen] | None:
+        """The blob opened in one storage directory; None if it is not there, OSError on a fault.
+
+        seen is what an earlier read found there: if the file is still that
+        same inode, its sidecar (written before the blob became visible, and
+        never changed after) need not be read again.
+        """
         path = f"{directory}/{digest.relative_path}"
         fd = files.open(path)
         if fd is None:
@@ -163,16 +225,16 @@ class LocalStore:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise OSError(errno.EISDIR, "not a regular file", path)
-            meta = read_meta(f"{directory}/{meta_relative_path(digest)}", files)
-            blob = OpenBlob(digest, fd, st.st_size, st.st_mtime, path, self._metric_names[directory], meta=meta)
-            if prefetch and st.st_size <= PREFETCH_BYTES:
+            if seen is None or seen.inode != st.st_ino:
+                seen = _Seen(directory, st.st_ino, read_meta(f"{directory}/{meta_relative_path(digest)}", files))
+            blob = OpenBlob(digest, fd, st.st_size, st.st_mtime, path, self._metric_names[directory], meta=seen.meta)
+            # Without prefetch (HEAD) a blob small enough to be kept hot is still read: the next request is served from memory.
+            if st.st_size <= (PREFETCH_BYTES if prefetch else self._hot.takes_up_to):
                 blob.data = files.pread(fd, st.st_size, 0)
-                os.close(fd)
-                blob.fd = -1
         except BaseException:
             os.close(fd)
             raise
-        return blob
+        return blob, seen
 
     # ---- health ------------------------------------------------------------
 
@@ -433,12 +495,12 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-async def _without_waiting(step: Callable[..., T], *args: Any) -> T:
-    """step(*args, files) on the loop if the kernel's caches can answer it; else in a thread."""
+async def _without_waiting(step: Callable[..., T], *args: Any) -> tuple[T, bool]:
+    """step(*args, files) on the loop if the kernel's caches can answer it, else in a thread; and which it was."""
     try:
-        return step(*args, CACHED_ONLY)
+        return step(*args, CACHED_ONLY), True
     except WouldBlock:
-        return await in_thread(step, *args, BLOCKING)
+        return await in_thread(step, *args, BLOCKING), False
 
 
 class _KeyedLock:

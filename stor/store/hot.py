@@ -1,0 +1,101 @@
+"""Small blobs read lately, kept in memory with their file held open.
+
+nginx's open_file_cache, plus the bytes. A small GET is mostly fixed cost,
+and of stor's own share most is the path lookup, open, fstat, read and
+close; a blob read again within seconds (what a pipeline re-checking a batch,
+or a probe, does) is answered from here instead.
+
+It never serves a blob that is gone: each hit checks, with one fstat of the
+descriptor it holds, that the file still has a name (an unlinked or
+replaced file has none), and a blob's bytes cannot change under its name
+without ceasing to be that blob. Only blobs that the kernel could open and
+read from its caches (CACHED_ONLY) are taken in, so the fstat never waits for
+a disk or a network file system. Entries are closed after SECONDS even when
+idle, so that a storage disk can be unmounted once reads stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from stor.digest import Digest
+from stor.store.base import OpenBlob
+from stor.store.metadata import BlobMeta
+
+SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    fd: int
+    size: int
+    mtime: float
+    location: str
+    storage: str
+    meta: BlobMeta
+    data: bytes
+    expires: float
+
+
+class HotBlobs:
+    """Touched only from the event loop thread."""
+
+    def __init__(self, max_entries: int, max_blob_bytes: int) -> None:
+        self.max_entries = max_entries
+        self.max_blob_bytes = max_blob_bytes
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+
+    @property
+    def takes_up_to(self) -> int:
+        """The largest blob admit() keeps; -1 when it keeps none."""
+        return self.max_blob_bytes if self.max_entries > 0 else -1
+
+    def get(self, digest: Digest) -> OpenBlob | None:
+        entry = self._entries.get(digest.hex)
+        if entry is None:
+            return None
+        try:
+            alive = os.fstat(entry.fd).st_nlink > 0 and entry.expires > time.monotonic()
+        except OSError:
+            alive = False
+        if not alive:
+            self._drop(digest.hex)
+            return None
+        return OpenBlob(digest, -1, entry.size, entry.mtime, entry.location, entry.storage, entry.data, entry.meta)
+
+    def admit(self, blob: OpenBlob) -> None:
+        """Keep a blob just read whole from the kernel's caches; takes over its descriptor."""
+        if blob.data is None or blob.fd < 0 or blob.size > self.max_blob_bytes or self.max_entries <= 0:
+            return
+        key = blob.digest.hex
+        if key in self._entries:
+            self._drop(key)
+        self._entries[key] = _Entry(
+            blob.fd, blob.size, blob.mtime, blob.location, blob.storage, blob.meta, blob.data,
+            time.monotonic() + SECONDS,
+        )
+        blob.fd = -1
+        while len(self._entries) > self.max_entries:
+            self._drop(next(iter(self._entries)))
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, e in self._entries.items() if e.expires <= now]:
+            self._drop(key)
+
+    async def expire_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SECONDS / 2)
+            self.expire()
+
+    def clear(self) -> None:
+        for key in list(self._entries):
+            self._drop(key)
+
+    def _drop(self, key: str) -> None:
+        entry = self._entries.pop(key)
+        os.close(entry.fd)
