@@ -116,6 +116,10 @@ class PrometheusSink:
     def __init__(self) -> None:
         self._lookups: dict[str, Any] = {}
 
+    def wants(self, kind: str, name: str) -> bool:
+        # Request latency and bytes sent come from HttpTraffic, not from these events.
+        return kind == "incr" and (name in self._COUNTERS or name.startswith("lookup.attempt."))
+
     def incr(self, name: str, count: int = 1) -> None:
         counter = self._COUNTERS.get(name)
         if counter is not None:
@@ -127,10 +131,10 @@ class PrometheusSink:
             DEFERRED.inc(child, count)
 
     def timing(self, name: str, milliseconds: float) -> None:
-        return None  # request latency comes from the middleware
+        return None  # never wanted
 
     def size(self, name: str, nbytes: int) -> None:
-        return None  # bytes sent come from the middleware
+        return None  # never wanted
 
 
 class StorageFreeBytes(Collector):

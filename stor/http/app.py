@@ -39,7 +39,7 @@ def create_rsgi_app(settings: Settings) -> RsgiApp:
     return RsgiApp(
         app.asgi,
         app.blobs,
-        is_blob_path=lambda path: app.dispatch.route(path) == BLOB_ROUTE,
+        is_blob_path=app.dispatch.is_blob_path,
         startup=app.startup,
         shutdown=app.shutdown,
         record=app.traffic.record if app.traffic is not None else None,
@@ -134,6 +134,9 @@ class BlobDispatch:
         self.rest = rest
         self.fixed_paths = frozenset(fixed_paths)
 
+    def is_blob_path(self, path: str) -> bool:
+        return path.rfind("/") == 0 and path not in self.fixed_paths
+
     def route(self, path: str) -> str:
         """The route a path takes: a fixed path itself, BLOB_ROUTE, or "other"."""
         if path in self.fixed_paths:
@@ -141,7 +144,7 @@ class BlobDispatch:
         return BLOB_ROUTE if path.rfind("/") == 0 else "other"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.route(scope["path"]) == BLOB_ROUTE:
+        if scope["type"] == "http" and self.is_blob_path(scope["path"]):
             await self.blobs(scope, receive, send)
             return
         await self.rest(scope, receive, send)

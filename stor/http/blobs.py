@@ -18,9 +18,16 @@ from starlette.types import Message, Receive, Scope, Send
 
 from stor.digest import Digest, InvalidDigest
 from stor.http.auth import Authenticator, refusal
-from stor.http.conditional import CONDITIONAL_HEADERS, FULL, decide
+from stor.http.conditional import CONDITIONAL_HEADERS, decide
 from stor.http.headers import HeaderLookup
-from stor.http.responses import DEFAULT_TYPE, BlobResponse, TextResponse, blob_response, validator_headers
+from stor.http.responses import (
+    DEFAULT_TYPE,
+    BlobResponse,
+    TextResponse,
+    blob_response,
+    full_headers,
+    validator_headers,
+)
 from stor.http.text import is_decimal, shown
 from stor.metrics import Metrics
 from stor.store.base import DigestMismatch, NoSpace, TooLarge
@@ -107,6 +114,7 @@ class BlobEndpoint:
         self.store = store
         self.auth = auth
         self.metrics = metrics
+        self._success_names: dict[str, tuple[str, str, str]] = {}  # per storage: the original's metric names
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
@@ -150,20 +158,23 @@ class BlobEndpoint:
             metrics.incr("error.get.not_found_old.count")
             return TextResponse(f"File '{sha}' not found", 404)
 
-        name = f"success.get.ok_old.{blob.storage}"
+        names = self._success_names.get(blob.storage)
+        if names is None:
+            base = f"success.get.ok_old.{blob.storage}"
+            names = self._success_names[blob.storage] = (f"{base}.count", f"{base}.size", f"{base}.time")
         size = blob.size
 
         def sent() -> None:
-            metrics.incr(f"{name}.count")
-            metrics.size(f"{name}.size", size)
-            metrics.timing(f"{name}.time", (time.perf_counter() - started) * 1000)
+            metrics.incr(names[0])
+            metrics.size(names[1], size)
+            metrics.timing(names[2], (time.perf_counter() - started) * 1000)
 
-        validators = validator_headers(blob)
-        if any(name in headers for name in CONDITIONAL_HEADERS):
-            answer = decide(headers, blob.size, validators["etag"], validators["last-modified"], blob.mtime)
-        else:
-            answer = FULL
-        return blob_response(blob, validators, answer, send_body, sent)
+        for name in CONDITIONAL_HEADERS:
+            if name in headers:
+                validators = validator_headers(blob)
+                answer = decide(headers, blob.size, validators["etag"], validators["last-modified"], blob.mtime)
+                return blob_response(blob, validators, answer, send_body, sent)
+        return BlobResponse(blob, 200, full_headers(blob), 0, blob.size, send_body, sent)
 
     async def write(self, sha: str, request: Request) -> Response:
         metrics = self.metrics

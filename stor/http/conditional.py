@@ -45,8 +45,7 @@ class Refused:
 
 Answer = Full | NotModified | Partial | Refused
 
-FULL = Full()
-# The request headers that can make the answer anything but FULL.
+# The request headers that can make the answer anything but Full.
 CONDITIONAL_HEADERS = ("range", "if-none-match", "if-modified-since")  # if-range matters only with range
 
 

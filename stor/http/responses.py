@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 from stor.aio import in_thread
 from stor.http.conditional import Answer, Full, NotModified, Partial, Refused
 from stor.store.base import OpenBlob, StoreError
+from stor.store.metadata import BlobMeta
 
 log = logging.getLogger("stor.http")
 
@@ -56,6 +57,27 @@ def representation_headers(blob: OpenBlob) -> dict[str, str]:
     return headers
 
 
+_full: dict[tuple[str, int, float, BlobMeta], list[tuple[str, str]]] = {}
+
+
+def full_headers(blob: OpenBlob) -> list[tuple[str, str]]:
+    """Every header of a whole-blob answer; remembered, since a hot blob is answered again and again.
+
+    The list is shared: never change it.
+    """
+    key = (blob.digest.hex, blob.size, blob.mtime, blob.meta)
+    headers = _full.get(key)
+    if headers is None:
+        if len(_full) >= 4096:
+            _full.clear()
+        headers = _full[key] = [
+            *validator_headers(blob).items(),
+            *representation_headers(blob).items(),
+            ("content-length", str(blob.size)),
+        ]
+    return headers
+
+
 def blob_response(
     blob: OpenBlob, validators: dict[str, str], answer: Answer, send_body: bool, on_sent: Callable[[], None]
 ) -> Response | BlobResponse:
@@ -72,9 +94,10 @@ def blob_response(
         return Response(status_code=304, headers=headers)
     if isinstance(answer, Partial):
         headers["content-range"] = f"bytes {answer.start}-{answer.end}/{blob.size}"
-        return BlobResponse(blob, 206, headers, answer.start, answer.length, send_body, on_sent)
+        headers["content-length"] = str(answer.length)
+        return BlobResponse(blob, 206, list(headers.items()), answer.start, answer.length, send_body, on_sent)
     assert isinstance(answer, Full)
-    return BlobResponse(blob, 200, headers, 0, blob.size, send_body, on_sent)
+    return BlobResponse(blob, 200, full_headers(blob), 0, blob.size, send_body, on_sent)
 
 
 class TextResponse:
@@ -117,15 +140,14 @@ class BlobResponse:
         self,
         blob: OpenBlob,
         status: int,
-        headers: dict[str, str],
+        headers: list[tuple[str, str]],
         offset: int,
         length: int,
         send_body: bool,
         on_sent: Callable[[], None] | None = None,
     ) -> None:
         self.status_code = status
-        self.headers = list(headers.items())
-        self.headers.append(("content-length", str(length)))
+        self.headers = headers  # content-length included; possibly shared (full_headers): never changed here
         self.blob = blob
         self.offset = offset
         self.length = length
