@@ -78,9 +78,10 @@ class Settings:
     memcached_retry_after: float = 5.0
     local_cache_size: int = 10_000
     # Small blobs each worker keeps in memory, with their files open, after
-    # reading them (stor.store.hot): how many, and up to what size.
+    # reading them (stor.store.hot): how many, up to what size, for how long.
     hot_blobs: int = 256
     hot_blob_max_bytes: int = 64 * 1024
+    hot_blob_seconds: float = 10.0
     statsite: StatsiteSettings | None = None
     prometheus: PrometheusSettings = PrometheusSettings()
     s3_enabled: bool = False
@@ -174,6 +175,7 @@ def parse(raw: dict[str, Any], source: str = "config") -> Settings:
         local_cache_size=r.non_negative_int("local_cache_size", 10_000),
         hot_blobs=r.non_negative_int("hot_blobs", 256),
         hot_blob_max_bytes=r.non_negative_int("hot_blob_max_bytes", 64 * 1024),
+        hot_blob_seconds=r.positive_number("hot_blob_seconds", 10.0),
         statsite=_statsite(raw),
         prometheus=_prometheus(raw),
         s3_enabled=r.get("s3_enabled", bool, False),

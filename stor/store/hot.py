@@ -10,7 +10,7 @@ descriptor it holds, that the file still has a name (an unlinked or
 replaced file has none), and a blob's bytes cannot change under its name
 without ceasing to be that blob. Only blobs that the kernel could open and
 read from its caches (CACHED_ONLY) are taken in, so the fstat never waits for
-a disk or a network file system. Entries are closed after SECONDS even when
+a disk or a network file system. Entries are closed after `seconds` even when
 idle, so that a storage disk can be unmounted once reads stop.
 """
 
@@ -25,9 +25,6 @@ from dataclasses import dataclass
 from stor.digest import Digest
 from stor.store.base import OpenBlob
 from stor.store.metadata import BlobMeta
-
-SECONDS = 10.0
-
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
@@ -44,9 +41,10 @@ class _Entry:
 class HotBlobs:
     """Touched only from the event loop thread."""
 
-    def __init__(self, max_entries: int, max_blob_bytes: int) -> None:
+    def __init__(self, max_entries: int, max_blob_bytes: int, seconds: float) -> None:
         self.max_entries = max_entries
         self.max_blob_bytes = max_blob_bytes
+        self.seconds = seconds
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
 
     @property
@@ -76,7 +74,7 @@ class HotBlobs:
             self._drop(key)
         self._entries[key] = _Entry(
             blob.fd, blob.size, blob.mtime, blob.location, blob.storage, blob.meta, blob.data,
-            time.monotonic() + SECONDS,
+            time.monotonic() + self.seconds,
         )
         blob.fd = -1
         while len(self._entries) > self.max_entries:
@@ -89,7 +87,7 @@ class HotBlobs:
 
     async def expire_forever(self) -> None:
         while True:
-            await asyncio.sleep(SECONDS / 2)
+            await asyncio.sleep(self.seconds / 2)
             self.expire()
 
     def clear(self) -> None:

@@ -107,7 +107,7 @@ class LocalStore:
         self._locks = _KeyedLock()
         # Where this worker last read each blob, and its sidecar: a hit costs one open, with no cache round trip.
         self._seen: LRU[str, _Seen] = LRU(settings.local_cache_size)
-        self._hot = HotBlobs(settings.hot_blobs, settings.hot_blob_max_bytes)
+        self._hot = HotBlobs(settings.hot_blobs, settings.hot_blob_max_bytes, settings.hot_blob_seconds)
 
     # ---- reads -------------------------------------------------------------
 

@@ -1,0 +1,101 @@
+"""Hot blobs: small blobs a worker keeps in memory, with their files open, after reading them.
+
+What must hold: a hot blob is never served once its file is gone or replaced,
+and the descriptors are let go when reads stop (so a disk can be unmounted).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from conftest import layout_path, pair_config, sha256
+from realservers import put_by_hand
+
+
+def open_by_workers(server: Any, path: Path) -> bool:
+    """Whether any process of the server holds path open (from /proc/PID/fd)."""
+    for pid in server.processes():
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) == str(path):
+                    return True
+            except FileNotFoundError:
+                continue  # closed while we looked
+    return False
+
+
+def test_hot_blob_deleted_from_disk_is_not_served(start_server: Any, mirrors: tuple[Path, Path]) -> None:
+    a, b = mirrors
+    server = start_server(pair_config(mirrors))
+    data = os.urandom(3000)
+    sha = sha256(data)
+    put_by_hand(sha, data, a, b)
+    with httpx.Client(base_url=server.url) as c:
+        for _ in range(3):  # read, then answered from memory
+            r = c.get(f"/{sha}")
+            assert r.status_code == 200 and r.content == data
+        assert c.head(f"/{sha}").headers["content-length"] == "3000"
+        assert open_by_workers(server, layout_path(a, sha)) or open_by_workers(server, layout_path(b, sha))
+        for d in (a, b):
+            layout_path(d, sha).unlink()
+        r = c.get(f"/{sha}")
+        assert r.status_code == 404 and r.text == f"File '{sha}' not found"
+        assert c.head(f"/{sha}").status_code == 404
+
+
+def test_hot_blob_replaced_on_disk_is_served_as_the_new_file(start_server: Any, mirrors: tuple[Path, Path]) -> None:
+    """A file renamed over the blob (a repair, say) is a new inode: its sidecar is read again."""
+    a, b = mirrors
+    server = start_server(pair_config(mirrors))
+    data = os.urandom(2000)
+    sha = sha256(data)
+    put_by_hand(sha, data, a, b)
+    with httpx.Client(base_url=server.url) as c:
+        for _ in range(2):
+            r = c.get(f"/{sha}")
+            assert r.headers["content-type"] == "application/octet-stream" and "x-filename" not in r.headers
+        for d in (a, b):
+            final = layout_path(d, sha)
+            final.with_suffix(".meta").write_text(json.dumps({"content_type": "text/plain", "filename": "x.txt"}))
+            tmp = final.with_name("replacement")
+            tmp.write_bytes(data)
+            os.rename(tmp, final)
+        r = c.get(f"/{sha}")
+        assert r.status_code == 200 and r.content == data
+        assert r.headers["content-type"] == "text/plain" and r.headers["x-filename"] == "x.txt"
+
+
+def test_hot_blob_files_are_closed_once_reads_stop(start_server: Any, mirrors: tuple[Path, Path]) -> None:
+    a, b = mirrors
+    server = start_server(pair_config(mirrors, hot_blob_seconds=1))
+    data = os.urandom(1000)
+    sha = sha256(data)
+    put_by_hand(sha, data, a, b)
+    paths = [layout_path(a, sha), layout_path(b, sha)]
+    with httpx.Client(base_url=server.url) as c:
+        for _ in range(2):  # the first read looks the sidecar up on disk; the second is kept
+            assert c.get(f"/{sha}").content == data
+    assert any(open_by_workers(server, p) for p in paths)
+    deadline = time.monotonic() + 10
+    while any(open_by_workers(server, p) for p in paths):
+        assert time.monotonic() < deadline, "a hot blob's file is still open 10 s after the last read"
+        time.sleep(0.1)  # polling the process's descriptors, bounded by the deadline
+
+
+def test_hot_blobs_off_holds_no_file(start_server: Any, mirrors: tuple[Path, Path]) -> None:
+    a, b = mirrors
+    server = start_server(pair_config(mirrors, hot_blobs=0))
+    data = os.urandom(1000)
+    sha = sha256(data)
+    put_by_hand(sha, data, a, b)
+    with httpx.Client(base_url=server.url) as c:
+        for _ in range(3):
+            assert c.get(f"/{sha}").content == data
+    # Each read closes its file before its answer is handed over.
+    assert not open_by_workers(server, layout_path(a, sha)) and not open_by_workers(server, layout_path(b, sha))
