@@ -199,7 +199,8 @@ class BlobEndpoint:
             length = int(length_header)
 
         try:
-            result = await self.store.put(digest, request.stream(), length, meta)
+            on_its_way = request.headers.get("expect", "").lower() != "100-continue"
+            result = await self.store.put(digest, request.stream(), length, meta, body_on_its_way=on_its_way)
         except DigestMismatch as e:
             metrics.incr("error.post.bad_sha.count")
             return PlainTextResponse(str(e), status_code=412)

@@ -68,9 +68,18 @@ class BlobStore(Protocol):
         """The blob opened for reading, or None when this backend does not have it."""
 
     async def put(
-        self, digest: Digest, body: AsyncIterator[bytes], length: int | None, meta: BlobMeta = BlobMeta()
+        self,
+        digest: Digest,
+        body: AsyncIterator[bytes],
+        length: int | None,
+        meta: BlobMeta = BlobMeta(),
+        body_on_its_way: bool = False,
     ) -> PutResult:
-        """Store the body under digest, verifying it; the body is consumed only if needed."""
+        """Store the body under digest, verifying it; the body is consumed only if needed.
+
+        body_on_its_way: the client is sending the body whatever the answer
+        (no Expect: 100-continue), so reading a small one early wastes nothing.
+        """
 
     async def contains(self, digests: list[Digest]) -> list[bool]:
         """Whether each blob is stored, in one round trip."""

@@ -60,6 +60,9 @@ MAX_BUFFER_SECONDS = 10.0
 # Blobs up to this size are read whole while opening: one thread hop per small GET.
 PREFETCH_BYTES = 256 * 1024
 
+# Uploads up to this size, sent without waiting for 100 Continue, are read whole before the disks are consulted.
+SMALL_UPLOAD_BYTES = WRITE_CHUNK
+
 # Chunks at least this large are written to the mirrors in parallel with hashing.
 PARALLEL_WRITE_BYTES = 256 * 1024
 _MIRROR_WRITERS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="stor-mirror")
@@ -267,18 +270,61 @@ class LocalStore:
         return [any(os.path.isfile(d / digest.relative_path) for d in dirs) for digest in digests]
 
     async def put(
-        self, digest: Digest, body: AsyncIterator[bytes], length: int | None, meta: BlobMeta = BlobMeta()
+        self,
+        digest: Digest,
+        body: AsyncIterator[bytes],
+        length: int | None,
+        meta: BlobMeta = BlobMeta(),
+        body_on_its_way: bool = False,
     ) -> PutResult:
+        """Store the body under digest, verified; the body is consumed only if needed.
+
+        body_on_its_way: the client sends the body without waiting for an
+        answer (no Expect: 100-continue). A small body of known length is then
+        read first and the whole upload (the disks consulted, both mirrors
+        written and flushed) is one hop to a thread instead of two: each hop
+        costs about as much CPU as the Python work of the upload. A duplicate
+        then has its few bytes read, which also keeps the connection usable.
+        """
         # One upload per digest at a time in this process: a second one waits
         # and then finds the blob complete without reading its body.
         async with self._locks.hold(digest.hex):
-            plan = await in_thread(self._plan_write, digest, length)
-            if isinstance(plan, PutResult):
-                return plan
-            pair, targets = plan
-            await self._write(digest, body, targets, meta)
+            limit = self.settings.max_blob_bytes
+            if body_on_its_way and length is not None and length <= min(SMALL_UPLOAD_BYTES, limit or length):
+                data = bytearray()
+                async for chunk in body:
+                    data += chunk
+                outcome = await in_thread(self._put_whole, digest, bytes(data), meta)
+                if isinstance(outcome, PutResult):
+                    return outcome
+                pair = outcome
+            else:
+                plan = await in_thread(self._plan_write, digest, length)
+                if isinstance(plan, PutResult):
+                    return plan
+                pair, targets = plan
+                await self._write(digest, body, targets, meta)
             await self.cache.set(digest, str(pair.dirs[0]))
             return PutResult(created=True, locations=[str(d / digest.relative_path) for d in pair.dirs])
+
+    def _put_whole(self, digest: Digest, data: bytes, meta: BlobMeta) -> PutResult | StoragePair:
+        """put() of a body already in memory, from planning to the last flush (blocking).
+
+        The PutResult of a blob already stored, else the pair now holding it.
+        """
+        plan = self._plan_write(digest, len(data))
+        if isinstance(plan, PutResult):
+            return plan
+        pair, targets = plan
+        writer = _MirrorWriter(digest, targets, meta)
+        try:
+            writer.commit(data)
+        except BaseException as e:
+            writer.abort()
+            if isinstance(e, OSError):
+                raise _storage_error(e, digest, targets) from e
+            raise
+        return pair
 
     def _plan_write(self, digest: Digest, length: int | None) -> PutResult | tuple[StoragePair, list[Path]]:
         """What an upload must do, decided in one pass over the disks (blocking).
@@ -287,9 +333,10 @@ class LocalStore:
         the pair and the mirrors to write. Raises TooLarge or NoSpace before
         any body byte is read.
         """
-        presence = [(pair, [os.path.isfile(d / digest.relative_path) for d in pair.dirs]) for pair in self.pairs]
+        rel = digest.relative_path
+        presence = [(pair, [os.path.isfile(f"{d}/{rel}") for d in pair.dirs]) for pair in self.pairs]
         if any(all(have) for _, have in presence):
-            existing = [str(d / digest.relative_path) for pair, have in presence for d, h in zip(pair.dirs, have) if h]
+            existing = [f"{d}/{rel}" for pair, have in presence for d, h in zip(pair.dirs, have) if h]
             return PutResult(created=False, locations=existing)
         limit = self.settings.max_blob_bytes
         if limit is not None and length is not None and length > limit:
@@ -341,10 +388,14 @@ class LocalStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await in_thread(writer.abort)
             if isinstance(e, OSError):
-                if e.errno in _NO_SPACE_ERRNOS:
-                    raise NoSpace(f"disk full while writing {digest}: {e}") from e
-                raise StoreError(f"writing {digest} to {', '.join(map(str, targets))}: {e}") from e
+                raise _storage_error(e, digest, targets) from e
             raise
+
+
+def _storage_error(e: OSError, digest: Digest, targets: Sequence[Path]) -> StoreError:
+    if e.errno in _NO_SPACE_ERRNOS:
+        return NoSpace(f"disk full while writing {digest}: {e}")
+    return StoreError(f"writing {digest} to {', '.join(map(str, targets))}: {e}")
 
 
 class _MirrorWriter:
@@ -392,24 +443,24 @@ class _MirrorWriter:
             actual = self.hasher.hexdigest()
             if actual != self.digest.hex:
                 raise DigestMismatch(self.digest, actual)
-            finals = [root / self.digest.relative_path for root in self.targets]
+            finals = [f"{root}/{self.digest.relative_path}" for root in self.targets]
             for fd, _ in self.files:
                 os.fsync(fd)
             # Everything that can fail for lack of room happens before the first rename,
             # so a refused upload never leaves the blob visible on one mirror.
             for root, final in zip(self.targets, finals):
-                _make_dirs_durably(final.parent, root)
+                _make_dirs_durably(os.path.dirname(final), str(root))
             if self.meta:
                 # The sidecar is in place before the blob is visible, so a reader never misses it.
                 # Its directory entry is flushed with the blob's, by the directory fsync below.
                 for root in self.targets:
                     _write_file_durably(root, self.digest, root / meta_relative_path(self.digest), self.meta.to_json())
-            renamed: list[tuple[Path, int]] = []
+            renamed: list[tuple[str, int]] = []
             try:
                 for (fd, tmp), final in zip(self.files, finals):
                     os.rename(tmp, final)
                     renamed.append((final, os.fstat(fd).st_ino))
-                    _fsync_dir(final.parent)
+                    _fsync_dir(os.path.dirname(final))
             except OSError:
                 for final, inode in renamed:
                     _unlink_if_same_file(final, inode)
@@ -456,11 +507,11 @@ def _write_file_durably(root: Path, digest: Digest, final: Path, data: bytes) ->
         os.close(fd)
 
 
-def _unlink_if_same_file(path: Path, inode: int) -> None:
+def _unlink_if_same_file(path: str, inode: int) -> None:
     """Undo our own rename, but never remove a copy another upload put there since."""
     try:
         if os.stat(path).st_ino == inode:
-            path.unlink()
+            os.unlink(path)
     except OSError as e:
         log.error("cannot roll back %s: %s", path, e)
 
@@ -472,22 +523,22 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _make_dirs_durably(directory: Path, root: Path) -> None:
+def _make_dirs_durably(directory: str, root: str) -> None:
     """Create directory and its missing parents below root, flushing each new entry."""
-    missing: list[Path] = []
+    missing: list[str] = []
     d = directory
-    while d != root and not d.is_dir():
+    while d != root and not os.path.isdir(d):
         missing.append(d)
-        d = d.parent
+        d = os.path.dirname(d)
     for d in reversed(missing):
         try:
-            d.mkdir()
+            os.mkdir(d)
         except FileExistsError:
             continue  # another upload made it
-        _fsync_dir(d.parent)
+        _fsync_dir(os.path.dirname(d))
 
 
-def _fsync_dir(directory: Path) -> None:
+def _fsync_dir(directory: str | Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)

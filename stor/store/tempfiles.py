@@ -34,9 +34,13 @@ def temp_dir(root: Path) -> Path:
 def create_locked(root: Path, digest: Digest) -> tuple[int, Path]:
     """A new, exclusively locked temporary file for digest under root."""
     directory = temp_dir(root)
-    directory.mkdir(exist_ok=True)
     path = directory / f"{digest.upper}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o644)
+    except FileNotFoundError:
+        directory.mkdir(exist_ok=True)  # the first upload to this storage
+        fd = os.open(path, flags, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BaseException:
