@@ -376,6 +376,7 @@ class Bench:
         subprocess.run([tools["cc"], "-O2", "-pthread", "-o", self.loadgen, str(BENCH / "loadgen.c")], check=True)
         self.nginx_port = 0
         self.nginx: subprocess.Popen | None = None
+        self.floor: tuple[subprocess.Popen, int, list[int]] | None = None  # granian + an empty app, per round
 
     def warn(self, msg: str) -> None:
         log("WARNING: " + msg)
@@ -638,9 +639,15 @@ http {{
             series.add(r["requests"] / r["duration_s"], server_cpu_cores=cpu / r["duration_s"])
             log(f"HEAD {who}: {series.values[-1]:,.0f} req/s, server CPU {cpu / r['duration_s']:.2f} cores")
 
+        assert self.floor is not None
+        _, floor_port, floor_pids = self.floor
+        f = Series("req/s")
+        self.loadgen_run(floor_port, f"/{sha}", "HEAD", a.warmup)
         self.interleaved([lambda: one(stor_port, f"/{sha}", s, "stor", pids),
-                          lambda: one(self.nginx_port, f"/{rel_path(sha)}", n, "nginx", self.nginx_pids())], a.runs)
+                          lambda: one(self.nginx_port, f"/{rel_path(sha)}", n, "nginx", self.nginx_pids()),
+                          lambda: one(floor_port, f"/{sha}", f, "granian floor", floor_pids)], a.runs)
         round_["head"] = {"stor": s, "reference": n, "reference_name": "nginx HEAD"}
+        round_["head_floor"] = {"stor": f, "reference": n, "reference_name": "nginx HEAD"}
 
     def bench_miss(self, round_: dict, stor_port: int, pids: list[int]) -> None:
         a = self.args
@@ -658,9 +665,16 @@ http {{
             series.add(r["requests"] / r["duration_s"], server_cpu_cores=cpu / r["duration_s"])
             log(f"GET missing (404) {who}: {series.values[-1]:,.0f} req/s, server CPU {cpu / r['duration_s']:.2f} cores")
 
+        assert self.floor is not None
+        _, floor_port, floor_pids = self.floor
+        floor_url = f"http://127.0.0.1:{floor_port}/{self.missing_sha}"
+        f = Series("req/s")
+        self.wrk(floor_url, a.warmup, a.threads, a.connections, LUA / "get.lua")
         self.interleaved([lambda: one(stor_url, s, "stor", pids),
-                          lambda: one(ng_url, n, "nginx", self.nginx_pids())], a.runs)
+                          lambda: one(ng_url, n, "nginx", self.nginx_pids()),
+                          lambda: one(floor_url, f, "granian floor", floor_pids)], a.runs)
         round_["miss"] = {"stor": s, "reference": n, "reference_name": "nginx 404"}
+        round_["miss_floor"] = {"stor": f, "reference": n, "reference_name": "nginx 404"}
 
     def bench_existing(self, round_: dict, stor_port: int, pids: list[int]) -> None:
         a = self.args
@@ -876,8 +890,24 @@ http {{
         round_["post_big"] = {"stor": s, "reference": raw, "reference_name": "raw hash+write both"}
         round_["rss_post_big"] = {"stor": rss, "reference": self.idle_rss, "reference_name": "at idle"}
 
+    def start_floor(self, workers: int) -> tuple[subprocess.Popen, int, list[int]]:
+        """granian serving bench/floor_app.py (an app that does no work) with stor's worker count."""
+        port = free_port()
+        cmd = [sys.executable, "-m", "granian", "--interface", "rsgi", "--workers", str(workers),
+               "--port", str(port), "--log-level", "warning", "--no-ws", "floor_app:app"]
+        out = open(self.work / f"floor-w{workers}.log", "wb")
+        p = self.procs.start(cmd, stdout=out, stderr=out, cwd=BENCH)
+        wait_port(port, p, "granian floor app")
+        deadline = time.monotonic() + 30
+        while not (self._answers(port) and len(self._workers(p.pid)) == workers):
+            if p.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"granian floor app did not start; see {self.work / f'floor-w{workers}.log'}")
+            time.sleep(0.2)
+        return p, port, self._workers(p.pid)
+
     def run_round(self, workers: int, groups: list[str]) -> dict:
         proc, port, pids = self.start_stor(workers)
+        self.floor = self.start_floor(workers) if {"head", "miss"} & set(groups) else None
         try:
             self.check(port)
             round_: dict = {}
@@ -895,6 +925,8 @@ http {{
             return round_
         finally:
             self.procs.stop(proc)
+            if self.floor is not None:
+                self.procs.stop(self.floor[0])
 
 
 # ---- report ---------------------------------------------------------------------
@@ -905,6 +937,8 @@ LABELS = {
     "get_64m": ("GET 64 MiB", "MB/s"),
     "head": ("HEAD hit", "req/s"),
     "miss": ("GET missing (404)", "req/s"),
+    "head_floor": ("HEAD, granian + empty app (floor)", "req/s"),
+    "miss_floor": ("404, granian + empty app (floor)", "req/s"),
     "existing": ("POST existing 64 KiB, c{c}", "req/s"),
     "post_c1": ("POST new 64 KiB, c1", "blobs/s"),
     "post_c16": ("POST new 64 KiB, c{c}", "blobs/s"),
@@ -912,7 +946,7 @@ LABELS = {
     "rss_get_64m": ("peak RSS/worker, GET 64 MiB", "MiB"),
     "rss_post_big": ("peak RSS/worker, POST {big} MiB", "MiB"),
 }
-ORDER = ["get_4k", "get_1m", "get_64m", "head", "miss", "post_c1", "post_c16", "post_big", "existing",
+ORDER = ["get_4k", "get_1m", "get_64m", "head", "head_floor", "miss", "miss_floor", "post_c1", "post_c16", "post_big", "existing",
          "rss_get_64m", "rss_post_big"]
 
 
