@@ -41,6 +41,13 @@ def main(argv: list[str] | None = None) -> int:
         default="granian",
         help="HTTP server (default granian: it sends files from its own I/O threads, see README)",
     )
+    serve.add_argument(
+        "--runtime-threads",
+        type=int,
+        default=None,
+        help="granian's I/O threads per worker, which parse requests and send files "
+        "(default: the CPUs this process may use, divided among the workers, at least 1)",
+    )
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument(
         "--access-log",
@@ -66,6 +73,9 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     if args.workers < 1:
         print("stor: --workers: must be at least 1", file=sys.stderr)
+        return 2
+    if args.runtime_threads is not None and args.runtime_threads < 1:
+        print("stor: --runtime-threads: must be at least 1", file=sys.stderr)
         return 2
 
     if not settings.has_writer:
@@ -117,7 +127,13 @@ def _run_granian(args: argparse.Namespace) -> None:
         log_access=args.access_log,
         websockets=False,
         respawn_failed_workers=True,
+        runtime_threads=args.runtime_threads or runtime_threads_for(args.workers),
     ).serve()
+
+
+def runtime_threads_for(workers: int) -> int:
+    """Every CPU gets an I/O thread: one worker alone sends large files from two threads on two CPUs."""
+    return max(1, len(os.sched_getaffinity(0)) // workers)
 
 
 def _run_uvicorn(args: argparse.Namespace) -> None:

@@ -68,6 +68,24 @@ def test_unreadable_config_file(tmp_path: Path) -> None:
     assert result.stderr.strip() == f"stor: config file {tmp_path / 'missing.json'}: cannot read: No such file or directory"
 
 
+@pytest.mark.parametrize("option", ["--workers", "--runtime-threads"])
+def test_serve_counts_must_be_positive(tmp_path: Path, option: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "stor", "serve", option, "0"], capture_output=True, text=True, timeout=30, cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"stor: {option}: must be at least 1"
+
+
+def test_one_worker_gets_an_io_thread_per_cpu() -> None:
+    from stor.cli import runtime_threads_for
+
+    cpus = len(os.sched_getaffinity(0))
+    assert runtime_threads_for(1) == cpus
+    assert runtime_threads_for(cpus) == 1
+    assert runtime_threads_for(cpus * 4) == 1
+
+
 def test_config_file_environment_variable_is_honoured(start_server: object, mirrors: tuple[Path, Path], tmp_path: Path) -> None:
     path = tmp_path / "from-env.json"
     path.write_text(json.dumps(pair_config(mirrors)))
