@@ -99,3 +99,29 @@ def test_hot_blobs_off_holds_no_file(start_server: Any, mirrors: tuple[Path, Pat
             assert c.get(f"/{sha}").content == data
     # Each read closes its file before its answer is handed over.
     assert not open_by_workers(server, layout_path(a, sha)) and not open_by_workers(server, layout_path(b, sha))
+
+
+def test_repeated_heads_keep_a_blob_hot_and_evicted_pages_still_answer(
+    start_server: Any, mirrors: tuple[Path, Path]
+) -> None:
+    """A HEAD reads a small blob's bytes only from the page cache (never the disk) to keep it hot."""
+    a, b = mirrors
+    server = start_server(pair_config(mirrors))
+    data = os.urandom(5000)
+    sha = sha256(data)
+    put_by_hand(sha, data, a, b)
+    paths = [layout_path(a, sha), layout_path(b, sha)]
+    for p in paths:  # out of the page cache: the first HEADs must not need the bytes
+        fd = os.open(p, os.O_RDONLY)
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    with httpx.Client(base_url=server.url) as c:
+        r = c.head(f"/{sha}")
+        assert r.status_code == 200 and r.headers["content-length"] == "5000"
+        for p in paths:  # back in the page cache, as a recent write or read leaves it
+            p.read_bytes()
+        for _ in range(3):
+            assert c.head(f"/{sha}").headers["content-length"] == "5000"
+        assert any(open_by_workers(server, p) for p in paths)
+        assert c.get(f"/{sha}").content == data

@@ -29,6 +29,8 @@ class WouldBlock(Exception):
 
 
 class FileAccess(Protocol):
+    waits: bool  # whether calls may wait for the disk (else they raise WouldBlock)
+
     def open(self, path: str) -> int | None:
         """A read-only descriptor for path, or None if there is no such file."""
 
@@ -37,6 +39,8 @@ class FileAccess(Protocol):
 
 
 class _Blocking:
+    waits = True
+
     def open(self, path: str) -> int | None:
         try:
             return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -57,6 +61,8 @@ _RESOLVE_CACHED = 0x20
 
 
 class _CachedOnly:
+    waits = False
+
     def __init__(self) -> None:
         self.available = False
         if _SYS_OPENAT2 is None or not hasattr(os, "RWF_NOWAIT"):

@@ -231,9 +231,13 @@ class LocalStore:
             if seen is None or seen.inode != st.st_ino:
                 seen = _Seen(directory, st.st_ino, read_meta(f"{directory}/{meta_relative_path(digest)}", files))
             blob = OpenBlob(digest, fd, st.st_size, st.st_mtime, path, self._metric_names[directory], meta=seen.meta)
-            # Without prefetch (HEAD) a blob small enough to be kept hot is still read: the next request is served from memory.
-            if st.st_size <= (PREFETCH_BYTES if prefetch else self._hot.takes_up_to):
+            if prefetch and st.st_size <= PREFETCH_BYTES:
                 blob.data = files.pread(fd, st.st_size, 0)
+            elif not files.waits and st.st_size <= self._hot.takes_up_to:
+                # A HEAD: the bytes are read too if the page cache holds them, so that the
+                # blob can be kept hot; never from the disk, which a HEAD does not need.
+                with contextlib.suppress(WouldBlock):
+                    blob.data = files.pread(fd, st.st_size, 0)
         except BaseException:
             os.close(fd)
             raise
