@@ -12,6 +12,7 @@ route, and the blob reads differ only in how their answer is handed over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -61,21 +62,28 @@ class RsgiApp:
             await call_asgi(self.asgi, scope, proto)
             return
         started = time.perf_counter()
-        status = 500
-        sent = 0
         try:
-            response = await self.blobs.read(path[1:], scope.headers, send_body=method == "GET")
-            status = response.status_code
-            if isinstance(response, (BlobResponse, TextResponse)):
-                sent = response.body_bytes if method == "GET" else 0
-                response.send_rsgi(proto)
-            else:
-                sent = len(response.body) if method == "GET" else 0
-                proto.response_bytes(status, _str_headers(response), response.body)
+            response: Response | BlobResponse | TextResponse = await self.blobs.read(
+                path[1:], scope.headers, send_body=method == "GET"
+            )
         except Exception:
+            # read() answers the store's faults itself: this is a bug, still answered.
             log.exception("%s %s failed", method, path)
-            status, sent = 500, 0
-            proto.response_str(500, [("content-type", "text/plain; charset=utf-8")], "Internal error")
+            response = TextResponse("Internal error", 500)
+        status, sent = response.status_code, 0
+        try:
+            if isinstance(response, (BlobResponse, TextResponse)):
+                response.send_rsgi(proto)
+                sent = response.body_bytes if method == "GET" else 0
+            else:
+                proto.response_bytes(status, _str_headers(response), response.body)
+                sent = len(response.body) if method == "GET" else 0
+        except Exception:
+            # The blob shrank under us, or the client is gone: a 500 if nothing was sent yet.
+            log.exception("%s %s: the answer could not be sent", method, path)
+            status = 500
+            with contextlib.suppress(Exception):
+                proto.response_str(500, [("content-type", "text/plain; charset=utf-8")], "Internal error")
         finally:
             if self.record is not None:
                 self.record(method, self.blob_route, status, time.perf_counter() - started, 0, sent)
