@@ -107,3 +107,4 @@ def test_example_config_is_valid() -> None:
 
     settings = load_file(ROOT / "config.json.example")
     assert len(settings.storage_pairs) >= 1
+    assert (settings.hot_blobs, settings.hot_blob_max_bytes, settings.hot_blob_seconds) == (256, 65536, 10)
