@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -91,6 +92,7 @@ def _serve(args: argparse.Namespace) -> int:
     log.info("stor %s: configuration from %s; storage pairs: %s", __version__, settings.source,
              "; ".join(f"{a} + {b}" for a, b in settings.storage_pairs))
 
+    _raise_open_file_limit()
     metrics_dir = None
     if settings.prometheus.enabled and args.workers > 1 and not os.environ.get(PROMETHEUS_MULTIPROC_ENV):
         # Workers each count into files here; /metrics sums them (prometheus-client's multiprocess mode).
@@ -129,6 +131,16 @@ def _run_granian(args: argparse.Namespace) -> None:
         respawn_failed_workers=True,
         runtime_threads=args.runtime_threads or runtime_threads_for(args.workers),
     ).serve()
+
+
+def _raise_open_file_limit() -> None:
+    """Soft limit up to the hard one: connections and hot blobs' open files share it (1024 by default on Debian)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:
+            log.warning("cannot raise the open file limit from %d: %s", soft, e)
 
 
 def runtime_threads_for(workers: int) -> int:

@@ -7,11 +7,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from conftest import AUTH, free_port, pair_config, sha256
+from conftest import AUTH, StorServer, free_port, pair_config, sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,3 +109,17 @@ def test_example_config_is_valid() -> None:
     settings = load_file(ROOT / "config.json.example")
     assert len(settings.storage_pairs) >= 1
     assert (settings.hot_blobs, settings.hot_blob_max_bytes, settings.hot_blob_seconds) == (256, 65536, 10)
+
+
+def test_serve_raises_the_open_file_limit_to_the_hard_one(mirrors: tuple[Path, Path]) -> None:
+    """Connections and hot blobs' open files share the limit; Debian's default soft limit is 1024."""
+    server = StorServer(workdir=mirrors[0].parent, config=pair_config(mirrors))
+    server.command = lambda: ["prlimit", "--nofile=256:4096", "--"] + StorServer.command(server)  # type: ignore[method-assign]
+    server.start()
+    try:
+        for pid in server.processes():
+            limits = Path(f"/proc/{pid}/limits").read_text()
+            line = next(l for l in limits.splitlines() if l.startswith("Max open files"))
+            assert line.split()[3:5] == ["4096", "4096"], line
+    finally:
+        server.stop()
