@@ -134,7 +134,10 @@ def _run_granian(args: argparse.Namespace) -> None:
 
 
 def _raise_open_file_limit() -> None:
-    """Soft limit up to the hard one: connections and hot blobs' open files share it (1024 by default on Debian)."""
+    """Soft limit up to the hard one: connections and hot blobs' open files share it (1024 by default on Debian).
+
+    granian does this in its workers too; uvicorn does not.
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:
         try:

@@ -112,9 +112,14 @@ def test_example_config_is_valid() -> None:
 
 
 def test_serve_raises_the_open_file_limit_to_the_hard_one(mirrors: tuple[Path, Path]) -> None:
-    """Connections and hot blobs' open files share the limit; Debian's default soft limit is 1024."""
+    """Connections and hot blobs' open files share the limit; Debian's default soft limit is 1024.
+
+    granian raises it itself; uvicorn does not, so this runs `--server uvicorn`.
+    """
     server = StorServer(workdir=mirrors[0].parent, config=pair_config(mirrors))
-    server.command = lambda: ["prlimit", "--nofile=256:4096", "--"] + StorServer.command(server)  # type: ignore[method-assign]
+    server.command = lambda: (  # type: ignore[method-assign]
+        ["prlimit", "--nofile=256:4096", "--"] + StorServer.command(server) + ["--server", "uvicorn"]
+    )
     server.start()
     try:
         for pid in server.processes():
