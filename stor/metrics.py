@@ -42,27 +42,37 @@ class Metrics:
 
     def __init__(self, sinks: list[MetricsSink] | None = None) -> None:
         self.sinks = sinks or []
-        self._targets: dict[tuple[str, str], tuple[Any, ...]] = {}
+        self._incr: dict[str, tuple[Any, ...]] = {}
+        self._timing: dict[str, tuple[Any, ...]] = {}
+        self._size: dict[str, tuple[Any, ...]] = {}
+        self._targets = {"incr": self._incr, "timing": self._timing, "size": self._size}
 
     def _to(self, kind: str, name: str) -> tuple[Any, ...]:
-        key = (kind, name)
-        targets = self._targets.get(key)
+        known = self._targets[kind]
+        targets = known.get(name)
         if targets is None:
             targets = tuple(getattr(sink, kind) for sink in self.sinks if sink.wants(kind, name))
-            if len(self._targets) < _MAX_NAMES:
-                self._targets[key] = targets
+            if len(known) < _MAX_NAMES:
+                known[name] = targets
         return targets
 
+    def wanted(self, kind: str, name: str) -> bool:
+        """Whether any sink records this event: a caller may skip the work of reporting it."""
+        return bool(self._to(kind, name))
+
     def incr(self, name: str, count: int = 1) -> None:
-        for target in self._to("incr", name):
+        targets = self._incr.get(name)
+        for target in targets if targets is not None else self._to("incr", name):
             target(name, count)
 
     def timing(self, name: str, milliseconds: float) -> None:
-        for target in self._to("timing", name):
+        targets = self._timing.get(name)
+        for target in targets if targets is not None else self._to("timing", name):
             target(name, milliseconds)
 
     def size(self, name: str, nbytes: int) -> None:
-        for target in self._to("size", name):
+        targets = self._size.get(name)
+        for target in targets if targets is not None else self._to("size", name):
             target(name, nbytes)
 
 

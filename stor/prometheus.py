@@ -68,14 +68,19 @@ class DeferredCounts:
         with self._lock:
             self._counts[child] = self._counts.get(child, 0.0) + amount
 
-    def observe(self, child: Any, value: float) -> None:
-        bounds = child._upper_bounds
+    def count_and_observe(self, counter: Any, histogram: Any, value: float) -> None:
+        """inc(counter) and observe(histogram, value) under one lock: what every request does."""
         with self._lock:
-            tally = self._observed.get(child)
-            if tally is None:
-                tally = self._observed[child] = [0.0] * (len(bounds) + 1)
-            tally[bisect.bisect_left(bounds, value)] += 1
-            tally[-1] += value
+            self._counts[counter] = self._counts.get(counter, 0.0) + 1.0
+            self._observe(histogram, value)
+
+    def _observe(self, child: Any, value: float) -> None:
+        bounds = child._upper_bounds
+        tally = self._observed.get(child)
+        if tally is None:
+            tally = self._observed[child] = [0.0] * (len(bounds) + 1)
+        tally[bisect.bisect_left(bounds, value)] += 1
+        tally[-1] += value
 
     def flush(self) -> None:
         with self._lock:
@@ -183,11 +188,10 @@ class HttpTraffic:
         counter = self._requests.get(key)
         if counter is None:
             counter = self._requests[key] = REQUESTS.labels(method, route, str(status))
-        DEFERRED.inc(counter)
         histogram = self._latency.get(key[:2])
         if histogram is None:
             histogram = self._latency[key[:2]] = LATENCY.labels(method, route)
-        DEFERRED.observe(histogram, seconds)
+        DEFERRED.count_and_observe(counter, histogram, seconds)
         if received:
             DEFERRED.inc(RECEIVED, received)
         if sent:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from urllib.parse import unquote
 
 from starlette.datastructures import Headers
@@ -114,7 +115,8 @@ class BlobEndpoint:
         self.store = store
         self.auth = auth
         self.metrics = metrics
-        self._success_names: dict[str, tuple[str, str, str]] = {}  # per storage: the original's metric names
+        # Per storage: the original's metric names for a read, and whether any sink records them.
+        self._success: dict[str, tuple[tuple[str, str, str], bool]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
@@ -158,22 +160,26 @@ class BlobEndpoint:
             metrics.incr("error.get.not_found_old.count")
             return TextResponse(f"File '{sha}' not found", 404)
 
-        names = self._success_names.get(blob.storage)
-        if names is None:
+        success = self._success.get(blob.storage)
+        if success is None:
             base = f"success.get.ok_old.{blob.storage}"
-            names = self._success_names[blob.storage] = (f"{base}.count", f"{base}.size", f"{base}.time")
-        size = blob.size
+            names = (f"{base}.count", f"{base}.size", f"{base}.time")
+            wanted = any(metrics.wanted(kind, n) for kind, n in zip(("incr", "size", "timing"), names))
+            success = self._success[blob.storage] = (names, wanted)
+        names, wanted = success
+        sent: Callable[[], None] | None = None
+        if wanted:  # else no sink records these: no closure, no clock reading
+            size = blob.size
 
-        def sent() -> None:
-            metrics.incr(names[0])
-            metrics.size(names[1], size)
-            metrics.timing(names[2], (time.perf_counter() - started) * 1000)
+            def sent() -> None:
+                metrics.incr(names[0])
+                metrics.size(names[1], size)
+                metrics.timing(names[2], (time.perf_counter() - started) * 1000)
 
-        for name in CONDITIONAL_HEADERS:
-            if name in headers:
-                validators = validator_headers(blob)
-                answer = decide(headers, blob.size, validators["etag"], validators["last-modified"], blob.mtime)
-                return blob_response(blob, validators, answer, send_body, sent)
+        if not CONDITIONAL_HEADERS.isdisjoint(headers.keys()):
+            validators = validator_headers(blob)
+            answer = decide(headers, blob.size, validators["etag"], validators["last-modified"], blob.mtime)
+            return blob_response(blob, validators, answer, send_body, sent)
         return BlobResponse(blob, 200, full_headers(blob), 0, blob.size, send_body, sent)
 
     async def write(self, sha: str, request: Request) -> Response:

@@ -46,7 +46,7 @@ class Refused:
 Answer = Full | NotModified | Partial | Refused
 
 # The request headers that can make the answer anything but Full.
-CONDITIONAL_HEADERS = ("range", "if-none-match", "if-modified-since")  # if-range matters only with range
+CONDITIONAL_HEADERS = frozenset({"range", "if-none-match", "if-modified-since"})  # if-range matters only with range
 
 
 def decide(headers: HeaderLookup, size: int, etag: str, last_modified: str, mtime: float) -> Answer:
