@@ -12,6 +12,12 @@ from dataclasses import dataclass
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 
+# Texts recently parsed, and their Digest (immutable, so shared): a hot blob's
+# sha is parsed again on every request. Only valid texts are kept.
+_PARSED_MAX = 4096
+_parsed: dict[str, Digest] = {}
+
+
 class InvalidDigest(ValueError):
     """The text is not a SHA-256 in hex."""
 
@@ -22,10 +28,17 @@ class Digest:
 
     @classmethod
     def parse(cls, text: str) -> Digest:
+        digest = _parsed.get(text)
+        if digest is not None:
+            return digest
         # fullmatch, not match with "$": "$" would accept a trailing newline.
         if not _SHA256_HEX.fullmatch(text):
             raise InvalidDigest(text)
-        return cls(text.lower())
+        digest = cls(text.lower())
+        if len(_parsed) >= _PARSED_MAX:
+            _parsed.clear()
+        _parsed[text] = digest
+        return digest
 
     @property
     def upper(self) -> str:

@@ -57,24 +57,29 @@ def representation_headers(blob: OpenBlob) -> dict[str, str]:
     return headers
 
 
-_full: dict[tuple[str, int, float, BlobMeta], list[tuple[str, str]]] = {}
+_full: dict[str, tuple[int, float, BlobMeta, list[tuple[str, str]]]] = {}
 
 
 def full_headers(blob: OpenBlob) -> list[tuple[str, str]]:
     """Every header of a whole-blob answer; remembered, since a hot blob is answered again and again.
 
-    The list is shared: never change it.
+    Keyed by the sha and checked against the file's size, date and metadata
+    (a hot blob's are the very same objects each time). The list is shared:
+    never change it.
     """
-    key = (blob.digest.hex, blob.size, blob.mtime, blob.meta)
-    headers = _full.get(key)
-    if headers is None:
-        if len(_full) >= 4096:
-            _full.clear()
-        headers = _full[key] = [
-            *validator_headers(blob).items(),
-            *representation_headers(blob).items(),
-            ("content-length", str(blob.size)),
-        ]
+    known = _full.get(blob.digest.hex)
+    if known is not None:
+        size, mtime, meta, headers = known
+        if size == blob.size and mtime == blob.mtime and (meta is blob.meta or meta == blob.meta):
+            return headers
+    if len(_full) >= 4096:
+        _full.clear()
+    headers = [
+        *validator_headers(blob).items(),
+        *representation_headers(blob).items(),
+        ("content-length", str(blob.size)),
+    ]
+    _full[blob.digest.hex] = (blob.size, blob.mtime, blob.meta, headers)
     return headers
 
 

@@ -24,17 +24,11 @@ from dataclasses import dataclass
 
 from stor.digest import Digest
 from stor.store.base import OpenBlob
-from stor.store.metadata import BlobMeta
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
-    fd: int
-    size: int
-    mtime: float
-    location: str
-    storage: str
-    meta: BlobMeta
-    data: bytes
+    fd: int  # held open: its link count tells whether the file still has a name
+    blob: OpenBlob  # what get() answers, shared: it has no descriptor, so closing it does nothing
     expires: float
 
 
@@ -63,7 +57,7 @@ class HotBlobs:
         if not alive:
             self._drop(digest.hex)
             return None
-        return OpenBlob(digest, -1, entry.size, entry.mtime, entry.location, entry.storage, entry.data, entry.meta)
+        return entry.blob
 
     def admit(self, blob: OpenBlob) -> None:
         """Keep a blob just read whole from the kernel's caches; takes over its descriptor."""
@@ -72,10 +66,8 @@ class HotBlobs:
         key = blob.digest.hex
         if key in self._entries:
             self._drop(key)
-        self._entries[key] = _Entry(
-            blob.fd, blob.size, blob.mtime, blob.location, blob.storage, blob.meta, blob.data,
-            time.monotonic() + self.seconds,
-        )
+        shared = OpenBlob(blob.digest, -1, blob.size, blob.mtime, blob.location, blob.storage, blob.data, blob.meta)
+        self._entries[key] = _Entry(blob.fd, shared, time.monotonic() + self.seconds)
         blob.fd = -1
         while len(self._entries) > self.max_entries:
             self._drop(next(iter(self._entries)))
