@@ -167,20 +167,24 @@ class BlobEndpoint:
             wanted = any(metrics.wanted(kind, n) for kind, n in zip(("incr", "size", "timing"), names))
             success = self._success[blob.storage] = (names, wanted)
         names, wanted = success
-        sent: Callable[[], None] | None = None
-        if wanted:  # else no sink records these: no closure, no clock reading
-            size = blob.size
-
-            def sent() -> None:
-                metrics.incr(names[0])
-                metrics.size(names[1], size)
-                metrics.timing(names[2], (time.perf_counter() - started) * 1000)
-
+        # When no sink records these (statsd off), no closure is made and no clock read.
+        sent = self._reporter(names, blob.size, started) if wanted else None
         if not CONDITIONAL_HEADERS.isdisjoint(headers.keys()):
             validators = validator_headers(blob)
             answer = decide(headers, blob.size, validators["etag"], validators["last-modified"], blob.mtime)
             return blob_response(blob, validators, answer, send_body, sent)
         return BlobResponse(blob, 200, full_headers(blob), 0, blob.size, send_body, sent)
+
+    def _reporter(self, names: tuple[str, str, str], size: int, started: float) -> Callable[[], None]:
+        """What reports a read once its answer is handed over (the original's count, size and time)."""
+        metrics = self.metrics
+
+        def sent() -> None:
+            metrics.incr(names[0])
+            metrics.size(names[1], size)
+            metrics.timing(names[2], (time.perf_counter() - started) * 1000)
+
+        return sent
 
     async def write(self, sha: str, request: Request) -> Response:
         metrics = self.metrics

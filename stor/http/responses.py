@@ -84,7 +84,11 @@ def full_headers(blob: OpenBlob) -> list[tuple[str, str]]:
 
 
 def blob_response(
-    blob: OpenBlob, validators: dict[str, str], answer: Answer, send_body: bool, on_sent: Callable[[], None]
+    blob: OpenBlob,
+    validators: dict[str, str],
+    answer: Answer,
+    send_body: bool,
+    on_sent: Callable[[], None] | None,
 ) -> Response | BlobResponse:
     """The response for an opened blob, given its validator headers and what the request's headers decided."""
     headers = dict(validators)
