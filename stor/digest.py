@@ -7,7 +7,7 @@ exactly 64 hex digits, so the names below can never escape a storage root.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -25,6 +25,13 @@ class InvalidDigest(ValueError):
 @dataclass(frozen=True, slots=True)
 class Digest:
     hex: str  # always lower case
+    # The original Stor's layout: AA/BB/CC/<SHA>.dat, upper-case hex, lower-case
+    # suffix. Computed once: every read builds paths from it, in each directory it probes.
+    relative_path: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        u = self.hex.upper()
+        object.__setattr__(self, "relative_path", f"{u[0:2]}/{u[2:4]}/{u[4:6]}/{u}.dat")
 
     @classmethod
     def parse(cls, text: str) -> Digest:
@@ -43,12 +50,6 @@ class Digest:
     @property
     def upper(self) -> str:
         return self.hex.upper()
-
-    @property
-    def relative_path(self) -> str:
-        """The original Stor's layout: AA/BB/CC/<SHA>.dat, upper-case hex, lower-case suffix."""
-        u = self.upper
-        return f"{u[0:2]}/{u[2:4]}/{u[4:6]}/{u}.dat"
 
     @property
     def s3_key(self) -> str:

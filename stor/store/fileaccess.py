@@ -95,7 +95,7 @@ class _CachedOnly:
         if not self.available:
             raise WouldBlock(path)
         try:
-            return self._openat2(os.fsencode(path))
+            return self._openat2(path.encode("utf-8", "surrogateescape"))  # os.fsencode, without its checks
         except OSError as e:
             # EAGAIN: not all of the path is cached. Any other error is left
             # to the blocking path, which reports it with its detail.
