@@ -14,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 
 from stor.aio import in_thread
 from stor.http.conditional import Answer, Full, NotModified, Partial, Refused
+from stor.http.headers import as_bytes
 from stor.store.base import OpenBlob, StoreError
 from stor.store.metadata import BlobMeta
 
@@ -127,8 +128,7 @@ class TextResponse:
         return len(self.body)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers]
-        await send({"type": "http.response.start", "status": self.status_code, "headers": raw_headers})
+        await send({"type": "http.response.start", "status": self.status_code, "headers": as_bytes(self.headers)})
         await send({"type": "http.response.body", "body": self.body})
 
     def send_rsgi(self, proto: Any) -> None:
@@ -181,9 +181,8 @@ class BlobResponse:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         blob = self.blob
-        raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers]
         try:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": raw_headers})
+            await send({"type": "http.response.start", "status": self.status_code, "headers": as_bytes(self.headers)})
             if not self.send_body or self.length == 0:
                 await send({"type": "http.response.body", "body": b""})
             elif (data := self._in_memory()) is not None:

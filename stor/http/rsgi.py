@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message
 
 from stor.http.blobs import READ_METHODS, BlobEndpoint
+from stor.http.headers import as_bytes, as_str
 from stor.http.responses import BlobResponse, TextResponse
 
 log = logging.getLogger("stor.http")
@@ -76,28 +77,23 @@ class RsgiApp:
                 response.send_rsgi(proto)
                 sent = response.body_bytes if method == "GET" else 0
             else:
-                proto.response_bytes(status, _str_headers(response), response.body)
+                proto.response_bytes(status, as_str(response.raw_headers), response.body)
                 sent = len(response.body) if method == "GET" else 0
         except Exception:
             # The blob shrank under us, or the client is gone: a 500 if nothing was sent yet.
             log.exception("%s %s: the answer could not be sent", method, path)
             status = 500
             with contextlib.suppress(Exception):
-                proto.response_str(500, [("content-type", "text/plain; charset=utf-8")], "Internal error")
+                TextResponse("Internal error", 500).send_rsgi(proto)
         finally:
             if self.record is not None:
                 self.record(method, self.blob_route, status, time.perf_counter() - started, 0, sent)
-
-
-def _str_headers(response: Response) -> list[tuple[str, str]]:
-    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
 
 
 async def call_asgi(app: ASGIApp, scope: Any, proto: Any) -> None:
     """One RSGI request served by an ASGI application."""
     host, port = _address(scope.client)
     server_host, server_port = _address(scope.server)
-    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in scope.headers.items()]
     asgi_scope = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -108,7 +104,7 @@ async def call_asgi(app: ASGIApp, scope: Any, proto: Any) -> None:
         "raw_path": quote(scope.path).encode("ascii"),
         "query_string": scope.query_string.encode("latin-1"),
         "root_path": "",
-        "headers": headers,
+        "headers": as_bytes(scope.headers.items()),
         "client": (host, port),
         "server": (server_host, server_port),
         "extensions": {"http.response.pathsend": {}},
@@ -166,7 +162,7 @@ class _Exchange:
         kind = message["type"]
         if kind == "http.response.start":
             self.status = message["status"]
-            self.headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", ())]
+            self.headers = as_str(message.get("headers", ()))
         elif kind == "http.response.body":
             body = message.get("body", b"")
             if self.stream is None:

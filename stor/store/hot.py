@@ -61,7 +61,7 @@ class HotBlobs:
 
     def admit(self, blob: OpenBlob) -> None:
         """Keep a blob just read whole from the kernel's caches; takes over its descriptor."""
-        if blob.data is None or blob.fd < 0 or blob.size > self.max_blob_bytes or self.max_entries <= 0:
+        if blob.data is None or blob.fd < 0 or blob.size > self.takes_up_to:
             return
         key = blob.digest.hex
         if key in self._entries:

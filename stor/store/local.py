@@ -133,7 +133,7 @@ class LocalStore:
             found, from_caches = await _without_waiting(self._open_cached, seen.directory, digest, prefetch, seen)
             if found is not None:
                 self._cache_hit(started)
-                return self._opened(found[0], from_caches)
+                return self._opened(digest, found, from_caches)
             self._seen.drop(digest.hex)
 
         cached = await self.cache.get(digest)
@@ -146,8 +146,7 @@ class LocalStore:
                 found, from_caches = await _without_waiting(self._open_cached, directory, digest, prefetch, None)
             if found is not None:
                 self.metrics.incr("cache.hit")
-                self._seen.put(digest.hex, found[1])
-                return self._opened(found[0], from_caches)
+                return self._opened(digest, found, from_caches)
             await self.cache.delete(digest)
         self.metrics.incr("cache.miss")
 
@@ -157,17 +156,18 @@ class LocalStore:
         self.metrics.incr(f"lookup.attempt.{probes}.count")
         if found is None:
             return None
-        blob, seen = found
-        self._seen.put(digest.hex, seen)
-        await self.cache.set(digest, str(seen.directory))
-        return self._opened(blob, from_caches)
+        await self.cache.set(digest, str(found[1].directory))
+        return self._opened(digest, found, from_caches)
 
     def _cache_hit(self, started: float) -> None:
         if self._cache_time_wanted:
             self.metrics.timing("cache.time", (time.perf_counter() - started) * 1000)
         self.metrics.incr("cache.hit")
 
-    def _opened(self, blob: OpenBlob, from_caches: bool) -> OpenBlob:
+    def _opened(self, digest: Digest, found: tuple[OpenBlob, _Seen], from_caches: bool) -> OpenBlob:
+        """A blob just opened: where and how it was found is remembered, and it is kept hot if it can be."""
+        blob, seen = found
+        self._seen.put(digest.hex, seen)
         if from_caches:
             self._hot.admit(blob)
         return blob
