@@ -39,6 +39,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def evict(path: Path) -> None:
+    """Drop the file's pages from the page cache (a real cold read follows)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # dirty pages cannot be dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def temp_files(*roots: Path) -> list[Path]:
     """Upload temporary files left under the storage roots."""
     return [p for root in roots for p in (root / ".stor-tmp").glob("*") if p.is_file()]

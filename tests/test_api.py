@@ -237,11 +237,12 @@ def test_max_blob_bytes_413(start_server: object, mirrors: tuple[Path, Path]) ->
     assert temp_files(*mirrors) == []
 
 
-def test_chunked_upload_without_content_length(client: httpx.Client) -> None:
-    parts = [os.urandom(70_000) for _ in range(5)]
+@pytest.mark.parametrize("method", ["POST", "PUT"])
+def test_chunked_upload_without_content_length(client: httpx.Client, method: str) -> None:
+    parts = [os.urandom(65_537) for _ in range(7)]
     body = b"".join(parts)
     sha = sha256(body)
-    r = client.post(f"/{sha}", content=iter(parts), auth=AUTH)
+    r = client.request(method, f"/{sha}", content=iter(parts), auth=AUTH)
     assert r.status_code == 201
     assert client.get(f"/{sha}").content == body
 

@@ -16,20 +16,11 @@ import pytest
 
 from stor.store.fileaccess import BLOCKING, CACHED_ONLY, WouldBlock
 
-from conftest import layout_path, pair_config
+from conftest import evict, layout_path, pair_config
 
 pytestmark = pytest.mark.skipif(
     not getattr(CACHED_ONLY, "available", False), reason="kernel without openat2(RESOLVE_CACHED)"
 )
-
-
-def evict(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # dirty pages cannot be dropped
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def test_cached_file_is_opened_and_read_without_waiting(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from conftest import layout_path, pair_config, sha256
+from conftest import evict, layout_path, pair_config, sha256
 from realservers import put_by_hand
 
 
@@ -30,12 +30,18 @@ def open_by_workers(server: Any, path: Path) -> bool:
     return False
 
 
+def serving_one_blob(start_server: Any, mirrors: tuple[Path, Path], size: int, **config: Any) -> tuple[Any, str, bytes]:
+    """A server over mirrors holding one random blob of size bytes, put there by hand: (server, sha, bytes)."""
+    server = start_server(pair_config(mirrors, **config))
+    data = os.urandom(size)
+    sha = sha256(data)
+    put_by_hand(sha, data, *mirrors)
+    return server, sha, data
+
+
 def test_hot_blob_deleted_from_disk_is_not_served(start_server: Any, mirrors: tuple[Path, Path]) -> None:
     a, b = mirrors
-    server = start_server(pair_config(mirrors))
-    data = os.urandom(3000)
-    sha = sha256(data)
-    put_by_hand(sha, data, a, b)
+    server, sha, data = serving_one_blob(start_server, mirrors, 3000)
     with httpx.Client(base_url=server.url) as c:
         for _ in range(3):  # read, then answered from memory
             r = c.get(f"/{sha}")
@@ -52,10 +58,7 @@ def test_hot_blob_deleted_from_disk_is_not_served(start_server: Any, mirrors: tu
 def test_hot_blob_replaced_on_disk_is_served_as_the_new_file(start_server: Any, mirrors: tuple[Path, Path]) -> None:
     """A file renamed over the blob (a repair, say) is a new inode: its sidecar is read again."""
     a, b = mirrors
-    server = start_server(pair_config(mirrors))
-    data = os.urandom(2000)
-    sha = sha256(data)
-    put_by_hand(sha, data, a, b)
+    server, sha, data = serving_one_blob(start_server, mirrors, 2000)
     with httpx.Client(base_url=server.url) as c:
         for _ in range(2):
             r = c.get(f"/{sha}")
@@ -73,10 +76,7 @@ def test_hot_blob_replaced_on_disk_is_served_as_the_new_file(start_server: Any, 
 
 def test_hot_blob_files_are_closed_once_reads_stop(start_server: Any, mirrors: tuple[Path, Path]) -> None:
     a, b = mirrors
-    server = start_server(pair_config(mirrors, hot_blob_seconds=1))
-    data = os.urandom(1000)
-    sha = sha256(data)
-    put_by_hand(sha, data, a, b)
+    server, sha, data = serving_one_blob(start_server, mirrors, 1000, hot_blob_seconds=1)
     paths = [layout_path(a, sha), layout_path(b, sha)]
     with httpx.Client(base_url=server.url) as c:
         for _ in range(2):  # the first read looks the sidecar up on disk; the second is kept
@@ -90,10 +90,7 @@ def test_hot_blob_files_are_closed_once_reads_stop(start_server: Any, mirrors: t
 
 def test_hot_blobs_off_holds_no_file(start_server: Any, mirrors: tuple[Path, Path]) -> None:
     a, b = mirrors
-    server = start_server(pair_config(mirrors, hot_blobs=0))
-    data = os.urandom(1000)
-    sha = sha256(data)
-    put_by_hand(sha, data, a, b)
+    server, sha, data = serving_one_blob(start_server, mirrors, 1000, hot_blobs=0)
     with httpx.Client(base_url=server.url) as c:
         for _ in range(3):
             assert c.get(f"/{sha}").content == data
@@ -106,16 +103,10 @@ def test_repeated_heads_keep_a_blob_hot_and_evicted_pages_still_answer(
 ) -> None:
     """A HEAD reads a small blob's bytes only from the page cache (never the disk) to keep it hot."""
     a, b = mirrors
-    server = start_server(pair_config(mirrors))
-    data = os.urandom(5000)
-    sha = sha256(data)
-    put_by_hand(sha, data, a, b)
+    server, sha, data = serving_one_blob(start_server, mirrors, 5000)
     paths = [layout_path(a, sha), layout_path(b, sha)]
     for p in paths:  # out of the page cache: the first HEADs must not need the bytes
-        fd = os.open(p, os.O_RDONLY)
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
+        evict(p)
     with httpx.Client(base_url=server.url) as c:
         r = c.head(f"/{sha}")
         assert r.status_code == 200 and r.headers["content-length"] == "5000"

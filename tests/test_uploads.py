@@ -104,15 +104,6 @@ def test_put_answers_as_post(client: httpx.Client, mirrors: tuple[Path, Path]) -
     assert client.get(f"/{sha}").content == body
 
 
-def test_put_chunked_without_content_length(client: httpx.Client) -> None:
-    parts = [os.urandom(65_537) for _ in range(7)]
-    body = b"".join(parts)
-    sha = sha256(body)
-    r = client.put(f"/{sha}", content=iter(parts), auth=AUTH)
-    assert r.status_code == 201
-    assert client.get(f"/{sha}").content == body
-
-
 def test_curl_upload_from_stdin_is_chunked_and_works(server: StorServer) -> None:
     body = os.urandom(3 * MiB + 5)
     sha = sha256(body)
@@ -382,32 +373,24 @@ def test_curl_upload_with_metadata(server: StorServer, tmp_path: Path) -> None:
     assert lines["content-disposition"] == "attachment; filename*=UTF-8''sample%20%C3%BC.zip"
 
 
+BAD_CONTENT_TYPES = ["png", "text/", "/plain", "text/plain/extra", "text plain", "application/" + "x" * 189, "a/b@c"]
+BAD_FILENAMES = [
+    "a/b", "a%2Fb", "%2Fetc%2Fpasswd", "x" * 256, "%E2%82%AC" * 85 + "a", "a%00b", "a%0Ab", "a%09b", "a%1Fb", "a%7Fb",
+]
+
+
 @pytest.mark.parametrize(
-    "content_type",
-    ["png", "text/", "/plain", "text/plain/extra", "text plain", "application/" + "x" * 189, "a/b@c"],
+    "header,value",
+    [("Content-Type", v) for v in BAD_CONTENT_TYPES] + [("X-Filename", v) for v in BAD_FILENAMES],
 )
-def test_bad_content_type_400_and_nothing_written(
-    client: httpx.Client, mirrors: tuple[Path, Path], content_type: str
+def test_bad_metadata_header_400_and_nothing_written(
+    client: httpx.Client, mirrors: tuple[Path, Path], header: str, value: str
 ) -> None:
-    body = b"typed badly: " + content_type.encode()
+    body = f"described badly: {header}: {value}".encode()
     sha = sha256(body)
-    r = client.put(f"/{sha}", content=body, auth=AUTH, headers={"Content-Type": content_type})
-    assert r.status_code == 400, (content_type, r.status_code)
-    assert r.text.startswith("Bad Content-Type")
-    assert nothing_stored_for(mirrors, sha)
-    assert client.get(f"/{sha}").status_code == 404
-
-
-@pytest.mark.parametrize(
-    "filename",
-    ["a/b", "a%2Fb", "%2Fetc%2Fpasswd", "x" * 256, "%E2%82%AC" * 85 + "a", "a%00b", "a%0Ab", "a%09b", "a%1Fb", "a%7Fb"],
-)
-def test_bad_filename_400_and_nothing_written(client: httpx.Client, mirrors: tuple[Path, Path], filename: str) -> None:
-    body = b"named badly: " + filename.encode()
-    sha = sha256(body)
-    r = client.put(f"/{sha}", content=body, auth=AUTH, headers={"X-Filename": filename})
-    assert r.status_code == 400, (filename, r.status_code)
-    assert r.text.startswith("Bad X-Filename")
+    r = client.put(f"/{sha}", content=body, auth=AUTH, headers={header: value})
+    assert r.status_code == 400, (header, value, r.status_code)
+    assert r.text.startswith(f"Bad {header}")
     assert nothing_stored_for(mirrors, sha)
     assert client.get(f"/{sha}").status_code == 404
 
