@@ -130,6 +130,9 @@ def _run_granian(args: argparse.Namespace) -> None:
     from granian.constants import Interfaces
     from granian.log import LogLevels
 
+    # granian warns about more threads than 2 per CPU: stor's threads mostly wait (DEFAULT_THREADS), so the
+    # warning would only tell every user to undo a deliberate choice.
+    logging.getLogger("_granian").addFilter(_NotAboutThreadCount())
     Granian(
         WSGI_FACTORY,
         factory=True,
@@ -146,6 +149,11 @@ def _run_granian(args: argparse.Namespace) -> None:
         respawn_failed_workers=True,
         runtime_threads=args.runtime_threads or runtime_threads_for(args.workers),
     ).serve()
+
+
+class _NotAboutThreadCount(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Configuration allows spawning up to")
 
 
 def _raise_open_file_limit() -> None:

@@ -18,8 +18,8 @@ differ only in how their answer is handed over.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import logging
+import multiprocessing.util
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -112,8 +112,9 @@ class AsgiBridge:
         self.thread.start()
         self._closed = False
         asyncio.run_coroutine_threadsafe(startup(), self.loop).result()
-        # granian's WSGI workers have no shutdown hook; their processes end through the interpreter's exit.
-        atexit.register(self.close)
+        # granian's WSGI workers have no shutdown hook, and their processes end with os._exit (no atexit):
+        # multiprocessing's own finalizers are what runs then.
+        multiprocessing.util.Finalize(self, self.close, exitpriority=10)
 
     def close(self) -> None:
         if self._closed:

@@ -110,7 +110,9 @@ class LocalStore:
         self._locks = _KeyedLock()
         # Where this worker last read each blob, and its sidecar: a hit costs one open, with no cache round trip.
         self._seen: LRU[str, _Seen] = LRU(settings.local_cache_size)
-        self._cache_time_wanted = self.metrics.wanted("timing", "cache.time")  # statsd only: skip the clock otherwise
+        # statsd only: the clock is not read otherwise.
+        self._cache_time_wanted = self.metrics.wanted("timing", "cache.time")
+        self._lookup_time_wanted = self.metrics.wanted("timing", "lookup.time")
         self._hot = HotBlobs(settings.hot_blobs, settings.hot_blob_max_bytes, settings.hot_blob_seconds)
 
     # ---- reads -------------------------------------------------------------
@@ -137,7 +139,8 @@ class LocalStore:
             self._seen.drop(digest.hex)
 
         cached = await self.cache.get(digest)
-        self.metrics.timing("cache.time", (time.perf_counter() - started) * 1000)
+        if self._cache_time_wanted:
+            self.metrics.timing("cache.time", (time.perf_counter() - started) * 1000)
         if cached is not None:
             # Only a configured storage is trusted: the cache is shared and is not a source of paths.
             directory = self._dir_named.get(cached)
@@ -152,7 +155,8 @@ class LocalStore:
 
         started = time.perf_counter()
         (found, probes), from_caches = await _without_waiting(self._find, digest, prefetch)
-        self.metrics.timing("lookup.time", (time.perf_counter() - started) * 1000)
+        if self._lookup_time_wanted:
+            self.metrics.timing("lookup.time", (time.perf_counter() - started) * 1000)
         self.metrics.incr(f"lookup.attempt.{probes}.count")
         if found is None:
             return None
