@@ -1,10 +1,9 @@
-"""The floor under any Python application on granian here: a WSGI app that does no work.
+"""The floor under any Python application on granian here: an RSGI app that does no work.
 
-bench/run.py starts it with stor's worker count and thread count beside stor
-and nginx. It answers HEAD with the headers stor sends for a 4 KiB blob and
-GET with the 404 stor sends for a missing one, so its rate is the most any
-application, stor included, can reach on this server, machine and load
-generator.
+bench/run.py starts it with stor's worker count beside stor and nginx. It
+answers HEAD with the headers stor sends for a 4 KiB blob and GET with the
+404 stor sends for a missing one, so its rate is the most any application,
+stor included, can reach on this server, machine and load generator.
 """
 
 SIZE = 4096
@@ -19,13 +18,14 @@ HEAD_HEADERS = [
 TEXT_HEADERS = [("content-type", "text/plain; charset=utf-8")]
 
 
-def app(environ, start_response):  # type: ignore[no-untyped-def]
-    path = environ["PATH_INFO"]
-    if environ["REQUEST_METHOD"] == "HEAD":
-        start_response("200 OK", HEAD_HEADERS)
-        return []
-    if path == "/":
-        start_response("200 OK", TEXT_HEADERS)
-        return [b"floor"]
-    start_response("404 Not Found", TEXT_HEADERS)
-    return [f"File '{path[1:]}' not found".encode()]
+class Floor:
+    async def __rsgi__(self, scope, proto) -> None:  # type: ignore[no-untyped-def]
+        if scope.method == "HEAD":
+            proto.response_empty(200, HEAD_HEADERS)
+        elif scope.path == "/":
+            proto.response_str(200, TEXT_HEADERS, "floor")
+        else:
+            proto.response_str(404, TEXT_HEADERS, f"File '{scope.path[1:]}' not found")
+
+
+app = Floor()

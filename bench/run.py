@@ -891,13 +891,10 @@ http {{
         round_["rss_post_big"] = {"stor": rss, "reference": self.idle_rss, "reference_name": "at idle"}
 
     def start_floor(self, workers: int) -> tuple[subprocess.Popen, int, list[int]]:
-        """granian serving bench/floor_app.py (an app that does no work) with stor's worker and thread counts."""
-        from stor.cli import DEFAULT_THREADS as STOR_THREADS
-
+        """granian serving bench/floor_app.py (an app that does no work) with stor's worker count."""
         port = free_port()
-        cmd = [sys.executable, "-m", "granian", "--interface", "wsgi", "--workers", str(workers),
-               "--blocking-threads", str(STOR_THREADS), "--port", str(port), "--log-level", "warning", "--no-ws",
-               "floor_app:app"]
+        cmd = [sys.executable, "-m", "granian", "--interface", "rsgi", "--workers", str(workers),
+               "--port", str(port), "--log-level", "warning", "--no-ws", "floor_app:app"]
         out = open(self.work / f"floor-w{workers}.log", "wb")
         p = self.procs.start(cmd, stdout=out, stderr=out, cwd=BENCH)
         wait_port(port, p, "granian floor app")

@@ -1,16 +1,10 @@
-"""Running blocking calls off the event loop, or in place on a thread that has none.
+"""Running blocking calls off the event loop.
 
 A small pool of its own rather than asyncio's run_in_executor: every read
 hops to a thread once, and concurrent.futures' machinery (a future per call
 wrapped in an asyncio future, an idle-thread semaphore, callback locks) costs
 more than the open and read it carries for a small blob. Here a call is one
 C-level queue put, and its result one call_soon_threadsafe.
-
-The same coroutines also run on granian's WSGI threads, which have no event
-loop to keep free: there in_thread runs the call at once, in the calling
-thread, and run_here drives the coroutine to its end without a loop. One
-implementation of a request's logic serves both, and a blob read under WSGI
-never waits for another thread.
 """
 
 from __future__ import annotations
@@ -18,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -33,8 +27,9 @@ class ThreadPool:
         for t in self.threads:
             t.start()
 
-    def submit(self, loop: asyncio.AbstractEventLoop, fn: Callable[..., T], *args: object) -> asyncio.Future[T]:
+    def submit(self, fn: Callable[..., T], *args: object) -> asyncio.Future[T]:
         """fn(*args) in a pool thread. It runs to the end even if the returned future is cancelled."""
+        loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self.jobs.put((loop, future, fn, args))
         return future
@@ -80,52 +75,9 @@ def configure(threads: int) -> None:
             _pool = ThreadPool(threads)
 
 
-def in_thread(fn: Callable[..., T], *args: object) -> Awaitable[T]:
-    """Run fn(*args) in the I/O thread pool; the call finishes even if the awaiter is cancelled.
-
-    Called from a thread with no running event loop, fn(*args) runs at once,
-    here: nothing is there to keep free, and a hop would only add latency.
-    """
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return _Done(fn, args)
+def in_thread(fn: Callable[..., T], *args: object) -> asyncio.Future[T]:
+    """Run fn(*args) in the I/O thread pool; the call finishes even if the awaiter is cancelled."""
     if _pool is None:
         configure(DEFAULT_THREADS)
     assert _pool is not None
-    return _pool.submit(loop, fn, *args)
-
-
-class _Done:
-    """The outcome of a call already made, awaitable without an event loop."""
-
-    __slots__ = ("result", "error")
-
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        self.result: Any = None
-        self.error: BaseException | None = None
-        try:
-            self.result = fn(*args)
-        except BaseException as e:  # raised where it is awaited, as the pool's future would
-            self.error = e
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        if self.error is not None:
-            raise self.error
-        return self.result
-        yield  # a generator that never suspends
-
-
-def run_here(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to its end in this thread, which has no event loop.
-
-    For coroutines that wait only on in_thread: off a loop those calls run at
-    once, so the coroutine never suspends. One that does suspend waited on
-    something that needs a loop: that is a bug, raised as such.
-    """
-    try:
-        coroutine.send(None)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
-    coroutine.close()
-    raise RuntimeError(f"{coroutine.__qualname__} waited on something other than in_thread, with no event loop")
+    return _pool.submit(fn, *args)

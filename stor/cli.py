@@ -17,10 +17,6 @@ from stor.http.auth import generate_credentials
 
 log = logging.getLogger("stor")
 
-# Threads mostly wait (on a disk, an upload's body, fsync), not on the GIL:
-# more than granian's rule of thumb (2 per CPU) is intended.
-DEFAULT_THREADS = 32
-
 PROMETHEUS_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -53,13 +49,6 @@ def main(argv: list[str] | None = None) -> int:
         help="granian's I/O threads per worker, which parse requests and send files "
         "(default: the CPUs this process may use, divided among the workers, at least 1)",
     )
-    serve.add_argument(
-        "--threads",
-        type=int,
-        default=DEFAULT_THREADS,
-        help=f"granian's Python threads per worker (default {DEFAULT_THREADS}): each request in progress holds one, "
-        "an upload for as long as its body takes; requests beyond them wait",
-    )
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument(
         "--access-log",
@@ -88,9 +77,6 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     if args.runtime_threads is not None and args.runtime_threads < 1:
         print("stor: --runtime-threads: must be at least 1", file=sys.stderr)
-        return 2
-    if args.threads < 1:
-        print("stor: --threads: must be at least 1", file=sys.stderr)
         return 2
 
     if not settings.has_writer:
@@ -122,7 +108,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 ASGI_FACTORY = "stor.http.app:create_app_from_env"
-WSGI_FACTORY = "stor.http.app:create_wsgi_app_from_env"
+RSGI_FACTORY = "stor.http.app:create_rsgi_app_from_env"
 
 
 def _run_granian(args: argparse.Namespace) -> None:
@@ -130,15 +116,11 @@ def _run_granian(args: argparse.Namespace) -> None:
     from granian.constants import Interfaces
     from granian.log import LogLevels
 
-    # granian warns about more threads than 2 per CPU: stor's threads mostly wait (DEFAULT_THREADS), so the
-    # warning would only tell every user to undo a deliberate choice.
-    logging.getLogger("_granian").addFilter(_NotAboutThreadCount())
     Granian(
-        WSGI_FACTORY,
+        RSGI_FACTORY,
         factory=True,
-        # WSGI: the thread that parsed a request calls stor directly (stor.http.wsgi says why).
-        interface=Interfaces.WSGI,
-        blocking_threads=args.threads,
+        # granian's own interface: a blob read is one call into granian instead of two ASGI messages.
+        interface=Interfaces.RSGI,
         address=args.host,
         port=args.port,
         workers=args.workers,
@@ -149,11 +131,6 @@ def _run_granian(args: argparse.Namespace) -> None:
         respawn_failed_workers=True,
         runtime_threads=args.runtime_threads or runtime_threads_for(args.workers),
     ).serve()
-
-
-class _NotAboutThreadCount(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Configuration allows spawning up to")
 
 
 def _raise_open_file_limit() -> None:

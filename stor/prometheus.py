@@ -173,8 +173,8 @@ class HttpTraffic:
     """Requests, bytes and latency per method, route and status.
 
     On the hot path of every request: label children are looked up once and
-    kept. Fed by the ASGI middleware below and by the WSGI interface's own
-    blob path (stor.http.wsgi), so both count the same way.
+    kept. Fed by the ASGI middleware below and by the RSGI interface's own
+    blob path (stor.http.rsgi), so both count the same way.
     """
 
     def __init__(self) -> None:

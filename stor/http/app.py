@@ -20,7 +20,7 @@ from stor.http.auth import Authenticator
 from stor.http.blobs import BlobEndpoint
 from stor.http.exists import exists_routes
 from stor.http.health import health_routes
-from stor.http.wsgi import WsgiApp
+from stor.http.rsgi import RsgiApp
 from stor.metrics import Metrics, MetricsSink, StatsdSink
 from stor.store import tempfiles
 from stor.store.local import LocalStore
@@ -33,10 +33,10 @@ def create_app(settings: Settings) -> ASGIApp:
     return Application(settings).asgi
 
 
-def create_wsgi_app(settings: Settings) -> WsgiApp:
-    """The WSGI application (granian): blob reads in place, everything else through the ASGI one."""
+def create_rsgi_app(settings: Settings) -> RsgiApp:
+    """The RSGI application (granian): blob reads directly, everything else through the ASGI one."""
     app = Application(settings)
-    return WsgiApp(
+    return RsgiApp(
         app.asgi,
         app.blobs,
         is_blob_path=app.dispatch.is_blob_path,
@@ -190,7 +190,7 @@ def create_app_from_env() -> ASGIApp:
     return create_app(load_settings())
 
 
-def create_wsgi_app_from_env() -> WsgiApp:
+def create_rsgi_app_from_env() -> RsgiApp:
     """The granian factory: settings from $CONFIG_FILE, else the embedded default."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return create_wsgi_app(load_settings())
+    return create_rsgi_app(load_settings())

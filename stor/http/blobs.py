@@ -19,7 +19,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from stor.digest import Digest, InvalidDigest
 from stor.http.auth import Authenticator, refusal
-from stor.http.conditional import decide, is_conditional
+from stor.http.conditional import CONDITIONAL_HEADERS, decide
 from stor.http.headers import HeaderLookup
 from stor.http.responses import (
     DEFAULT_TYPE,
@@ -169,7 +169,7 @@ class BlobEndpoint:
         names, wanted = success
         # When no sink records these (statsd off), no closure is made and no clock read.
         sent = self._reporter(names, blob.size, started) if wanted else None
-        if is_conditional(headers):
+        if not CONDITIONAL_HEADERS.isdisjoint(headers.keys()):
             validators = validator_headers(blob)
             answer = decide(headers, blob.size, validators["etag"], validators["last-modified"], blob.mtime)
             return blob_response(blob, validators, answer, send_body, sent)

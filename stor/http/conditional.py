@@ -49,12 +49,6 @@ Answer = Full | NotModified | Partial | Refused
 CONDITIONAL_HEADERS = frozenset({"range", "if-none-match", "if-modified-since"})  # if-range matters only with range
 
 
-def is_conditional(headers: HeaderLookup) -> bool:
-    """Whether the answer depends on more than the blob: most reads carry none of these headers."""
-    get = headers.get
-    return any(get(name) is not None for name in CONDITIONAL_HEADERS)
-
-
 def decide(headers: HeaderLookup, size: int, etag: str, last_modified: str, mtime: float) -> Answer:
     if _not_modified(headers, etag, mtime):
         return NotModified()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
+from typing import Any
 from email.utils import formatdate
-from http import HTTPStatus
 from urllib.parse import quote, unquote
 
 from starlette.responses import PlainTextResponse, Response
@@ -14,7 +14,7 @@ from starlette.types import Receive, Scope, Send
 
 from stor.aio import in_thread
 from stor.http.conditional import Answer, Full, NotModified, Partial, Refused
-from stor.http.headers import as_bytes, as_str
+from stor.http.headers import as_bytes
 from stor.store.base import OpenBlob, StoreError
 from stor.store.metadata import BlobMeta
 
@@ -24,29 +24,6 @@ READ_CHUNK = 1 << 20  # the original streamed 1 MiB chunks too
 # A blob never changes under its name: caches may keep it for good.
 CACHE_CONTROL = "public, max-age=31536000, immutable"
 DEFAULT_TYPE = "application/octet-stream"
-
-StartResponse = Callable[[str, list[tuple[str, str]]], object]
-
-
-def status_line(status: int) -> str:
-    """WSGI's "200 OK" for a status code."""
-    line = _STATUS_LINES.get(status)
-    if line is None:
-        try:
-            line = f"{status} {HTTPStatus(status).phrase}"
-        except ValueError:
-            line = f"{status} Unknown"
-        _STATUS_LINES[status] = line
-    return line
-
-
-_STATUS_LINES: dict[int, str] = {}
-
-
-def send_wsgi_response(response: Response, start_response: StartResponse) -> list[bytes]:
-    """A Starlette response (304, 416, a reason in plain text) as a WSGI answer."""
-    start_response(status_line(response.status_code), as_str(response.raw_headers))
-    return [response.body]
 
 
 def validator_headers(blob: OpenBlob) -> dict[str, str]:
@@ -154,9 +131,8 @@ class TextResponse:
         await send({"type": "http.response.start", "status": self.status_code, "headers": as_bytes(self.headers)})
         await send({"type": "http.response.body", "body": self.body})
 
-    def send_wsgi(self, start_response: StartResponse) -> list[bytes]:
-        start_response(status_line(self.status_code), self.headers)
-        return [self.body]
+    def send_rsgi(self, proto: Any) -> None:
+        proto.response_bytes(self.status_code, self.headers, self.body)
 
 
 class BlobResponse:
@@ -221,21 +197,21 @@ class BlobResponse:
         if self.on_sent is not None:
             self.on_sent()
 
-    def send_wsgi(self, start_response: StartResponse) -> Iterable[bytes]:
-        """The same answer as a WSGI body: the bytes read ahead, or the file read in chunks as it is sent."""
+    def send_rsgi(self, proto: Any) -> None:
+        """The same answer through granian's RSGI protocol object, which sends files from its own threads."""
         try:
-            data = b"" if not self.send_body else self._in_memory()
-        except BaseException:
+            if not self.send_body or self.length == 0:
+                proto.response_empty(self.status_code, self.headers)
+            elif (data := self._in_memory()) is not None:
+                proto.response_bytes(self.status_code, self.headers, data)
+            else:
+                proto.response_file_range(
+                    self.status_code, self.headers, self.blob.location, self.offset, self.offset + self.length
+                )
+        finally:
             self.blob.close()
-            raise
-        if data is None and self.length > 0:
-            start_response(status_line(self.status_code), self.headers)
-            return _FileChunks(self)
-        self.blob.close()
-        start_response(status_line(self.status_code), self.headers)
         if self.on_sent is not None:
             self.on_sent()
-        return [data] if data else []
 
     async def _stream(self, send: Send) -> None:
         blob = self.blob
@@ -247,33 +223,3 @@ class BlobResponse:
                 raise StoreError(f"{blob.location} is shorter than its {blob.size} bytes")
             offset += len(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": offset < end})
-
-
-class _FileChunks:
-    """A blob's bytes for a WSGI server, READ_CHUNK at a time; the server closes it when done or abandoned."""
-
-    __slots__ = ("response", "offset", "end")
-
-    def __init__(self, response: BlobResponse) -> None:
-        self.response = response
-        self.offset = response.offset
-        self.end = response.offset + response.length
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        if self.offset >= self.end:
-            raise StopIteration
-        chunk = os.pread(self.response.blob.fd, min(READ_CHUNK, self.end - self.offset), self.offset)
-        if not chunk:
-            # The file shrank under us: abort the connection rather than pad it.
-            raise StoreError(f"{self.response.blob.location} is shorter than its {self.response.blob.size} bytes")
-        self.offset += len(chunk)
-        return chunk
-
-    def close(self) -> None:
-        response = self.response
-        response.blob.close()
-        if self.offset >= self.end and response.on_sent is not None:
-            response.on_sent()
