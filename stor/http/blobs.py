@@ -26,8 +26,8 @@ from stor.http.responses import (
     BlobResponse,
     TextResponse,
     blob_response,
-    full_headers,
     validator_headers,
+    whole_blob_response,
 )
 from stor.http.text import is_decimal, shown
 from stor.metrics import Metrics
@@ -173,7 +173,7 @@ class BlobEndpoint:
             validators = validator_headers(blob)
             answer = decide(headers, blob.size, validators["etag"], validators["last-modified"], blob.mtime)
             return blob_response(blob, validators, answer, send_body, sent)
-        return BlobResponse(blob, 200, full_headers(blob), 0, blob.size, send_body, sent)
+        return whole_blob_response(blob, send_body, sent)
 
     def _reporter(self, names: tuple[str, str, str], size: int, started: float) -> Callable[[], None]:
         """What reports a read once its answer is handed over (the original's count, size and time)."""

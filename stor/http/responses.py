@@ -107,6 +107,11 @@ def blob_response(
         headers["content-length"] = str(answer.length)
         return BlobResponse(blob, 206, list(headers.items()), answer.start, answer.length, send_body, on_sent)
     assert isinstance(answer, Full)
+    return whole_blob_response(blob, send_body, on_sent)
+
+
+def whole_blob_response(blob: OpenBlob, send_body: bool, on_sent: Callable[[], None] | None) -> BlobResponse:
+    """200 with the whole blob (headers only, for HEAD): what a read without conditional headers answers."""
     return BlobResponse(blob, 200, full_headers(blob), 0, blob.size, send_body, on_sent)
 
 
