@@ -894,7 +894,7 @@ http {{
         """granian serving bench/floor_app.py (an app that does no work) with stor's worker count."""
         port = free_port()
         cmd = [sys.executable, "-m", "granian", "--interface", "rsgi", "--workers", str(workers),
-               "--port", str(port), "--log-level", "warning", "--no-ws", "floor_app:app"]
+               "--port", str(port), "--log-level", "warning", "--no-ws", "--loop", "uvloop", "floor_app:app"]
         out = open(self.work / f"floor-w{workers}.log", "wb")
         p = self.procs.start(cmd, stdout=out, stderr=out, cwd=BENCH)
         wait_port(port, p, "granian floor app")

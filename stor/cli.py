@@ -113,7 +113,7 @@ RSGI_FACTORY = "stor.http.app:create_rsgi_app_from_env"
 
 def _run_granian(args: argparse.Namespace) -> None:
     from granian import Granian
-    from granian.constants import Interfaces
+    from granian.constants import Interfaces, Loops
     from granian.log import LogLevels
 
     Granian(
@@ -121,6 +121,11 @@ def _run_granian(args: argparse.Namespace) -> None:
         factory=True,
         # granian's own interface: a blob read is one call into granian instead of two ASGI messages.
         interface=Interfaces.RSGI,
+        # Named, not granian's "auto", which takes rloop whenever it is installed: rloop 0.5
+        # closes its self-pipe's descriptors twice as each worker starts, and the second close
+        # hits whatever file another thread opened in between (see test_no_descriptor_is_closed_twice).
+        # uvloop comes with uvicorn[standard], a dependency.
+        loop=Loops.uvloop,
         address=args.host,
         port=args.port,
         workers=args.workers,

@@ -503,3 +503,33 @@ def test_full_mirror_during_rename_leaves_no_half_visible_blob(
         assert final_files(b) == []
         assert final_files(a) == [], f"507 answered, yet the blob is in place on one mirror: {final_files(a)}"
         assert c.get(f"/{sha}").status_code == 404
+
+
+# ---- 10. every descriptor closed once ------------------------------------------------------------
+
+
+def test_no_descriptor_is_closed_twice(mirrors: tuple[Path, Path], tmp_path: Path) -> None:
+    """A descriptor closed twice closes whatever reused its number in between: another
+    thread's blob or temporary file, so a write could land in the wrong file. granian's
+    default event loop when rloop 0.5 is installed does exactly that at each worker's start
+    (its self-pipe, then its Python socket objects), which once made the start-up sweep of
+    temporary files fail. Watched with strace: no close() may answer EBADF."""
+    trace = tmp_path / "close.trace"
+    server = StorServer(workdir=tmp_path, config=pair_config(mirrors))
+    server.command = lambda: (  # type: ignore[method-assign]
+        ["strace", "-f", "-qq", "-e", "trace=close", "-e", "status=failed", "-o", str(trace)] + StorServer.command(server)
+    )
+    server.start(timeout=60)
+    try:
+        body = os.urandom(100 * KiB)
+        sha = sha256(body)
+        with client_for(server) as c:
+            assert c.post(f"/{sha}", content=body, auth=AUTH).status_code == 201
+            assert c.get(f"/{sha}").content == body
+            assert c.head(f"/{sha}").status_code == 200
+            assert c.get(f"/{sha256(b'absent')}").status_code == 404
+            assert c.get("/status").status_code == 200
+    finally:
+        server.stop()
+    twice = [line for line in trace.read_text().splitlines() if "EBADF" in line]
+    assert twice == [], f"descriptors closed twice: {twice}"
