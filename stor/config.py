@@ -78,9 +78,11 @@ class Settings:
     memcached_retry_after: float = 5.0
     local_cache_size: int = 10_000
     # Small blobs each worker keeps in memory, with their files open, after
-    # reading them (stor.store.hot): how many, up to what size, for how long.
+    # reading them (stor.store.hot): how many, up to what size, how many bytes
+    # in all (the memory bound), for how long.
     hot_blobs: int = 256
-    hot_blob_max_bytes: int = 64 * 1024
+    hot_blob_max_bytes: int = 1024 * 1024
+    hot_total_bytes: int = 16 * 1024 * 1024
     hot_blob_seconds: float = 10.0
     statsite: StatsiteSettings | None = None
     prometheus: PrometheusSettings = PrometheusSettings()
@@ -174,7 +176,8 @@ def parse(raw: dict[str, Any], source: str = "config") -> Settings:
         memcached_retry_after=r.positive_number("memcached_retry_after", 5.0),
         local_cache_size=r.non_negative_int("local_cache_size", 10_000),
         hot_blobs=r.non_negative_int("hot_blobs", 256),
-        hot_blob_max_bytes=r.non_negative_int("hot_blob_max_bytes", 64 * 1024),
+        hot_blob_max_bytes=r.non_negative_int("hot_blob_max_bytes", 1024 * 1024),
+        hot_total_bytes=r.non_negative_int("hot_total_bytes", 16 * 1024 * 1024),
         hot_blob_seconds=r.positive_number("hot_blob_seconds", 10.0),
         statsite=_statsite(raw),
         prometheus=_prometheus(raw),

@@ -108,7 +108,8 @@ def test_example_config_is_valid() -> None:
 
     settings = load_file(ROOT / "config.json.example")
     assert len(settings.storage_pairs) >= 1
-    assert (settings.hot_blobs, settings.hot_blob_max_bytes, settings.hot_blob_seconds) == (256, 65536, 10)
+    hot = (settings.hot_blobs, settings.hot_blob_max_bytes, settings.hot_total_bytes, settings.hot_blob_seconds)
+    assert hot == (256, 1 << 20, 16 << 20, 10)
 
 
 def test_serve_raises_the_open_file_limit_to_the_hard_one(mirrors: tuple[Path, Path]) -> None:

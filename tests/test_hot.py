@@ -88,6 +88,33 @@ def test_hot_blob_files_are_closed_once_reads_stop(start_server: Any, mirrors: t
         time.sleep(0.1)  # polling the process's descriptors, bounded by the deadline
 
 
+def test_hot_blobs_stay_within_their_byte_budget(start_server: Any, mirrors: tuple[Path, Path]) -> None:
+    """hot_total_bytes bounds the memory, whatever hot_blobs allows: taking in a blob that would go over
+    it lets the oldest go (its file closed), and a blob larger than the budget is never kept."""
+    a, b = mirrors
+    MiB = 1 << 20
+    server = start_server(pair_config(mirrors, hot_blob_max_bytes=2 * MiB, hot_total_bytes=MiB + MiB // 2))
+    blobs = {}
+    for size in (MiB, MiB, MiB + MiB // 2 + 1):
+        data = os.urandom(size)
+        blobs[sha256(data)] = data
+        put_by_hand(sha256(data), data, a, b)
+    first, second, too_big = blobs
+
+    def is_hot(sha: str) -> bool:
+        return open_by_workers(server, layout_path(a, sha)) or open_by_workers(server, layout_path(b, sha))
+
+    with httpx.Client(base_url=server.url) as c:
+        for sha in (first, second, too_big):
+            for _ in range(2):  # the second read is kept, as in the tests above
+                assert c.get(f"/{sha}").content == blobs[sha]
+            if sha == first:
+                assert is_hot(first)
+    assert is_hot(second)
+    assert not is_hot(first), "two 1 MiB blobs kept hot with a budget of 1.5 MiB"
+    assert not is_hot(too_big), "a blob larger than hot_total_bytes was kept hot"
+
+
 def test_hot_blobs_off_holds_no_file(start_server: Any, mirrors: tuple[Path, Path]) -> None:
     a, b = mirrors
     server, sha, data = serving_one_blob(start_server, mirrors, 1000, hot_blobs=0)

@@ -35,16 +35,19 @@ class _Entry:
 class HotBlobs:
     """Touched only from the event loop thread."""
 
-    def __init__(self, max_entries: int, max_blob_bytes: int, seconds: float) -> None:
+    def __init__(self, max_entries: int, max_blob_bytes: int, max_total_bytes: int, seconds: float) -> None:
         self.max_entries = max_entries
         self.max_blob_bytes = max_blob_bytes
+        # The memory bound: a count alone would let a few large blobs take max_entries x max_blob_bytes.
+        self.max_total_bytes = max_total_bytes
         self.seconds = seconds
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self.total_bytes = 0
 
     @property
     def takes_up_to(self) -> int:
         """The largest blob admit() keeps; -1 when it keeps none."""
-        return self.max_blob_bytes if self.max_entries > 0 else -1
+        return min(self.max_blob_bytes, self.max_total_bytes) if self.max_entries > 0 else -1
 
     def get(self, digest: Digest) -> OpenBlob | None:
         entry = self._entries.get(digest.hex)
@@ -68,8 +71,9 @@ class HotBlobs:
             self._drop(key)
         shared = OpenBlob(blob.digest, -1, blob.size, blob.mtime, blob.location, blob.storage, blob.data, blob.meta)
         self._entries[key] = _Entry(blob.fd, shared, time.monotonic() + self.seconds)
+        self.total_bytes += blob.size
         blob.fd = -1
-        while len(self._entries) > self.max_entries:
+        while len(self._entries) > self.max_entries or self.total_bytes > self.max_total_bytes:
             self._drop(next(iter(self._entries)))
 
     def expire(self) -> None:
@@ -88,4 +92,5 @@ class HotBlobs:
 
     def _drop(self, key: str) -> None:
         entry = self._entries.pop(key)
+        self.total_bytes -= entry.blob.size
         os.close(entry.fd)

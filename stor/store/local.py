@@ -113,7 +113,9 @@ class LocalStore:
         # statsd only: the clock is not read otherwise.
         self._cache_time_wanted = self.metrics.wanted("timing", "cache.time")
         self._lookup_time_wanted = self.metrics.wanted("timing", "lookup.time")
-        self._hot = HotBlobs(settings.hot_blobs, settings.hot_blob_max_bytes, settings.hot_blob_seconds)
+        self._hot = HotBlobs(
+            settings.hot_blobs, settings.hot_blob_max_bytes, settings.hot_total_bytes, settings.hot_blob_seconds
+        )
 
     # ---- reads -------------------------------------------------------------
 
