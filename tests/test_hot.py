@@ -94,7 +94,7 @@ def test_hot_blobs_stay_within_their_byte_budget(start_server: Any, mirrors: tup
     a, b = mirrors
     MiB = 1 << 20
     server = start_server(pair_config(mirrors, hot_blob_max_bytes=2 * MiB, hot_total_bytes=MiB + MiB // 2))
-    blobs = {}
+    blobs: dict[str, bytes] = {}
     for size in (MiB, MiB, MiB + MiB // 2 + 1):
         data = os.urandom(size)
         blobs[sha256(data)] = data
