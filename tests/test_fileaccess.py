@@ -44,17 +44,31 @@ def test_missing_name_is_none_once_looked_up_and_would_block_before(tmp_path: Pa
 
 
 def test_pages_not_in_memory_would_block(tmp_path: Path) -> None:
-    path = tmp_path / "cold"
-    path.write_bytes(os.urandom(64 * 1024))
-    evict(path)
-    fd = BLOCKING.open(str(path))
-    assert fd is not None
-    try:
-        with pytest.raises(WouldBlock):
-            CACHED_ONLY.pread(fd, 64 * 1024, 0)
-        assert len(BLOCKING.pread(fd, 64 * 1024, 0)) == 64 * 1024
-    finally:
-        os.close(fd)
+    """A read of pages not in memory raises WouldBlock instead of waiting for them.
+
+    preadv2(RWF_NOWAIT) still starts the kernel's readahead, and on this VM's
+    disk that read now and then completes before the kernel looks again (7
+    times in 4,000, with mincore showing none of the file resident just
+    before): the bytes are then answered without waiting, and must be the
+    file's. So the test reads 20 cold files and wants most to refuse.
+    """
+    refused = 0
+    for i in range(20):
+        path = tmp_path / f"cold{i}"
+        data = os.urandom(64 * 1024)
+        path.write_bytes(data)
+        evict(path)
+        fd = BLOCKING.open(str(path))
+        assert fd is not None
+        try:
+            try:
+                assert CACHED_ONLY.pread(fd, len(data), 0) == data
+            except WouldBlock:
+                refused += 1
+            assert BLOCKING.pread(fd, len(data), 0) == data
+        finally:
+            os.close(fd)
+    assert refused >= 10, f"only {refused} of 20 reads of evicted files refused to wait"
 
 
 def test_get_serves_cold_and_hot_blobs_alike(start_server: Any, mirrors: tuple[Path, Path]) -> None:
