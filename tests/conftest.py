@@ -66,6 +66,8 @@ class StorServer:
     config: dict[str, Any] | None = None
     env: dict[str, str] = field(default_factory=dict)
     workers: int = 1
+    args: list[str] = field(default_factory=list)  # more `stor serve` options
+    wrapper: list[str] = field(default_factory=list)  # a command stor runs under (prlimit, strace)
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
@@ -86,7 +88,7 @@ class StorServer:
             path = self.workdir / "config.json"
             path.write_text(json.dumps(self.config))
             cmd += ["--config", str(path)]
-        return cmd
+        return [*self.wrapper, *cmd, *self.args]
 
     def start(self, timeout: float = 20.0) -> StorServer:
         self.port = self.port or free_port()

@@ -402,8 +402,7 @@ def test_a_directory_in_place_of_a_blob_is_a_fault(client: httpx.Client, mirrors
 
 def test_uvicorn_server_option(mirrors: tuple[Path, Path], tmp_path: Path) -> None:
     """`--server uvicorn` serves the same application (uvicorn has no zero-copy file send)."""
-    server = StorServer(workdir=tmp_path, config=pair_config(mirrors))
-    server.command = lambda: StorServer.command(server) + ["--server", "uvicorn"]  # type: ignore[method-assign]
+    server = StorServer(workdir=tmp_path, config=pair_config(mirrors), args=["--server", "uvicorn"])
     server.start()
     try:
         body = os.urandom(300_000)
@@ -438,9 +437,7 @@ def test_early_answer_keeps_the_next_request_on_the_client_working(
 
 @pytest.mark.parametrize("access_log", [False, True])
 def test_access_log_is_opt_in(mirrors: tuple[Path, Path], tmp_path: Path, access_log: bool) -> None:
-    server = StorServer(workdir=tmp_path, config=pair_config(mirrors))
-    if access_log:
-        server.command = lambda: StorServer.command(server) + ["--access-log"]  # type: ignore[method-assign]
+    server = StorServer(workdir=tmp_path, config=pair_config(mirrors), args=["--access-log"] if access_log else [])
     server.start()
     try:
         assert httpx.get(f"{server.url}/{ZERO_SHA}").status_code == 404

@@ -117,9 +117,11 @@ def test_serve_raises_the_open_file_limit_to_the_hard_one(mirrors: tuple[Path, P
 
     granian raises it itself; uvicorn does not, so this runs `--server uvicorn`.
     """
-    server = StorServer(workdir=mirrors[0].parent, config=pair_config(mirrors))
-    server.command = lambda: (  # type: ignore[method-assign]
-        ["prlimit", "--nofile=256:4096", "--"] + StorServer.command(server) + ["--server", "uvicorn"]
+    server = StorServer(
+        workdir=mirrors[0].parent,
+        config=pair_config(mirrors),
+        args=["--server", "uvicorn"],
+        wrapper=["prlimit", "--nofile=256:4096", "--"],
     )
     server.start()
     try:

@@ -515,9 +515,10 @@ def test_no_descriptor_is_closed_twice(mirrors: tuple[Path, Path], tmp_path: Pat
     (its self-pipe, then its Python socket objects), which once made the start-up sweep of
     temporary files fail. Watched with strace: no close() may answer EBADF."""
     trace = tmp_path / "close.trace"
-    server = StorServer(workdir=tmp_path, config=pair_config(mirrors))
-    server.command = lambda: (  # type: ignore[method-assign]
-        ["strace", "-f", "-qq", "-e", "trace=close", "-e", "status=failed", "-o", str(trace)] + StorServer.command(server)
+    server = StorServer(
+        workdir=tmp_path,
+        config=pair_config(mirrors),
+        wrapper=["strace", "-f", "-qq", "-e", "trace=close", "-e", "status=failed", "-o", str(trace)],
     )
     server.start(timeout=60)
     try:

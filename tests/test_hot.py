@@ -97,8 +97,9 @@ def test_hot_blobs_stay_within_their_byte_budget(start_server: Any, mirrors: tup
     blobs: dict[str, bytes] = {}
     for size in (MiB, MiB, MiB + MiB // 2 + 1):
         data = os.urandom(size)
-        blobs[sha256(data)] = data
-        put_by_hand(sha256(data), data, a, b)
+        sha = sha256(data)
+        blobs[sha] = data
+        put_by_hand(sha, data, a, b)
     first, second, too_big = blobs
 
     def is_hot(sha: str) -> bool:
