@@ -182,16 +182,9 @@ def test_client_disconnect_mid_upload_leaves_nothing(server: StorServer, mirrors
     a, b = mirrors
     data = random.Random(3).randbytes(10 * MiB)
     sha = sha256(data)
-    head = (
-        f"POST /{sha} HTTP/1.1\r\n"
-        f"Host: 127.0.0.1:{server.port}\r\n"
-        f"Authorization: {basic_header()}\r\n"
-        f"Content-Type: application/octet-stream\r\n"
-        f"Content-Length: {len(data)}\r\n\r\n"
-    ).encode()
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
     try:
-        sock.sendall(head + data[:MiB])
+        sock.sendall(upload_head(server, sha, len(data)) + data[:MiB])
         # The upload is under way: its temporary files exist on both mirrors.
         wait_until(lambda: len(temp_files(a)) == 1 and len(temp_files(b)) == 1, 5.0, "temp files of the upload")
         if close == "rst":
@@ -213,6 +206,45 @@ def test_client_disconnect_mid_upload_leaves_nothing(server: StorServer, mirrors
         assert r.status_code == 201, r.text
     assert layout_path(a, sha).read_bytes() == data
     assert layout_path(b, sha).read_bytes() == data
+
+
+@pytest.mark.parametrize("close", ["fin", "rst"])
+def test_client_disconnect_mid_small_upload_is_noticed(
+    server: StorServer, mirrors: tuple[Path, Path], close: str
+) -> None:
+    """A small body (up to 1 MiB) is taken from the server in one call, not chunk by chunk; a
+    client gone before its end is still an abandoned upload (not a body that fails
+    verification, not a wait that never ends), and it holds nothing."""
+    a, b = mirrors
+    data = random.Random(5).randbytes(512 * KiB)
+    sha = sha256(data)
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    try:
+        sock.sendall(upload_head(server, sha, len(data)) + data[: len(data) // 2])
+        if close == "rst":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    finally:
+        sock.close()
+
+    wait_until(lambda: f"POST {sha}: client disconnected mid-upload" in server.log_text(), 5.0,
+               "the server's note that the client went away")
+    assert temp_files(a, b) == []
+    assert not layout_path(a, sha).exists() and not layout_path(b, sha).exists()
+    with client_for(server) as c:
+        r = c.post(f"/{sha}", content=data, auth=AUTH)
+        assert r.status_code == 201, r.text
+    assert layout_path(a, sha).read_bytes() == data
+
+
+def upload_head(server: StorServer, sha: str, length: int) -> bytes:
+    """The request head of an upload, for a client that then sends the body by hand."""
+    return (
+        f"POST /{sha} HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{server.port}\r\n"
+        f"Authorization: {basic_header()}\r\n"
+        f"Content-Type: application/octet-stream\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
 
 
 # ---- 4. many uploads of the same new blob at once -----------------------------------------------

@@ -13,12 +13,13 @@ from collections.abc import Callable
 from urllib.parse import unquote
 
 from starlette.datastructures import Headers
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from stor.digest import Digest, InvalidDigest
 from stor.http.auth import Authenticator, refusal
+from stor.http.bodies import AsgiBody, UploadBody
 from stor.http.conditional import CONDITIONAL_HEADERS, decide
 from stor.http.headers import HeaderLookup
 from stor.http.responses import (
@@ -49,7 +50,7 @@ _MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;[ -~]
 _NOT_A_TYPE = frozenset({"application/x-www-form-urlencoded", DEFAULT_TYPE})
 
 
-def upload_meta(headers: Headers) -> BlobMeta:
+def upload_meta(headers: HeaderLookup) -> BlobMeta:
     """The Content-Type and X-Filename an upload declares; ValueError with a one-line reason if malformed."""
     content_type = headers.get("content-type")
     if content_type is not None:
@@ -80,21 +81,7 @@ def _decodes(text: str) -> bool:
     return True
 
 
-class _BodyTracker:
-    """The ASGI receive channel, noting whether the request body was read to its end."""
-
-    def __init__(self, receive: Receive) -> None:
-        self.receive = receive
-        self.complete = False
-
-    async def __call__(self) -> Message:
-        message = await self.receive()
-        if message["type"] != "http.request" or not message.get("more_body", False):
-            self.complete = True
-        return message
-
-
-def _close_if_body_unread(request: Request, response: Response) -> None:
+def _close_if_body_unread(headers: HeaderLookup, response: Response) -> None:
     """After an answer given before the body was read (duplicate, 401, 412, 413, 507).
 
     A client that sent Expect: 100-continue sends nothing more, so the
@@ -103,7 +90,6 @@ def _close_if_body_unread(request: Request, response: Response) -> None:
     answer says so, so that no client reuses it. (Draining instead would wait
     for a body the client may hold back until it has the answer.)
     """
-    headers = request.headers
     if headers.get("expect", "").lower() == "100-continue":
         return
     if headers.get("content-length", "0") != "0" or "chunked" in headers.get("transfer-encoding", ""):
@@ -124,11 +110,7 @@ class BlobEndpoint:
         if method in READ_METHODS:
             response = await self.read(sha, Headers(scope=scope), send_body=method == "GET")
         elif method in WRITE_METHODS:
-            body = _BodyTracker(receive)
-            request = Request(scope, body)
-            response = await self.write(sha, request)
-            if not body.complete:
-                _close_if_body_unread(request, response)
+            response = await self.write(sha, Headers(scope=scope), AsgiBody(receive))
         else:
             response = PlainTextResponse(
                 f"Method {method} not allowed", status_code=405, headers={"Allow": "GET, HEAD, POST, PUT"}
@@ -186,7 +168,14 @@ class BlobEndpoint:
 
         return sent
 
-    async def write(self, sha: str, request: Request) -> Response:
+    async def write(self, sha: str, headers: HeaderLookup, body: UploadBody) -> Response:
+        """The answer to POST or PUT of /<sha>, under either server interface."""
+        response = await self._write(sha, headers, body)
+        if not body.complete:
+            _close_if_body_unread(headers, response)
+        return response
+
+    async def _write(self, sha: str, headers: HeaderLookup, body: UploadBody) -> Response:
         metrics = self.metrics
         metrics.incr("request.post.count")
         try:
@@ -194,14 +183,14 @@ class BlobEndpoint:
         except InvalidDigest:
             metrics.incr("error.post.malformed_sha.count")
             return PlainTextResponse(f"Given hash '{shown(sha)}' isn't sha256", status_code=412)
-        refused = await refusal(self.auth, request.headers, need_write=True)
+        refused = await refusal(self.auth, headers, need_write=True)
         if refused is not None:
             return refused
         try:
-            meta = upload_meta(request.headers)
+            meta = upload_meta(headers)
         except ValueError as e:
             return PlainTextResponse(str(e), status_code=400)
-        length_header = request.headers.get("content-length")
+        length_header = headers.get("content-length")
         length: int | None = None
         if length_header is not None:
             if not is_decimal(length_header):
@@ -209,8 +198,8 @@ class BlobEndpoint:
             length = int(length_header)
 
         try:
-            on_its_way = request.headers.get("expect", "").lower() != "100-continue"
-            result = await self.store.put(digest, request.stream(), length, meta, body_on_its_way=on_its_way)
+            on_its_way = headers.get("expect", "").lower() != "100-continue"
+            result = await self.store.put(digest, body.chunks(), length, meta, body_on_its_way=on_its_way)
         except DigestMismatch as e:
             metrics.incr("error.post.bad_sha.count")
             return PlainTextResponse(str(e), status_code=412)

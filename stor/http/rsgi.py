@@ -3,10 +3,12 @@
 A GET or HEAD of a small blob is mostly server overhead. Under ASGI every
 answer is two message dicts that granian converts; under RSGI it is one call
 with the status, headers and bytes (or the file, sent by granian's own
-threads). So GET and HEAD of /<sha> take this path, and every other request
-(uploads, /status, /exists, /metrics) goes to the same ASGI application that
+threads); a small upload's body is likewise one call instead of a message per
+chunk. So GET, HEAD, POST and PUT of /<sha> take this path, and every other
+request (/status, /exists, /metrics) goes to the same ASGI application that
 uvicorn serves, through a small adapter: there is one implementation of each
-route, and the blob reads differ only in how their answer is handed over.
+route, and the blob routes differ only in how the body and the answer are
+handed over.
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message
 
-from stor.http.blobs import READ_METHODS, BlobEndpoint
+from stor.http.blobs import READ_METHODS, WRITE_METHODS, BlobEndpoint
+from stor.http.bodies import RsgiBody, declared_length
 from stor.http.headers import as_bytes, as_str
 from stor.http.responses import BlobResponse, TextResponse
 
@@ -59,26 +63,31 @@ class RsgiApp:
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
         method = scope.method
         path = scope.path
-        if method not in READ_METHODS or not self.is_blob_path(path):
+        reading = method in READ_METHODS
+        if not (reading or method in WRITE_METHODS) or not self.is_blob_path(path):
             await call_asgi(self.asgi, scope, proto)
             return
         started = time.perf_counter()
+        body: RsgiBody | None = None
         try:
-            response: Response | BlobResponse | TextResponse = await self.blobs.read(
-                path[1:], scope.headers, send_body=method == "GET"
-            )
+            response: Response | BlobResponse | TextResponse
+            if reading:
+                response = await self.blobs.read(path[1:], scope.headers, send_body=method == "GET")
+            else:
+                body = RsgiBody(proto, declared_length(scope.headers.get("content-length")))
+                response = await self.blobs.write(path[1:], scope.headers, body)
         except Exception:
-            # read() answers the store's faults itself: this is a bug, still answered.
+            # read() and write() answer the store's faults themselves: this is a bug, still answered.
             log.exception("%s %s failed", method, path)
             response = TextResponse("Internal error", 500)
         status, sent = response.status_code, 0
         try:
             if isinstance(response, (BlobResponse, TextResponse)):
                 response.send_rsgi(proto)
-                sent = response.body_bytes if method == "GET" else 0
+                sent = response.body_bytes if method != "HEAD" else 0
             else:
                 proto.response_bytes(status, as_str(response.raw_headers), response.body)
-                sent = len(response.body) if method == "GET" else 0
+                sent = len(response.body) if method != "HEAD" else 0
         except Exception:
             # The blob shrank under us, or the client is gone: a 500 if nothing was sent yet.
             log.exception("%s %s: the answer could not be sent", method, path)
@@ -87,7 +96,8 @@ class RsgiApp:
                 TextResponse("Internal error", 500).send_rsgi(proto)
         finally:
             if self.record is not None:
-                self.record(method, self.blob_route, status, time.perf_counter() - started, 0, sent)
+                received = body.received if body is not None else 0
+                self.record(method, self.blob_route, status, time.perf_counter() - started, received, sent)
 
 
 async def call_asgi(app: ASGIApp, scope: Any, proto: Any) -> None:
@@ -110,8 +120,7 @@ async def call_asgi(app: ASGIApp, scope: Any, proto: Any) -> None:
         "extensions": {"http.response.pathsend": {}},
         "state": {},
     }
-    declared = scope.headers.get("content-length")
-    exchange = _Exchange(proto, int(declared) if declared is not None and declared.isdigit() else None)
+    exchange = _Exchange(proto, RsgiBody(proto, declared_length(scope.headers.get("content-length"))))
     await app(asgi_scope, exchange.receive, exchange.send)
     if not exchange.answered:
         raise RuntimeError(f"{scope.method} {scope.path}: the application sent no response")
@@ -126,11 +135,10 @@ def _address(text: str) -> tuple[str, int]:
 class _Exchange:
     """ASGI receive and send over one RSGI request."""
 
-    def __init__(self, proto: Any, declared_length: int | None) -> None:
+    def __init__(self, proto: Any, body: RsgiBody) -> None:
         self.proto = proto
-        self.declared_length = declared_length
-        self.body: Any = None  # the request body's async iterator, once reading has begun
-        self.received = 0
+        self.body = body
+        self.chunks: AsyncIterator[bytes] | None = None  # once reading has begun
         self.body_done = False
         self.status = 500
         self.headers: list[tuple[str, str]] = []
@@ -142,21 +150,17 @@ class _Exchange:
             # Nothing more will come: the only event left is the client going away.
             await self.proto.client_disconnect()
             return {"type": "http.disconnect"}
-        if self.body is None:
-            self.body = self.proto.__aiter__()
-        while True:
-            try:
-                chunk = await self.body.__anext__()
-            except StopAsyncIteration:
-                break
-            if chunk:
-                self.received += len(chunk)
-                return {"type": "http.request", "body": chunk, "more_body": True}
-        self.body_done = True
-        if self.declared_length is not None and self.received < self.declared_length:
-            # granian ends the body early when the client goes away mid-upload.
+        if self.chunks is None:
+            self.chunks = self.body.chunks()
+        try:
+            chunk = await anext(self.chunks)
+        except StopAsyncIteration:
+            self.body_done = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        except ClientDisconnect:
+            self.body_done = True
             return {"type": "http.disconnect"}
-        return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": chunk, "more_body": True}
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
