@@ -1,6 +1,6 @@
 /*
- * loadgen: a minimal closed-loop HTTP/1.1 load generator for HEAD, and for
- * GET of large bodies.
+ * loadgen: a minimal closed-loop HTTP/1.1 load generator for HEAD, for GET of
+ * large bodies, and for uploads of new small blobs.
  *
  * Debian's wrk 4.1 (and h2load) wait for a body after a HEAD response that
  * carries Content-Length, so they cannot measure HEAD; hey can, but its Go
@@ -14,9 +14,19 @@
  * copy to user space, so the client costs next to nothing per byte.
  *
  *   loadgen HOST PORT PATH METHOD CONNECTIONS THREADS SECONDS
+ *   loadgen HOST PORT / POST CONNECTIONS THREADS SECONDS PREFIX_FILE NAMES_FILE AUTHORIZATION
+ *
+ * POST uploads a new blob per request: its body is PREFIX_FILE's bytes then
+ * the suffix of the next "sha suffix" line of NAMES_FILE (bench/run.py
+ * computes the sha-256s), sent from memory with one writev, so the client's
+ * cost per upload is a few system calls (wrk's Lua builds a new 64 KiB string
+ * per request: about half a millisecond of CPU taken from the server on a
+ * 2-core machine).  Lines are handed out in order across all connections;
+ * running out wraps around (repeats are counted in "wrapped").
  *
  * Prints one JSON object: requests, bytes (body bytes received, whole
- * responses or not), duration_s, status counts, errors.
+ * responses or not), duration_s, status counts (201 also on its own),
+ * latency percentiles, errors.
  * Built by bench/run.py with `cc -O2 -pthread`.
  */
 #define _GNU_SOURCE
@@ -32,6 +42,7 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -43,12 +54,18 @@ struct conn {
     char buf[BUF];
     size_t len;           /* bytes in buf */
     long long body_left;  /* body bytes still to skip, -1 while reading headers */
+    double started;       /* when the request in flight was sent */
 };
+
+/* Latency histogram: 100 us buckets up to 10 s (the last one collects the rest). */
+#define LAT_BUCKET_US 100
+#define LAT_BUCKETS 100000
 
 struct worker {
     pthread_t thread;
     int nconns;
-    uint64_t requests, body_bytes, s2xx, s3xx, s4xx, s5xx, sother;
+    uint64_t requests, body_bytes, s2xx, s201, s3xx, s4xx, s5xx, sother;
+    uint64_t *latency;  /* LAT_BUCKETS counts */
     uint64_t connect_errors, read_errors, write_errors;
 };
 
@@ -58,6 +75,17 @@ static char g_request[4096];
 static size_t g_request_len;
 static int g_is_head;
 static double g_deadline;
+
+/* POST mode */
+static int g_is_post;
+static char *g_prefix;
+static size_t g_prefix_len;
+static char (*g_shas)[65];
+static char **g_suffixes;
+static size_t g_names;
+static uint64_t g_next_name;  /* atomic */
+static uint64_t g_wrapped;    /* atomic */
+static const char *g_auth;
 
 static double now(void) {
     struct timespec ts;
@@ -78,15 +106,70 @@ static int open_conn(void) {
     return fd;
 }
 
-/* Writes the request (blocking sockets: a request is tiny). 0 ok, -1 error. */
-static int send_request(struct conn *c) {
-    size_t off = 0;
-    while (off < g_request_len) {
-        ssize_t n = write(c->fd, g_request + off, g_request_len - off);
-        if (n < 0) { if (errno == EINTR) continue; return -1; }
-        off += (size_t)n;
+static int write_all_iov(int fd, struct iovec *iov, int n) {
+    while (n > 0) {
+        ssize_t k = writev(fd, iov, n);
+        if (k < 0) { if (errno == EINTR) continue; return -1; }
+        while (n > 0 && (size_t)k >= iov->iov_len) { k -= (ssize_t)iov->iov_len; iov++; n--; }
+        if (n > 0) { iov->iov_base = (char *)iov->iov_base + k; iov->iov_len -= (size_t)k; }
     }
     return 0;
+}
+
+/* Writes the next request (blocking sockets: loopback takes a small upload at once). 0 ok, -1 error. */
+static int send_request(struct conn *c) {
+    c->started = now();
+    if (!g_is_post) {
+        struct iovec iov = {g_request, g_request_len};
+        return write_all_iov(c->fd, &iov, 1);
+    }
+    uint64_t i = __atomic_fetch_add(&g_next_name, 1, __ATOMIC_RELAXED);
+    if (i >= g_names) __atomic_fetch_add(&g_wrapped, 1, __ATOMIC_RELAXED);
+    i %= g_names;
+    size_t suffix_len = strlen(g_suffixes[i]);
+    char head[512];
+    int hlen = snprintf(head, sizeof head,
+                        "POST /%s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: loadgen\r\nAuthorization: %s\r\n"
+                        "Content-Type: application/octet-stream\r\nContent-Length: %zu\r\n\r\n",
+                        g_shas[i], g_host, g_port, g_auth, g_prefix_len + suffix_len);
+    struct iovec iov[3] = {{head, (size_t)hlen}, {g_prefix, g_prefix_len}, {g_suffixes[i], suffix_len}};
+    return write_all_iov(c->fd, iov, 3);
+}
+
+static char *slurp(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) { perror(path); exit(2); }
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *data = malloc((size_t)n + 1);
+    if (fread(data, 1, (size_t)n, f) != (size_t)n) { perror(path); exit(2); }
+    data[n] = 0;
+    fclose(f);
+    *len = (size_t)n;
+    return data;
+}
+
+static void load_names(const char *path) {
+    size_t len;
+    char *text = slurp(path, &len);
+    size_t cap = 1024;
+    g_shas = malloc(cap * sizeof *g_shas);
+    g_suffixes = malloc(cap * sizeof *g_suffixes);
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        char *space = strchr(line, ' ');
+        if (!space || space - line != 64) { fprintf(stderr, "loadgen: bad names line: %s\n", line); exit(2); }
+        if (g_names == cap) {
+            cap *= 2;
+            g_shas = realloc(g_shas, cap * sizeof *g_shas);
+            g_suffixes = realloc(g_suffixes, cap * sizeof *g_suffixes);
+        }
+        memcpy(g_shas[g_names], line, 64);
+        g_shas[g_names][64] = 0;
+        g_suffixes[g_names] = space + 1;
+        g_names++;
+    }
+    if (g_names == 0) { fprintf(stderr, "loadgen: no names in %s\n", path); exit(2); }
 }
 
 static long long header_content_length(const char *h, size_t n) {
@@ -104,11 +187,27 @@ static long long header_content_length(const char *h, size_t n) {
 
 static void count_status(struct worker *w, int status) {
     w->requests++;
+    if (status == 201) w->s201++;
     if (status >= 200 && status < 300) w->s2xx++;
     else if (status >= 300 && status < 400) w->s3xx++;
     else if (status >= 400 && status < 500) w->s4xx++;
     else if (status >= 500 && status < 600) w->s5xx++;
     else w->sother++;
+}
+
+static void record_latency(struct worker *w, struct conn *c) {
+    long long b = (long long)((now() - c->started) * 1e6) / LAT_BUCKET_US;
+    w->latency[b < LAT_BUCKETS ? b : LAT_BUCKETS - 1]++;
+}
+
+/* The latency in microseconds below which a fraction q of the responses came. */
+static double percentile_us(const uint64_t *hist, uint64_t total, double q) {
+    uint64_t seen = 0, want = (uint64_t)(q * (double)total);
+    for (int b = 0; b < LAT_BUCKETS; b++) {
+        seen += hist[b];
+        if (seen > want) return (b + 1) * (double)LAT_BUCKET_US;
+    }
+    return LAT_BUCKETS * (double)LAT_BUCKET_US;
 }
 
 /* Consumes what is in c->buf; returns the number of responses completed, -1 on a protocol error. */
@@ -123,6 +222,7 @@ static int consume(struct worker *w, struct conn *c) {
             w->body_bytes += k;
             if (c->body_left > 0) return done;
             c->body_left = -1;
+            record_latency(w, c);
             done++;
             continue;
         }
@@ -144,6 +244,7 @@ static int consume(struct worker *w, struct conn *c) {
             c->body_left = cl;  /* the response completes when its body is skipped */
             continue;
         }
+        record_latency(w, c);
         done++;
     }
 }
@@ -218,8 +319,9 @@ static void *run(void *arg) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 8) {
-        fprintf(stderr, "usage: loadgen HOST PORT PATH METHOD CONNECTIONS THREADS SECONDS\n");
+    if (argc != 8 && argc != 11) {
+        fprintf(stderr, "usage: loadgen HOST PORT PATH METHOD CONNECTIONS THREADS SECONDS "
+                        "[PREFIX_FILE NAMES_FILE AUTHORIZATION]\n");
         return 2;
     }
     g_host = argv[1];
@@ -232,6 +334,16 @@ int main(int argc, char **argv) {
         return 2;
     }
     g_is_head = strcmp(method, "HEAD") == 0;
+    g_is_post = strcmp(method, "POST") == 0;
+    if (g_is_post != (argc == 11)) {
+        fprintf(stderr, "loadgen: POST takes PREFIX_FILE NAMES_FILE AUTHORIZATION, other methods none\n");
+        return 2;
+    }
+    if (g_is_post) {
+        g_prefix = slurp(argv[8], &g_prefix_len);
+        load_names(argv[9]);
+        g_auth = argv[10];
+    }
     g_request_len = (size_t)snprintf(g_request, sizeof g_request,
                                      "%s %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: loadgen\r\n\r\n",
                                      method, path, g_host, g_port);
@@ -240,26 +352,32 @@ int main(int argc, char **argv) {
     g_deadline = start + seconds;
     for (int t = 0; t < nthreads; t++) {
         ws[t].nconns = nconns / nthreads + (t < nconns % nthreads ? 1 : 0);
+        ws[t].latency = calloc(LAT_BUCKETS, sizeof(uint64_t));
         pthread_create(&ws[t].thread, NULL, run, &ws[t]);
     }
     struct worker sum = {0};
+    sum.latency = calloc(LAT_BUCKETS, sizeof(uint64_t));
     for (int t = 0; t < nthreads; t++) {
         pthread_join(ws[t].thread, NULL);
         sum.requests += ws[t].requests;
         sum.body_bytes += ws[t].body_bytes;
-        sum.s2xx += ws[t].s2xx; sum.s3xx += ws[t].s3xx; sum.s4xx += ws[t].s4xx;
+        sum.s2xx += ws[t].s2xx; sum.s201 += ws[t].s201; sum.s3xx += ws[t].s3xx; sum.s4xx += ws[t].s4xx;
         sum.s5xx += ws[t].s5xx; sum.sother += ws[t].sother;
         sum.connect_errors += ws[t].connect_errors;
         sum.read_errors += ws[t].read_errors;
         sum.write_errors += ws[t].write_errors;
+        for (int b = 0; b < LAT_BUCKETS; b++) sum.latency[b] += ws[t].latency[b];
     }
     double elapsed = now() - start;
-    printf("{\"requests\": %llu, \"bytes\": %llu, \"duration_s\": %.6f, \"status\": {\"2xx\": %llu, \"3xx\": %llu, "
-           "\"4xx\": %llu, \"5xx\": %llu, \"other\": %llu}, \"errors\": {\"connect\": %llu, "
+    printf("{\"requests\": %llu, \"bytes\": %llu, \"duration_s\": %.6f, \"status\": {\"2xx\": %llu, \"201\": %llu, "
+           "\"3xx\": %llu, \"4xx\": %llu, \"5xx\": %llu, \"other\": %llu}, \"wrapped\": %llu, "
+           "\"latency_p50_us\": %.0f, \"latency_p99_us\": %.0f, \"errors\": {\"connect\": %llu, "
            "\"read\": %llu, \"write\": %llu}}\n",
            (unsigned long long)sum.requests, (unsigned long long)sum.body_bytes, elapsed, (unsigned long long)sum.s2xx,
-           (unsigned long long)sum.s3xx, (unsigned long long)sum.s4xx, (unsigned long long)sum.s5xx,
-           (unsigned long long)sum.sother, (unsigned long long)sum.connect_errors,
-           (unsigned long long)sum.read_errors, (unsigned long long)sum.write_errors);
+           (unsigned long long)sum.s201, (unsigned long long)sum.s3xx, (unsigned long long)sum.s4xx,
+           (unsigned long long)sum.s5xx, (unsigned long long)sum.sother, (unsigned long long)g_wrapped,
+           percentile_us(sum.latency, sum.requests, 0.5), percentile_us(sum.latency, sum.requests, 0.99),
+           (unsigned long long)sum.connect_errors, (unsigned long long)sum.read_errors,
+           (unsigned long long)sum.write_errors);
     return 0;
 }
