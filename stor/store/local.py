@@ -297,15 +297,22 @@ class LocalStore:
         written and flushed) is one hop to a thread instead of two: each hop
         costs about as much CPU as the Python work of the upload. A duplicate
         then has its few bytes read, which also keeps the connection usable.
+        A blob already complete is answered with no hop at all when the
+        kernel's caches hold its directory entries.
         """
         # One upload per digest at a time in this process: a second one waits
         # and then finds the blob complete without reading its body.
         async with self._locks.hold(digest.hex):
             limit = self.settings.max_blob_bytes
+            data: bytearray | None = None
             if body_on_its_way and length is not None and length <= min(SMALL_UPLOAD_BYTES, limit or length):
                 data = bytearray()
                 async for chunk in body:
                     data += chunk
+            stored = self._stored_per_caches(digest)
+            if stored is not None:
+                return stored
+            if data is not None:
                 outcome = await in_thread(self._put_whole, digest, bytes(data), meta)
                 if isinstance(outcome, PutResult):
                     return outcome
@@ -338,6 +345,23 @@ class LocalStore:
             raise
         return pair
 
+    def _presence(self, digest: Digest, files: FileAccess) -> list[tuple[StoragePair, list[bool]]]:
+        """Each pair, and which of its mirrors hold the blob."""
+        rel = digest.relative_path
+        return [(pair, [_is_file(f"{d}/{rel}", files) for d in pair.dirs]) for pair in self.pairs]
+
+    def _stored_per_caches(self, digest: Digest) -> PutResult | None:
+        """The PutResult of a blob already complete on a pair, when the kernel's caches can tell at once.
+
+        A duplicate upload (a pipeline pushing a batch again) is then answered
+        without the hop to a thread, which costs more than the check. None
+        means "ask the disks", never "absent".
+        """
+        try:
+            return _stored(self._presence(digest, CACHED_ONLY), digest)
+        except WouldBlock:
+            return None
+
     def _plan_write(self, digest: Digest, length: int | None) -> PutResult | tuple[StoragePair, list[Path]]:
         """What an upload must do, decided in one pass over the disks (blocking).
 
@@ -345,11 +369,10 @@ class LocalStore:
         the pair and the mirrors to write. Raises TooLarge or NoSpace before
         any body byte is read.
         """
-        rel = digest.relative_path
-        presence = [(pair, [os.path.isfile(f"{d}/{rel}") for d in pair.dirs]) for pair in self.pairs]
-        if any(all(have) for _, have in presence):
-            existing = [f"{d}/{rel}" for pair, have in presence for d, h in zip(pair.dirs, have) if h]
-            return PutResult(created=False, locations=existing)
+        presence = self._presence(digest, BLOCKING)
+        stored = _stored(presence, digest)
+        if stored is not None:
+            return stored
         limit = self.settings.max_blob_bytes
         if limit is not None and length is not None and length > limit:
             raise TooLarge(limit)
@@ -402,6 +425,27 @@ class LocalStore:
             if isinstance(e, OSError):
                 raise _storage_error(e, digest, targets) from e
             raise
+
+
+def _stored(presence: list[tuple[StoragePair, list[bool]]], digest: Digest) -> PutResult | None:
+    """The answer to an upload of a blob complete on some pair (every copy found listed); None if on none."""
+    if not any(all(have) for _, have in presence):
+        return None
+    rel = digest.relative_path
+    return PutResult(created=False, locations=[f"{d}/{rel}" for pair, have in presence for d, h in zip(pair.dirs, have) if h])
+
+
+def _is_file(path: str, files: FileAccess) -> bool:
+    """Whether path is a regular file (os.path.isfile); CACHED_ONLY raises WouldBlock rather than wait or guess."""
+    if files.waits:
+        return os.path.isfile(path)
+    fd = files.open(path)
+    if fd is None:
+        return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
 
 
 def _storage_error(e: OSError, digest: Digest, targets: Sequence[Path]) -> StoreError:
