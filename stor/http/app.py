@@ -34,7 +34,7 @@ def create_app(settings: Settings) -> ASGIApp:
 
 
 def create_rsgi_app(settings: Settings) -> RsgiApp:
-    """The RSGI application (granian): blob reads directly, everything else through the ASGI one."""
+    """The RSGI application (granian): the blob routes directly, everything else through the ASGI one."""
     app = Application(settings)
     return RsgiApp(
         app.asgi,

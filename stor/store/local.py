@@ -324,7 +324,7 @@ class LocalStore:
                 pair, targets = plan
                 await self._write(digest, body, targets, meta)
             await self.cache.set(digest, str(pair.dirs[0]))
-            return PutResult(created=True, locations=[str(d / digest.relative_path) for d in pair.dirs])
+            return PutResult(created=True, locations=[f"{d}/{digest.relative_path}" for d in pair.dirs])
 
     def _put_whole(self, digest: Digest, data: bytes, meta: BlobMeta) -> PutResult | StoragePair:
         """put() of a body already in memory, from planning to the last flush (blocking).
@@ -466,7 +466,7 @@ class _MirrorWriter:
         self.targets = list(targets)
         self.meta = meta
         self.hasher = hashlib.sha256()
-        self.files: list[tuple[int, Path]] = []
+        self.files: list[tuple[int, str]] = []
         self.lock = threading.Lock()
         self.done = False
 
@@ -529,7 +529,7 @@ class _MirrorWriter:
                 return
             for _, tmp in self.files:
                 try:
-                    tmp.unlink(missing_ok=True)
+                    tempfiles.remove(tmp)
                 except OSError as e:
                     log.error("cannot remove temporary file %s: %s", tmp, e)
             self._close()
@@ -557,7 +557,7 @@ def _write_file_durably(root: Path, digest: Digest, final: Path, data: bytes) ->
         os.fsync(fd)
         os.rename(tmp, final)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        tempfiles.remove(tmp)
         raise
     finally:
         os.close(fd)
