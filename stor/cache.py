@@ -74,6 +74,13 @@ def parse_server(text: str) -> tuple[str, int]:
     return (host, int(port)) if sep else (text, 11211)
 
 
+class _Failed:
+    """What a memcached call in a worker thread answers when it failed (after noting it on the server)."""
+
+
+_FAILED = _Failed()
+
+
 class _Server:
     """One memcached server, its connection pool and whether it is in an outage."""
 
@@ -141,9 +148,14 @@ class MemcachedLocationCache:
         if not server.available():
             self.metrics.incr("cache.error")
             return None
-        return await in_thread(self._call_blocking, server, key, op, *args)
+        result = await in_thread(self._call_blocking, server, key, op, *args)
+        if result is _FAILED:
+            # Counted here, on the event loop: every metric event is (Prometheus's counts take no lock).
+            self.metrics.incr("cache.error")
+            return None
+        return result
 
-    def _call_blocking(self, server: _Server, key: str, op: str, *args: str) -> str | None:
+    def _call_blocking(self, server: _Server, key: str, op: str, *args: str) -> str | None | _Failed:
         try:
             if op == "get":
                 raw = server.client.get(key)
@@ -155,9 +167,8 @@ class MemcachedLocationCache:
                 server.client.delete(key, noreply=False)
                 result = None
         except Exception as e:  # a cache fault must never fail a request
-            self.metrics.incr("cache.error")
             server.failed(e)
-            return None
+            return _FAILED
         server.succeeded()
         return result
 

@@ -129,6 +129,30 @@ def test_read_path_names(
         one(stats, MARK, "c", 1)
 
 
+def test_cache_error_for_a_failed_call_and_while_memcached_is_marked_down(
+    start_server: Any, mirrors: tuple[Path, Path], memcached: Any, statsd_rx: StatsdReceiver
+) -> None:
+    """A GET asks memcached twice (the location, then setting it once found). With memcached gone,
+    the first call fails in a worker thread and marks the server down; every later call is skipped
+    until retry_after. Both count cache.error, once per call."""
+    m = memcached()
+    a, b = mirrors
+    server = start_server(
+        pair_config(mirrors, memcached_servers=[m.address], memcached_retry_after=600, statsite=statsd_rx.config())
+    )
+    m.kill()
+    with httpx.Client(base_url=server.url) as c:
+        for _ in range(2):
+            data = os.urandom(100)
+            put_by_hand(sha256(data), data, a, b)
+            assert c.get(f"/{sha256(data)}").content == data
+            stats = window(statsd_rx, c, wait_for=("lookup.time",))
+            errors = [s for s in stats if s.name == "cache.error"]
+            assert [(e.type, e.value) for e in errors] == [("c", 1), ("c", 1)], [s.raw for s in stats]
+            one(stats, "cache.miss", "c", 1)
+    assert f"memcached {m.address} unreachable" in server.log_text()
+
+
 def test_get_500_on_a_real_read_fault(
     start_server: Any, mirrors: tuple[Path, Path], statsd_rx: StatsdReceiver
 ) -> None:
