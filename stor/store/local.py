@@ -432,7 +432,8 @@ def _stored(presence: list[tuple[StoragePair, list[bool]]], digest: Digest) -> P
     if not any(all(have) for _, have in presence):
         return None
     rel = digest.relative_path
-    return PutResult(created=False, locations=[f"{d}/{rel}" for pair, have in presence for d, h in zip(pair.dirs, have) if h])
+    found = [f"{d}/{rel}" for pair, have in presence for d, h in zip(pair.dirs, have) if h]
+    return PutResult(created=False, locations=found)
 
 
 def _is_file(path: str, files: FileAccess) -> bool:
