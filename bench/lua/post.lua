@@ -9,7 +9,8 @@
 -- client only concatenates).  Thread k of N takes lines k, k+N, k+2N, ...;
 -- running out wraps around (repeats are then counted in "wrapped").
 -- "existing": the same already-stored blob over and over (the server answers
--- 200 without reading the body).
+-- 200: a body this small, sent without Expect: 100-continue, is read so
+-- that the connection stays usable, and is not written).
 --
 -- Responses are counted by status; done() prints one JSON line.
 
