@@ -127,11 +127,12 @@ static int send_request(struct conn *c) {
     if (i >= g_names) __atomic_fetch_add(&g_wrapped, 1, __ATOMIC_RELAXED);
     i %= g_names;
     size_t suffix_len = strlen(g_suffixes[i]);
-    char head[512];
+    char head[1024];
     int hlen = snprintf(head, sizeof head,
                         "POST /%s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: loadgen\r\nAuthorization: %s\r\n"
                         "Content-Type: application/octet-stream\r\nContent-Length: %zu\r\n\r\n",
                         g_shas[i], g_host, g_port, g_auth, g_prefix_len + suffix_len);
+    if (hlen < 0 || (size_t)hlen >= sizeof head) return -1;  /* an Authorization value too long for the head */
     struct iovec iov[3] = {{head, (size_t)hlen}, {g_prefix, g_prefix_len}, {g_suffixes[i], suffix_len}};
     return write_all_iov(c->fd, iov, 3);
 }
@@ -157,6 +158,8 @@ static void load_names(const char *path) {
     g_shas = malloc(cap * sizeof *g_shas);
     g_suffixes = malloc(cap * sizeof *g_suffixes);
     for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        size_t n = strlen(line);
+        if (n > 0 && line[n - 1] == '\r') line[n - 1] = 0;  /* CRLF line ends */
         char *space = strchr(line, ' ');
         if (!space || space - line != 64) { fprintf(stderr, "loadgen: bad names line: %s\n", line); exit(2); }
         if (g_names == cap) {
@@ -200,8 +203,11 @@ static void record_latency(struct worker *w, struct conn *c) {
     w->latency[b < LAT_BUCKETS ? b : LAT_BUCKETS - 1]++;
 }
 
-/* The latency in microseconds below which a fraction q of the responses came. */
-static double percentile_us(const uint64_t *hist, uint64_t total, double q) {
+/* The latency in microseconds below which a fraction q of the completed responses came. */
+static double percentile_us(const uint64_t *hist, double q) {
+    uint64_t total = 0;
+    for (int b = 0; b < LAT_BUCKETS; b++) total += hist[b];
+    if (total == 0) return 0;
     uint64_t seen = 0, want = (uint64_t)(q * (double)total);
     for (int b = 0; b < LAT_BUCKETS; b++) {
         seen += hist[b];
@@ -275,6 +281,7 @@ static void *run(void *arg) {
                     w->body_bytes += (uint64_t)d;
                     if (c->body_left == 0) {
                         c->body_left = -1;
+                        record_latency(w, c);
                         if (now() < g_deadline && send_request(c) < 0) w->write_errors++;
                     }
                     continue;
@@ -376,7 +383,7 @@ int main(int argc, char **argv) {
            (unsigned long long)sum.requests, (unsigned long long)sum.body_bytes, elapsed, (unsigned long long)sum.s2xx,
            (unsigned long long)sum.s201, (unsigned long long)sum.s3xx, (unsigned long long)sum.s4xx,
            (unsigned long long)sum.s5xx, (unsigned long long)sum.sother, (unsigned long long)g_wrapped,
-           percentile_us(sum.latency, sum.requests, 0.5), percentile_us(sum.latency, sum.requests, 0.99),
+           percentile_us(sum.latency, 0.5), percentile_us(sum.latency, 0.99),
            (unsigned long long)sum.connect_errors, (unsigned long long)sum.read_errors,
            (unsigned long long)sum.write_errors);
     return 0;
