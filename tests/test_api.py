@@ -8,6 +8,7 @@ import re
 import subprocess
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -398,6 +399,27 @@ def test_a_directory_in_place_of_a_blob_is_a_fault(client: httpx.Client, mirrors
     for m in mirrors:
         layout_path(m, sha).mkdir(parents=True)
     assert client.get(f"/{sha}").status_code == 500
+
+
+def test_a_fifo_in_place_of_a_blob_never_stalls_the_server(start_server: Any, mirrors: tuple[Path, Path]) -> None:
+    """Opening a FIFO for reading waits for a writer. One left where a blob should be is a fault
+    for a GET (500, not a stalled event loop), and an upload of that blob replaces it."""
+    server = start_server(pair_config(mirrors))
+    data = b"fifo" * 100
+    sha = sha256(data)
+    for m in mirrors:
+        p = layout_path(m, sha)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        os.mkfifo(p)
+    with httpx.Client(base_url=server.url, timeout=10) as c:
+        assert c.get(f"/{sha}").status_code == 500
+        assert c.head(f"/{sha}").status_code == 500
+        assert c.get("/").status_code == 200
+        r = c.post(f"/{sha}", content=data, auth=AUTH)
+        assert r.status_code == 201, r.text
+        assert c.get(f"/{sha}").content == data
+    assert all(layout_path(m, sha).read_bytes() == data for m in mirrors)
+    assert "not a regular file" in server.log_text()
 
 
 def test_uvicorn_server_option(mirrors: tuple[Path, Path], tmp_path: Path) -> None:

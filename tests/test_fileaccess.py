@@ -43,6 +43,21 @@ def test_missing_name_is_none_once_looked_up_and_would_block_before(tmp_path: Pa
     assert CACHED_ONLY.open(str(never)) is None
 
 
+def test_is_file_never_opens_what_it_checks(tmp_path: Path) -> None:
+    """is_file answers as os.path.isfile for a regular file, a directory, a FIFO and a missing
+    name, from the caches only (a FIFO opened for reading would wait for a writer)."""
+    (tmp_path / "file").write_bytes(b"x")
+    (tmp_path / "dir").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    expected = {"file": True, "dir": False, "fifo": False, "missing": False}
+    for name in expected:
+        os.path.lexists(tmp_path / name)  # the lookup puts the name (or its absence) in the dentry cache
+    assert {name: CACHED_ONLY.is_file(str(tmp_path / name)) for name in expected} == expected
+    assert {name: BLOCKING.is_file(str(tmp_path / name)) for name in expected} == expected
+    with pytest.raises(WouldBlock):
+        CACHED_ONLY.is_file(str(tmp_path / "never-looked-up" / "x"))
+
+
 def test_pages_not_in_memory_would_block(tmp_path: Path) -> None:
     """A read of pages not in memory raises WouldBlock instead of waiting for them.
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 from typing import Protocol
 
 # Absent from the file system (or a path component is not a directory): "not here".
@@ -34,8 +35,17 @@ class FileAccess(Protocol):
     def open(self, path: str) -> int | None:
         """A read-only descriptor for path, or None if there is no such file."""
 
+    def is_file(self, path: str) -> bool:
+        """Whether path names a regular file (as os.path.isfile), without opening it for reading."""
+
     def pread(self, fd: int, size: int, offset: int) -> bytes:
         """Up to size bytes at offset (fewer only at the end of the file)."""
+
+
+# O_NONBLOCK: opening a FIFO (or a device) left where a blob should be returns
+# at once instead of waiting for a writer; the caller's fstat then refuses it.
+# For regular files it changes nothing.
+_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 class _Blocking:
@@ -43,9 +53,12 @@ class _Blocking:
 
     def open(self, path: str) -> int | None:
         try:
-            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            return os.open(path, _READ_FLAGS)
         except (FileNotFoundError, NotADirectoryError):
             return None
+
+    def is_file(self, path: str) -> bool:
+        return os.path.isfile(path)
 
     def pread(self, fd: int, size: int, offset: int) -> bytes:
         return os.pread(fd, size, offset)
@@ -71,9 +84,13 @@ class _CachedOnly:
         # releasing and retaking the GIL would cost more than the call itself.
         self._syscall = ctypes.PyDLL(None, use_errno=True).syscall
         self._syscall.restype = ctypes.c_long
-        self._how = _OpenHow(os.O_RDONLY | os.O_CLOEXEC, 0, _RESOLVE_CACHED)
+        self._how = _OpenHow(_READ_FLAGS, 0, _RESOLVE_CACHED)
         self._how_ref = ctypes.byref(self._how)
         self._how_size = ctypes.sizeof(self._how)
+        # O_PATH: a handle for fstat that never opens the file itself (no FIFO
+        # wait, no open-permission event or lease break that could block).
+        self._path_how = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_CACHED)
+        self._path_how_ref = ctypes.byref(self._path_how)
         try:
             fd = self._openat2(b"/")
         except OSError:
@@ -82,8 +99,8 @@ class _CachedOnly:
             os.close(fd)
             self.available = True
 
-    def _openat2(self, path: bytes) -> int | None:
-        fd = self._syscall(_SYS_OPENAT2, _AT_FDCWD, path, self._how_ref, self._how_size)
+    def _openat2(self, path: bytes, how: object = None) -> int | None:
+        fd = self._syscall(_SYS_OPENAT2, _AT_FDCWD, path, how or self._how_ref, self._how_size)
         if fd >= 0:
             return fd
         err = ctypes.get_errno()
@@ -100,6 +117,20 @@ class _CachedOnly:
             # EAGAIN: not all of the path is cached. Any other error is left
             # to the blocking path, which reports it with its detail.
             raise WouldBlock(path) from e
+
+    def is_file(self, path: str) -> bool:
+        if not self.available:
+            raise WouldBlock(path)
+        try:
+            fd = self._openat2(path.encode("utf-8", "surrogateescape"), self._path_how_ref)
+        except OSError as e:
+            raise WouldBlock(path) from e
+        if fd is None:
+            return False
+        try:
+            return stat.S_ISREG(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
 
     def pread(self, fd: int, size: int, offset: int) -> bytes:
         buf = bytearray(size)

@@ -348,7 +348,7 @@ class LocalStore:
     def _presence(self, digest: Digest, files: FileAccess) -> list[tuple[StoragePair, list[bool]]]:
         """Each pair, and which of its mirrors hold the blob."""
         rel = digest.relative_path
-        return [(pair, [_is_file(f"{d}/{rel}", files) for d in pair.dirs]) for pair in self.pairs]
+        return [(pair, [files.is_file(f"{d}/{rel}") for d in pair.dirs]) for pair in self.pairs]
 
     def _stored_per_caches(self, digest: Digest) -> PutResult | None:
         """The PutResult of a blob already complete on a pair, when the kernel's caches can tell at once.
@@ -434,19 +434,6 @@ def _stored(presence: list[tuple[StoragePair, list[bool]]], digest: Digest) -> P
     rel = digest.relative_path
     found = [f"{d}/{rel}" for pair, have in presence for d, h in zip(pair.dirs, have) if h]
     return PutResult(created=False, locations=found)
-
-
-def _is_file(path: str, files: FileAccess) -> bool:
-    """Whether path is a regular file (os.path.isfile); CACHED_ONLY raises WouldBlock rather than wait or guess."""
-    if files.waits:
-        return os.path.isfile(path)
-    fd = files.open(path)
-    if fd is None:
-        return False
-    try:
-        return stat.S_ISREG(os.fstat(fd).st_mode)
-    finally:
-        os.close(fd)
 
 
 def _storage_error(e: OSError, digest: Digest, targets: Sequence[Path]) -> StoreError:
