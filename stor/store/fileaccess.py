@@ -19,7 +19,7 @@ import ctypes
 import errno
 import os
 import stat
-from typing import Protocol
+from typing import Any, Protocol
 
 # Absent from the file system (or a path component is not a directory): "not here".
 _ABSENT = (errno.ENOENT, errno.ENOTDIR)
@@ -92,15 +92,15 @@ class _CachedOnly:
         self._path_how = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_CACHED)
         self._path_how_ref = ctypes.byref(self._path_how)
         try:
-            fd = self._openat2(b"/")
+            fd = self._openat2(b"/", self._how_ref)
         except OSError:
             return  # no openat2 here (ENOSYS, EPERM from seccomp, ...)
         if fd is not None:
             os.close(fd)
             self.available = True
 
-    def _openat2(self, path: bytes, how: object = None) -> int | None:
-        fd = self._syscall(_SYS_OPENAT2, _AT_FDCWD, path, how or self._how_ref, self._how_size)
+    def _openat2(self, path: bytes, how: Any) -> int | None:
+        fd = self._syscall(_SYS_OPENAT2, _AT_FDCWD, path, how, self._how_size)
         if fd >= 0:
             return fd
         err = ctypes.get_errno()
@@ -108,23 +108,21 @@ class _CachedOnly:
             return None
         raise OSError(err, os.strerror(err))
 
-    def open(self, path: str) -> int | None:
+    def _open_cached(self, path: str, how: Any) -> int | None:
         if not self.available:
             raise WouldBlock(path)
         try:
-            return self._openat2(path.encode("utf-8", "surrogateescape"))  # os.fsencode, without its checks
+            return self._openat2(path.encode("utf-8", "surrogateescape"), how)  # os.fsencode, without its checks
         except OSError as e:
             # EAGAIN: not all of the path is cached. Any other error is left
             # to the blocking path, which reports it with its detail.
             raise WouldBlock(path) from e
 
+    def open(self, path: str) -> int | None:
+        return self._open_cached(path, self._how_ref)
+
     def is_file(self, path: str) -> bool:
-        if not self.available:
-            raise WouldBlock(path)
-        try:
-            fd = self._openat2(path.encode("utf-8", "surrogateescape"), self._path_how_ref)
-        except OSError as e:
-            raise WouldBlock(path) from e
+        fd = self._open_cached(path, self._path_how_ref)
         if fd is None:
             return False
         try:

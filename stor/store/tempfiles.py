@@ -28,8 +28,8 @@ TEMP_SUFFIX = ".part"
 log = logging.getLogger("stor.sweep")
 
 
-def temp_dir(root: Path) -> Path:
-    return root / TEMP_DIR_NAME
+def temp_dir(root: Path) -> str:
+    return f"{root}/{TEMP_DIR_NAME}"
 
 
 def create_locked(root: Path, digest: Digest) -> tuple[int, str]:
@@ -38,7 +38,7 @@ def create_locked(root: Path, digest: Digest) -> tuple[int, str]:
     Plain strings rather than pathlib: this runs twice per upload, and two
     pathlib joins cost more than the open itself.
     """
-    directory = f"{root}/{TEMP_DIR_NAME}"
+    directory = temp_dir(root)
     path = f"{directory}/{digest.upper}.{secrets.token_hex(16)}{TEMP_SUFFIX}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     try:
