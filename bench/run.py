@@ -255,6 +255,11 @@ def tool_versions(tools: dict[str, str]) -> dict[str, str]:
 
 # ---- storage layout and fixtures ----------------------------------------------
 
+def load_errors(r: dict) -> dict:
+    """A load generator's error counts that are not zero (wrk's and loadgen's summaries alike)."""
+    return {k: v for k, v in r["errors"].items() if v}
+
+
 def rel_path(sha: str) -> str:
     s = sha.upper()
     return f"{s[0:2]}/{s[2:4]}/{s[4:6]}/{s}.dat"
@@ -557,10 +562,10 @@ http {{
         if self.get_client(size) == "wrk":
             r = self.wrk(f"http://127.0.0.1:{port}{path}", seconds, self.args.threads, self.args.connections,
                          LUA / "get.lua")
-            r["problems"] = {k: v for k, v in r["errors"].items() if v}
+            r["problems"] = load_errors(r)
             return r
         r = self.loadgen_run(port, path, "GET", seconds)
-        r["problems"] = {k: v for k, v in r["errors"].items() if v}
+        r["problems"] = load_errors(r)
         if r["status"]["2xx"] != r["requests"]:
             r["problems"]["non-2xx"] = r["requests"] - r["status"]["2xx"]
         return r
@@ -769,7 +774,7 @@ http {{
                 else:
                     r = self.wrk(url, a.duration, threads, conc, LUA / "post.lua", "new", *post_args, str(threads))
                 created = r["status"]["201"]
-                problems = {k: v for k, v in r["errors"].items() if v}
+                problems = load_errors(r)
                 cpu = cpu_seconds(pids) - cpu0
                 if problems:
                     self.warn(f"POST new c{conc}: errors {problems} in {r['requests']} requests")
