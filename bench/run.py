@@ -457,6 +457,8 @@ http {{
         cmd = [self.tools["stor"]] if self.tools["stor"] else [sys.executable, "-m", "stor"]
         cmd += ["serve", "--config", str(self.config), "--port", str(port), "--workers", str(workers),
                 "--log-level", self.args.log_level]
+        if self.args.server:
+            cmd += ["--server", self.args.server]
         log_path = self.work / f"stor-w{workers}.log"
         out = open(log_path, "wb")
         p = self.procs.start(cmd, stdout=out, stderr=out, cwd=self.work)
@@ -1049,6 +1051,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="load generator for new small uploads (default bench/loadgen.c: wrk's Lua builds each "
                         "64 KiB body anew, about 0.5 ms of CPU per upload on the cores the server needs)")
     p.add_argument("--big-mib", type=int, default=256, help="size of the big upload in MiB (default 256)")
+    p.add_argument("--server", choices=["granian", "uvicorn"],
+                   help="stor serve --server (default: stor's own default)")
     p.add_argument("--log-level", default="info", help="stor serve --log-level (default info, as a user runs it)")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--tmpdir", help="where to make the storage directories (default: the system temp dir)")

@@ -29,7 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", help=f"JSON configuration file (default: ${CONFIG_ENV}, else the embedded default)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
-    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="worker processes (default: one per CPU this process may use)",
+    )
     serve.add_argument(
         "--limit-concurrency",
         type=int,
@@ -39,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument(
         "--server",
         choices=["granian", "uvicorn"],
-        default="granian",
-        help="HTTP server (default granian: it sends files from its own I/O threads, see README)",
+        default="uvicorn",
+        help="HTTP server (default uvicorn, with stor's own answers to blob reads; see Performance in the README)",
     )
     serve.add_argument(
         "--runtime-threads",
@@ -108,6 +113,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 ASGI_FACTORY = "stor.http.app:create_app_from_env"
+UVICORN_PROTOCOL = "stor.http.front:StorHttpProtocol"
 RSGI_FACTORY = "stor.http.app:create_rsgi_app_from_env"
 
 
@@ -162,6 +168,9 @@ def _run_uvicorn(args: argparse.Namespace) -> None:
     uvicorn.run(
         ASGI_FACTORY,
         factory=True,
+        # uvicorn's httptools protocol, answering blob reads itself (stor/http/front.py).
+        http=UVICORN_PROTOCOL,
+        loop="uvloop",
         host=args.host,
         port=args.port,
         workers=args.workers,

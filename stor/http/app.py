@@ -16,6 +16,7 @@ from stor import aio
 from stor.aio import in_thread
 from stor.cache import LocationCache, MemcachedLocationCache, NoLocationCache
 from stor.config import Settings, load_settings
+from stor.http import filesend, front
 from stor.http.auth import Authenticator
 from stor.http.blobs import BlobEndpoint
 from stor.http.exists import exists_routes
@@ -101,6 +102,7 @@ class Application:
 
     async def startup(self) -> None:
         aio.configure(self.settings.io_threads)
+        filesend.configure(self.settings.io_threads)
         self._background.append(asyncio.create_task(_sweep_forever(self.settings)))
         self._background.append(asyncio.create_task(self.store.expire_forever()))
         if self.settings.prometheus.enabled:
@@ -185,9 +187,15 @@ async def _sweep_forever(settings: Settings) -> None:
 
 
 def create_app_from_env() -> ASGIApp:
-    """The uvicorn factory: settings from $CONFIG_FILE, else the embedded default."""
+    """The uvicorn factory: settings from $CONFIG_FILE, else the embedded default.
+
+    Blob reads are answered by stor's protocol (stor.http.front) for this application.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return create_app(load_settings())
+    app = Application(load_settings())
+    record = app.traffic.record if app.traffic is not None else None
+    front.install(front.BlobReads(app.blobs, record, BLOB_ROUTE))
+    return app.asgi
 
 
 def create_rsgi_app_from_env() -> RsgiApp:

@@ -24,6 +24,8 @@ READ_CHUNK = 1 << 20  # the original streamed 1 MiB chunks too
 # A blob never changes under its name: caches may keep it for good.
 CACHE_CONTROL = "public, max-age=31536000, immutable"
 DEFAULT_TYPE = "application/octet-stream"
+TEXT_TYPE = "text/plain; charset=utf-8"
+_TEXT_LINES = b"content-type: " + TEXT_TYPE.encode() + b"\r\ncontent-length: %d\r\n"
 
 
 def validator_headers(blob: OpenBlob) -> dict[str, str]:
@@ -126,11 +128,15 @@ class TextResponse:
     def __init__(self, text: str, status: int) -> None:
         self.status_code = status
         self.body = text.encode()
-        self.headers = [("content-type", "text/plain; charset=utf-8"), ("content-length", str(len(self.body)))]
+        self.headers = [("content-type", TEXT_TYPE), ("content-length", str(len(self.body)))]
 
     @property
     def body_bytes(self) -> int:
         return len(self.body)
+
+    def header_lines(self) -> bytes:
+        """The headers as they go on the wire (for stor's own front)."""
+        return _TEXT_LINES % len(self.body)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": as_bytes(self.headers)})
