@@ -1,0 +1,169 @@
+"""stor's HTTP front on uvicorn (stor/http/front.py), over raw sockets: the parts a client library hides.
+
+Blob reads are answered inside uvicorn's protocol, the rest by uvicorn's ASGI
+cycle; both must keep HTTP's order on a connection, its framing and its
+connection handling, and a file sent by the kernel must leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import AUTH, StorServer, pair_config, sha256
+
+SMALL = os.urandom(3000)
+HOT = os.urandom(1 << 20)  # kept in memory once read (hot_blob_max_bytes)
+BIG = os.urandom(6 << 20)  # sent from the file
+MISSING = "ab" * 32
+
+
+def _store(server: StorServer, *bodies: bytes) -> None:
+    for body in bodies:
+        assert httpx.post(f"{server.url}/{sha256(body)}", content=body, auth=AUTH).status_code == 201
+
+
+class _Reader:
+    """HTTP/1.1 responses read off a raw socket, one at a time."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(1 << 20)
+        self.buf += data
+        return bool(data)
+
+    def response(self, head_only: bool = False) -> tuple[int, dict[str, str], bytes]:
+        while b"\r\n\r\n" not in self.buf:
+            assert self._fill(), f"connection closed before a response head: {self.buf[:200]!r}"
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        length = 0 if head_only else int(headers["content-length"])
+        while len(self.buf) < length:
+            assert self._fill(), "connection closed inside a body"
+        body, self.buf = self.buf[:length], self.buf[length:]
+        return status, headers, body
+
+    def closed(self) -> bool:
+        """The server closed the connection after what was read (nothing more comes)."""
+        return not self.buf and not self._fill()
+
+
+def _request(method: str, path: str, *extra: str, body: bytes = b"", version: str = "1.1") -> bytes:
+    lines = [f"{method} {path} HTTP/{version}", "Host: stor", *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+@pytest.fixture(params=["uvicorn", "granian"])
+def front_server(request: pytest.FixtureRequest, mirrors: tuple[Path, Path], start_server: Any) -> StorServer:
+    return start_server(pair_config(mirrors), args=["--server", request.param])  # type: ignore[no-any-return]
+
+
+def test_pipelined_requests_are_answered_in_order(front_server: StorServer) -> None:
+    """Reads answered at once, reads sent from the file, misses and requests for the ASGI path,
+    all written in one go: each answer comes back in order, framed, and byte-exact."""
+    _store(front_server, SMALL, HOT, BIG)
+    small, hot, big = sha256(SMALL), sha256(HOT), sha256(BIG)
+    with socket.create_connection(("127.0.0.1", front_server.port), timeout=30) as sock:
+        # Twice: the first round reads from the disk's caches, the second from hot blobs.
+        for _ in range(2):
+            sock.sendall(
+                _request("HEAD", f"/{hot}")
+                + _request("GET", f"/{small}")
+                + _request("GET", f"/{big}")
+                + _request("GET", f"/{MISSING}")
+                + _request("GET", "/status")
+                + _request("GET", f"/{hot}")
+                + _request("GET", f"/{small}", "Content-Length: 3", body=b"abc")  # a read with a body
+                + _request("GET", f"/{big}", "Range: bytes=100-199")
+                + _request("GET", f"/{small}?x=1")
+                + _request("GET", f"/{hot}")
+            )
+            reader = _Reader(sock)
+            status, headers, _ = reader.response(head_only=True)
+            assert (status, headers["content-length"], headers["etag"]) == (200, str(len(HOT)), f'"{hot}"')
+            assert reader.response()[::2] == (200, SMALL)
+            assert reader.response()[::2] == (200, BIG)
+            status, _, body = reader.response()
+            assert status == 404 and MISSING in body.decode()
+            assert reader.response()[0] == 200
+            assert reader.response()[::2] == (200, HOT)
+            assert reader.response()[::2] == (200, SMALL)
+            status, headers, body = reader.response()
+            assert (status, body, headers["content-range"]) == (206, BIG[100:200], f"bytes 100-199/{len(BIG)}")
+            assert reader.response()[::2] == (200, SMALL)
+            assert reader.response()[::2] == (200, HOT)
+
+
+@pytest.mark.parametrize("how", ["HTTP/1.0", "Connection: close"])
+def test_a_read_that_asks_to_close_is_answered_then_closed(front_server: StorServer, how: str) -> None:
+    _store(front_server, SMALL, BIG)
+    for body in (SMALL, BIG):
+        with socket.create_connection(("127.0.0.1", front_server.port), timeout=30) as sock:
+            if how == "HTTP/1.0":
+                sock.sendall(_request("GET", f"/{sha256(body)}", version="1.0"))
+            else:
+                sock.sendall(_request("GET", f"/{sha256(body)}", "Connection: close"))
+            reader = _Reader(sock)
+            status, headers, got = reader.response()
+            assert (status, got) == (200, body)
+            assert reader.closed()
+
+
+def _descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_a_client_gone_mid_download_leaves_nothing_behind(
+    start_server: Any, mirrors: tuple[Path, Path]
+) -> None:
+    """A client that resets the connection halfway through a file sent by the kernel: the sending
+    thread notices, both of its descriptors are closed, and the worker goes on serving."""
+    server: StorServer = start_server(pair_config(mirrors))
+    big = os.urandom(32 << 20)
+    _store(server, big)
+    (pid,) = server.processes()
+    assert httpx.get(f"{server.url}/{sha256(big)}").content == big  # every lazy descriptor (pools) now open
+    before = _descriptors(pid)
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.sendall(_request("GET", f"/{sha256(big)}"))
+            assert sock.recv(65536)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+    deadline = time.monotonic() + 10
+    while _descriptors(pid) > before and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling for the threads to finish, not synchronising on them
+    assert _descriptors(pid) <= before
+    assert "client gone while sending" in server.log_text()
+    assert httpx.get(f"{server.url}/{sha256(big)}").content == big
+
+
+def test_a_client_that_does_not_read_holds_back_only_its_own_answers(
+    start_server: Any, mirrors: tuple[Path, Path]
+) -> None:
+    """100 pipelined GETs of a 1 MiB blob, none read yet: the answers wait for that client, and
+    another client is served meanwhile; then all 100 arrive, in order."""
+    server: StorServer = start_server(pair_config(mirrors))
+    _store(server, HOT)
+    hot = sha256(HOT)
+    for _ in range(2):
+        assert httpx.get(f"{server.url}/{hot}").content == HOT  # hot from now on
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(_request("GET", f"/{hot}") * 100)
+        assert httpx.get(f"{server.url}/{hot}", timeout=10).content == HOT
+        reader = _Reader(sock)
+        for _ in range(100):
+            assert reader.response()[::2] == (200, HOT)
