@@ -1,10 +1,16 @@
-"""The floor under any Python application on granian here: an RSGI app that does no work.
+"""The floor under stor on each server here: answers that take no work.
 
-bench/run.py starts it with stor's worker count beside stor and nginx. It
-answers HEAD with the headers stor sends for a 4 KiB blob and GET with the
-404 stor sends for a missing one, so its rate is the most any application,
-stor included, can reach on this server, machine and load generator.
+bench/run.py starts one with stor's server and worker count beside stor and
+nginx. It answers HEAD with the headers stor sends for a 4 KiB blob and GET
+with the 404 stor sends for a missing one, so its rate is the most stor can
+reach on that server, machine and load generator:
+
+- uvicorn (stor's default): FloorProtocol answers in uvicorn's httptools
+  protocol as stor's front does (stor/http/front.py), without the read;
+- granian: an RSGI app (Floor) that answers at once.
 """
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 SIZE = 4096
 HEAD_HEADERS = [
@@ -29,3 +35,38 @@ class Floor:
 
 
 app = Floor()
+
+
+def _wire(headers: list[tuple[str, str]]) -> bytes:
+    return "".join(f"{k}: {v}\r\n" for k, v in headers).encode("latin-1")
+
+
+_HEAD_LINES = _wire(HEAD_HEADERS)
+
+
+class FloorProtocol(HttpToolsProtocol):
+    """uvicorn's protocol answering every request in its parser callback, as stor's front answers a read."""
+
+    def on_headers_complete(self) -> None:
+        if self.parser.get_method() == b"HEAD":
+            status, lines, body = 200, _HEAD_LINES, b""
+        else:
+            body = b"File '" + self.url[1:] + b"' not found"
+            status, lines = 404, _wire([*TEXT_HEADERS, ("content-length", str(len(body)))])
+        default = b"".join(b"%s: %s\r\n" % pair for pair in self.server_state.default_headers)
+        self.transport.write(STATUS_LINE[status] + default + lines + b"\r\n" + body)
+        self.cycle = _Done  # type: ignore[assignment]
+        self.on_response_complete()
+
+
+class _Done:
+    response_complete = True
+    disconnected = False
+
+
+async def asgi_app(scope, receive, send):  # type: ignore[no-untyped-def]
+    """Only uvicorn's lifespan reaches it: FloorProtocol answers every request itself."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})

@@ -488,11 +488,11 @@ http {{
         return sorted(c for c in children(pid) if "resource_tracker" not in cmdline(c)) or [pid]
 
     @staticmethod
-    def _answers(port: int) -> bool:
+    def _answers(port: int, status: int = 200) -> bool:
         try:
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             c.request("GET", "/")
-            ok = c.getresponse().status == 200
+            ok = c.getresponse().status == status
             c.close()
             return ok
         except OSError:
@@ -654,7 +654,7 @@ http {{
         self.loadgen_run(floor_port, f"/{sha}", "HEAD", a.warmup)
         self.interleaved([lambda: one(stor_port, f"/{sha}", s, "stor", pids),
                           lambda: one(self.nginx_port, f"/{rel_path(sha)}", n, "nginx", self.nginx_pids()),
-                          lambda: one(floor_port, f"/{sha}", f, "granian floor", floor_pids)], a.runs)
+                          lambda: one(floor_port, f"/{sha}", f, f"{self.server} floor", floor_pids)], a.runs)
         round_["head"] = {"stor": s, "reference": n, "reference_name": "nginx HEAD"}
         round_["head_floor"] = {"stor": f, "reference": n, "reference_name": "nginx HEAD"}
 
@@ -681,7 +681,7 @@ http {{
         self.wrk(floor_url, a.warmup, a.threads, a.connections, LUA / "get.lua")
         self.interleaved([lambda: one(stor_url, s, "stor", pids),
                           lambda: one(ng_url, n, "nginx", self.nginx_pids()),
-                          lambda: one(floor_url, f, "granian floor", floor_pids)], a.runs)
+                          lambda: one(floor_url, f, f"{self.server} floor", floor_pids)], a.runs)
         round_["miss"] = {"stor": s, "reference": n, "reference_name": "nginx 404"}
         round_["miss_floor"] = {"stor": f, "reference": n, "reference_name": "nginx 404"}
 
@@ -906,17 +906,22 @@ http {{
         round_["rss_post_big"] = {"stor": rss, "reference": self.idle_rss, "reference_name": "at idle"}
 
     def start_floor(self, workers: int) -> tuple[subprocess.Popen, int, list[int]]:
-        """granian serving bench/floor_app.py (an app that does no work) with stor's worker count."""
+        """stor's server answering with no work (bench/floor_app.py), with stor's worker count."""
         port = free_port()
-        cmd = [sys.executable, "-m", "granian", "--interface", "rsgi", "--workers", str(workers),
-               "--port", str(port), "--log-level", "warning", "--no-ws", "--loop", "uvloop", "floor_app:app"]
+        if self.server == "granian":
+            cmd = [sys.executable, "-m", "granian", "--interface", "rsgi", "--workers", str(workers),
+                   "--port", str(port), "--log-level", "warning", "--no-ws", "--loop", "uvloop", "floor_app:app"]
+        else:
+            cmd = [sys.executable, "-m", "uvicorn", "--workers", str(workers), "--port", str(port),
+                   "--log-level", "warning", "--no-access-log", "--no-server-header", "--loop", "uvloop",
+                   "--http", "floor_app:FloorProtocol", "floor_app:asgi_app"]
         out = open(self.work / f"floor-w{workers}.log", "wb")
         p = self.procs.start(cmd, stdout=out, stderr=out, cwd=BENCH)
-        wait_port(port, p, "granian floor app")
+        wait_port(port, p, f"{self.server} floor app")
         deadline = time.monotonic() + 30
-        while not (self._answers(port) and len(self._workers(p.pid)) == workers):
+        while not (self._answers(port, status=404) and len(self._workers(p.pid)) == workers):
             if p.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"granian floor app did not start; see {self.work / f'floor-w{workers}.log'}")
+                raise BenchError(f"{self.server} floor app did not start; see {self.work / f'floor-w{workers}.log'}")
             time.sleep(0.2)
         return p, port, self._workers(p.pid)
 
@@ -952,8 +957,8 @@ LABELS = {
     "get_64m": ("GET 64 MiB", "MB/s"),
     "head": ("HEAD hit", "req/s"),
     "miss": ("GET missing (404)", "req/s"),
-    "head_floor": ("HEAD, granian + empty app (floor)", "req/s"),
-    "miss_floor": ("404, granian + empty app (floor)", "req/s"),
+    "head_floor": ("HEAD, {server} answering with no work (floor)", "req/s"),
+    "miss_floor": ("404, {server} answering with no work (floor)", "req/s"),
     "existing": ("POST existing 64 KiB, c{c}", "req/s"),
     "post_c1": ("POST new 64 KiB, c1", "blobs/s"),
     "post_c16": ("POST new 64 KiB, c{c}", "blobs/s"),
@@ -991,7 +996,7 @@ def build_rows(rounds: list[dict], args: argparse.Namespace) -> list[dict]:
                 continue
             r = rnd["results"][key]
             label, unit = LABELS[key]
-            label = label.format(c=args.connections, big=args.big_mib)
+            label = label.format(c=args.connections, big=args.big_mib, server=rnd["server"])
             stor, ref = r["stor"], r.get("reference")
             ratio = (stor.median / ref.median if ref is not None and ref.values and ref.median
                      and not key.startswith("rss") else None)

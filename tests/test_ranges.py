@@ -168,8 +168,8 @@ def test_malformed_range_400(client: httpx.Client, blob: str, spec: str) -> None
 def test_non_ascii_digits_in_range_never_read_as_digits(client: httpx.Client, blob: str, raw: bytes) -> None:
     """Latin-1 superscripts and fractions (what a header byte 0xB2 decodes to) are not DIGITs.
 
-    Under an ASGI server the bytes reach stor, which answers 400. granian's
-    RSGI interface (the default) drops a header value that is not visible
+    Under uvicorn (the default) the bytes reach stor, which answers 400. granian's
+    RSGI interface (--server granian) drops a header value that is not visible
     ASCII before stor sees it, so the request is one without Range: the whole
     blob, as RFC 9110 allows for a Range a server ignores. Never a 206.
     """
