@@ -59,9 +59,18 @@ class FloorProtocol(HttpToolsProtocol):
         self.on_response_complete()
 
 
+class _NoWaiter:
+    @staticmethod
+    def set() -> None:
+        pass
+
+
 class _Done:
+    """What the protocol sees as the current cycle: complete."""
+
     response_complete = True
     disconnected = False
+    message_event = _NoWaiter
 
 
 async def asgi_app(scope, receive, send):  # type: ignore[no-untyped-def]

@@ -105,11 +105,10 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ[PROMETHEUS_MULTIPROC_ENV] = metrics_dir
 
     try:
-        (_run_granian if args.server == "granian" else _run_uvicorn)(args)
+        return _run_granian(args) if args.server == "granian" else _run_uvicorn(args)
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
-    return 0
 
 
 ASGI_FACTORY = "stor.http.app:create_app_from_env"
@@ -117,7 +116,7 @@ UVICORN_PROTOCOL = "stor.http.front:StorHttpProtocol"
 RSGI_FACTORY = "stor.http.app:create_rsgi_app_from_env"
 
 
-def _run_granian(args: argparse.Namespace) -> None:
+def _run_granian(args: argparse.Namespace) -> int:
     from granian import Granian
     from granian.constants import Interfaces, Loops
     from granian.log import LogLevels
@@ -142,6 +141,7 @@ def _run_granian(args: argparse.Namespace) -> None:
         respawn_failed_workers=True,
         runtime_threads=args.runtime_threads or runtime_threads_for(args.workers),
     ).serve()
+    return 0
 
 
 def _raise_open_file_limit() -> None:
@@ -162,20 +162,24 @@ def runtime_threads_for(workers: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) // workers)
 
 
-def _run_uvicorn(args: argparse.Namespace) -> None:
+def _run_uvicorn(args: argparse.Namespace) -> int:
     import uvicorn
 
-    uvicorn.run(
-        ASGI_FACTORY,
+    from stor import workers
+
+    config = dict(
+        app=ASGI_FACTORY,
         factory=True,
         # uvicorn's httptools protocol, answering blob reads itself (stor/http/front.py).
         http=UVICORN_PROTOCOL,
         loop="uvloop",
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
         limit_concurrency=args.limit_concurrency,
         log_level=args.log_level,
         access_log=args.access_log,
         server_header=False,
     )
+    if args.workers > 1:
+        # A listening socket per worker (stor/workers.py), not uvicorn's one shared socket.
+        return workers.run(config, args.host, args.port, args.workers)
+    uvicorn.run(host=args.host, port=args.port, **config)  # type: ignore[arg-type]
+    return 0

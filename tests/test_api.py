@@ -5,7 +5,10 @@ from __future__ import annotations
 import http.client
 import os
 import re
+import signal
+import socket
 import subprocess
+import time
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -336,6 +339,80 @@ def test_several_workers_serve(start_server: object, mirrors: tuple[Path, Path])
             assert c.post(f"/{sha256(body)}", content=body, auth=AUTH).status_code == 201
         for body in bodies:
             assert c.get(f"/{sha256(body)}").content == body
+
+
+def _connections_per_process(server: StorServer) -> dict[int, int]:
+    """Established connections to the server's port, by the process that holds each (from /proc)."""
+    local = f":{server.port:04X} "
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if local in f"{fields[1]} " and fields[3] == "01":  # local address matches, ESTABLISHED
+            inodes.add(fields[9])
+    held = {}
+    for pid in server.processes():
+        fds = Path(f"/proc/{pid}/fd")
+        links = [os.readlink(fds / fd) for fd in os.listdir(fds)]
+        held[pid] = sum(1 for link in links if link.startswith("socket:[") and link[8:-1] in inodes)
+    return held
+
+
+def test_connections_opened_at_once_spread_over_the_workers(start_server: object, mirrors: tuple[Path, Path]) -> None:
+    """32 keep-alive connections opened together: every worker gets some. (uvicorn's shared
+    listening socket let the worker that woke first accept all of them, while another idled.)"""
+    server = start_server(pair_config(mirrors), workers=2)  # type: ignore[operator]
+    socks = [socket.socket() for _ in range(32)]
+    try:
+        for s in socks:
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", server.port))
+        for s in socks:
+            s.setblocking(True)
+            s.settimeout(10)
+            s.sendall(b"GET / HTTP/1.1\r\nHost: stor\r\n\r\n")
+        for s in socks:
+            assert s.recv(1000).startswith(b"HTTP/1.1 200")
+        held = _connections_per_process(server)
+        assert sum(held.values()) == 32
+        workers = [n for n in held.values() if n]
+        assert len(workers) == 2 and min(workers) >= 4, held
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _workers(server: StorServer) -> set[int]:
+    """The live worker processes (not the supervisor, not multiprocessing's resource tracker)."""
+    found: set[int] = set()
+    try:
+        pids = server.processes()
+    except FileNotFoundError:  # one exited while the tree was walked: the caller asks again
+        return found
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if status != "Z" and b"spawn_main" in cmdline:
+            found.add(pid)
+    return found
+
+
+def test_a_worker_that_dies_is_replaced(start_server: object, mirrors: tuple[Path, Path]) -> None:
+    server = start_server(pair_config(mirrors), workers=2)  # type: ignore[operator]
+    victim = min(_workers(server))
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        now = _workers(server)
+        if victim not in now and len(now) == 2:
+            break
+        time.sleep(0.1)  # polling for the new worker, not synchronising on it
+    assert victim not in now and len(now) == 2, now
+    assert f"pid {victim}) exited with -9; starting another" in server.log_text()
+    for _ in range(20):  # both workers answer: every connection is served
+        assert httpx.get(f"{server.url}/").status_code == 200
 
 
 def test_read_only_pair_is_read_but_never_written(start_server: object, tmp_path: Path) -> None:

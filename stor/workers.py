@@ -1,0 +1,111 @@
+"""Worker processes for uvicorn, each listening on a socket of its own in one SO_REUSEPORT group.
+
+uvicorn's own supervisor hands every worker the same listening socket, and a
+worker that wakes first accepts every connection that is waiting: a client
+that opens its keep-alive connections at once (an archival pipeline's 16, the
+bench's load generator) can find all of them on one worker while the other
+cores idle (the bench measured a round at 0.67 of 2 cores). With a socket per
+worker the kernel assigns each new connection to one of the workers as it
+arrives.
+
+The supervisor is small: it starts the workers (spawned, as uvicorn does, so
+none inherits another's threads), starts a new one in place of one that dies,
+and passes SIGINT or SIGTERM on for a graceful shutdown. Workers that keep
+dying (more than DEATHS_PER_WORKER per worker within DEATH_WINDOW_SECONDS)
+stop the service instead of being restarted over and over.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import multiprocessing
+import multiprocessing.connection
+import signal
+import socket
+import time
+from typing import Any
+
+log = logging.getLogger("stor")
+
+DEATH_WINDOW_SECONDS = 60.0
+DEATHS_PER_WORKER = 3
+SHUTDOWN_SECONDS = 30.0
+BACKLOG = 2048  # uvicorn's default
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port that other workers can bind too (SO_REUSEPORT)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def run(config: dict[str, Any], host: str, port: int, workers: int) -> int:
+    """Serve with workers processes until SIGINT or SIGTERM; the exit status."""
+    # Refused here, once and clearly, rather than by every worker: the address is taken.
+    listening_socket(host, port).close()
+    context = multiprocessing.get_context("spawn")
+    stop: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    running: dict[int, Any] = {}
+    deaths: collections.deque[float] = collections.deque()
+    status = 0
+    try:
+        for slot in range(workers):
+            running[slot] = _start(context, config, host, port, slot)
+        while not stop:
+            multiprocessing.connection.wait([p.sentinel for p in running.values()], timeout=0.5)
+            for slot, process in list(running.items()):
+                if process.is_alive() or stop:
+                    continue
+                now = time.monotonic()
+                deaths.append(now)
+                while deaths[0] < now - DEATH_WINDOW_SECONDS:
+                    deaths.popleft()
+                if len(deaths) > DEATHS_PER_WORKER * workers:
+                    log.error("worker %d (pid %d) exited with %s, the %dth death within %.0f s; stopping",
+                              slot, process.pid, process.exitcode, len(deaths), DEATH_WINDOW_SECONDS)
+                    stop.append(0)
+                    status = 1
+                    break
+                log.error("worker %d (pid %d) exited with %s; starting another", slot, process.pid, process.exitcode)
+                running[slot] = _start(context, config, host, port, slot)
+    finally:
+        for process in running.values():
+            if process.is_alive():
+                process.terminate()  # SIGTERM: uvicorn finishes what is in flight
+        deadline = time.monotonic() + SHUTDOWN_SECONDS
+        for process in running.values():
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.error("worker pid %d did not stop within %.0f s; killed", process.pid, SHUTDOWN_SECONDS)
+                process.kill()
+                process.join()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return status
+
+
+def _start(context: Any, config: dict[str, Any], host: str, port: int, slot: int) -> Any:
+    process = context.Process(target=_serve, args=(config, host, port), name=f"stor-worker-{slot}")
+    process.start()
+    return process
+
+
+def _serve(config: dict[str, Any], host: str, port: int) -> None:
+    """One worker: its own socket, uvicorn serving it."""
+    import uvicorn
+
+    sock = listening_socket(host, port)
+    uvicorn.Server(uvicorn.Config(**config)).run(sockets=[sock])
