@@ -912,9 +912,11 @@ http {{
             cmd = [sys.executable, "-m", "granian", "--interface", "rsgi", "--workers", str(workers),
                    "--port", str(port), "--log-level", "warning", "--no-ws", "--loop", "uvloop", "floor_app:app"]
         else:
-            cmd = [sys.executable, "-m", "uvicorn", "--workers", str(workers), "--port", str(port),
-                   "--log-level", "warning", "--no-access-log", "--no-server-header", "--loop", "uvloop",
-                   "--http", "floor_app:FloorProtocol", "floor_app:asgi_app"]
+            # Through stor's own worker supervisor (a listening socket per worker), as stor runs.
+            config = dict(app="floor_app:asgi_app", http="floor_app:FloorProtocol", loop="uvloop",
+                          log_level="warning", access_log=False, server_header=False)
+            cmd = [sys.executable, "-c", "import sys; from stor import workers; "
+                   f"sys.exit(workers.run({config!r}, '127.0.0.1', {port}, {workers}))"]
         out = open(self.work / f"floor-w{workers}.log", "wb")
         p = self.procs.start(cmd, stdout=out, stderr=out, cwd=BENCH)
         wait_port(port, p, f"{self.server} floor app")

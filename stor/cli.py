@@ -104,6 +104,7 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_dir = tempfile.mkdtemp(prefix="stor-metrics-")
         os.environ[PROMETHEUS_MULTIPROC_ENV] = metrics_dir
 
+    log.info("serving http://%s:%d with %s, %d worker(s)", args.host, args.port, args.server, args.workers)
     try:
         return _run_granian(args) if args.server == "granian" else _run_uvicorn(args)
     finally:
