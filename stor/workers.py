@@ -34,17 +34,17 @@ SHUTDOWN_SECONDS = 30.0
 BACKLOG = 2048  # uvicorn's default
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port that other workers can bind too (SO_REUSEPORT)."""
+def bound_socket(host: str, port: int, shared: bool = True) -> socket.socket:
+    """A socket bound to host:port, not yet listening; shared: other sockets may bind it too (SO_REUSEPORT)."""
     family, kind, proto, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if shared:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
-        sock.listen(BACKLOG)
     except BaseException:
         sock.close()
         raise
@@ -53,8 +53,18 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 def run(config: dict[str, Any], host: str, port: int, workers: int) -> int:
     """Serve with workers processes until SIGINT or SIGTERM; the exit status."""
-    # Refused here, once and clearly, rather than by every worker: the address is taken.
-    listening_socket(host, port).close()
+    # Bound here first: a taken address is refused once and clearly, port 0 becomes one port
+    # for all workers, and the port stays this service's while a worker is replaced. Never
+    # listening, it receives no connections itself.
+    # First without SO_REUSEPORT, which any socket already on the port refuses: another stor
+    # (or anything else) serving it, even with SO_REUSEPORT, is an error, not a silent sharer.
+    try:
+        with bound_socket(host, port, shared=False) as probe:
+            port = probe.getsockname()[1]
+        reserved = bound_socket(host, port)
+    except OSError as e:
+        log.error("cannot listen on %s:%d: %s", host, port, e.strerror or e)
+        return 1
     context = multiprocessing.get_context("spawn")
     stop: list[int] = []
     previous = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -94,6 +104,7 @@ def run(config: dict[str, Any], host: str, port: int, workers: int) -> int:
                 process.join()
         for s, handler in previous.items():
             signal.signal(s, handler)
+        reserved.close()
     return status
 
 
@@ -107,5 +118,6 @@ def _serve(config: dict[str, Any], host: str, port: int) -> None:
     """One worker: its own socket, uvicorn serving it."""
     import uvicorn
 
-    sock = listening_socket(host, port)
+    sock = bound_socket(host, port)
+    sock.listen(BACKLOG)
     uvicorn.Server(uvicorn.Config(**config)).run(sockets=[sock])

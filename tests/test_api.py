@@ -415,6 +415,16 @@ def test_a_worker_that_dies_is_replaced(start_server: object, mirrors: tuple[Pat
         assert httpx.get(f"{server.url}/").status_code == 200
 
 
+def test_a_port_in_use_is_refused_not_shared(start_server: object, mirrors: tuple[Path, Path], tmp_path: Path) -> None:
+    """Workers listen with SO_REUSEPORT; a second stor on the same port must still be refused."""
+    first = start_server(pair_config(mirrors), workers=2)  # type: ignore[operator]
+    second = StorServer(workdir=tmp_path, config=pair_config(mirrors), workers=2, port=first.port)
+    done = subprocess.run(second.command(), cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{first.port}: Address already in use" in done.stderr
+    assert httpx.get(f"{first.url}/").status_code == 200
+
+
 def test_read_only_pair_is_read_but_never_written(start_server: object, tmp_path: Path) -> None:
     ro = (tmp_path / "old1", tmp_path / "old2")
     rw = (tmp_path / "new1", tmp_path / "new2")
