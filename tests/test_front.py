@@ -167,3 +167,23 @@ def test_a_client_that_does_not_read_holds_back_only_its_own_answers(
         reader = _Reader(sock)
         for _ in range(100):
             assert reader.response()[::2] == (200, HOT)
+
+
+def test_the_concurrency_limit_holds_for_blob_reads_too(start_server: Any, mirrors: tuple[Path, Path]) -> None:
+    """--limit-concurrency 2 under uvicorn counts open connections, the asking one included: with
+    one connection open, a read on a second is refused with 503, as uvicorn refuses any other
+    request, rather than answered by the fast path."""
+    server: StorServer = start_server(pair_config(mirrors), args=["--limit-concurrency", "2"])
+    _store(server, SMALL)
+    small = sha256(SMALL)
+    held = [socket.create_connection(("127.0.0.1", server.port), timeout=30)]
+    try:
+        for sock in held:  # open and served
+            sock.sendall(_request("GET", f"/{small}"))
+            assert _Reader(sock).response()[::2] == (200, SMALL)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as second:
+            second.sendall(_request("GET", f"/{small}"))
+            assert _Reader(second).response()[0] == 503
+    finally:
+        for sock in held:
+            sock.close()
