@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         "--limit-concurrency",
         type=int,
         default=None,
-        help="requests handled at once per worker; more wait (granian) or get 503 (uvicorn)",
+        help="per worker: open connections and requests in progress beyond it get 503 (uvicorn); "
+        "requests beyond it wait (granian)",
     )
     serve.add_argument(
         "--server",
