@@ -53,11 +53,10 @@ def bound_socket(host: str, port: int, shared: bool = True) -> socket.socket:
 
 def run(config: dict[str, Any], host: str, port: int, workers: int) -> int:
     """Serve with workers processes until SIGINT or SIGTERM; the exit status."""
-    # Bound here first: a taken address is refused once and clearly, port 0 becomes one port
-    # for all workers, and the port stays this service's while a worker is replaced. Never
-    # listening, it receives no connections itself.
-    # First without SO_REUSEPORT, which any socket already on the port refuses: another stor
-    # (or anything else) serving it, even with SO_REUSEPORT, is an error, not a silent sharer.
+    # Bound here first, once without SO_REUSEPORT (which any socket already on the port refuses,
+    # so that a second service there is an error, not a silent sharer), then kept bound: port 0
+    # becomes one port for all workers, and the port stays this service's while a worker is
+    # replaced. Never listening, the kept socket receives no connections itself.
     try:
         with bound_socket(host, port, shared=False) as probe:
             port = probe.getsockname()[1]
