@@ -18,9 +18,11 @@ stop the service instead of being restarted over and over.
 from __future__ import annotations
 
 import collections
+import ctypes
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import socket
 import time
@@ -108,15 +110,23 @@ def run(config: dict[str, Any], host: str, port: int, workers: int) -> int:
 
 
 def _start(context: Any, config: dict[str, Any], host: str, port: int, slot: int) -> Any:
-    process = context.Process(target=_serve, args=(config, host, port), name=f"stor-worker-{slot}")
+    process = context.Process(target=_serve, args=(config, host, port, os.getpid()), name=f"stor-worker-{slot}")
     process.start()
     return process
 
 
-def _serve(config: dict[str, Any], host: str, port: int) -> None:
+_PR_SET_PDEATHSIG = 1
+
+
+def _serve(config: dict[str, Any], host: str, port: int, supervisor: int) -> None:
     """One worker: its own socket, uvicorn serving it."""
     import uvicorn
 
+    # A supervisor killed outright (SIGKILL, the OOM killer) takes its workers with it (SIGTERM,
+    # a graceful stop), rather than leaving them serving on a port nobody may then take.
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:
+        return  # it died before the request above
     sock = bound_socket(host, port)
     sock.listen(BACKLOG)
     uvicorn.Server(uvicorn.Config(**config)).run(sockets=[sock])

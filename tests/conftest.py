@@ -147,6 +147,29 @@ class StorServer:
         return max(peaks)
 
 
+def tcp_sockets(port: int, state: str | None = None) -> set[str]:
+    """Inodes of the IPv4 TCP sockets on local port `port` that a process holds, in `state`
+    ("01" established, "0A" listening), or with None every one that is not listening or unbound."""
+    local = f":{port:04X}"
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if not fields[1].endswith(local) or fields[9] == "0":
+            continue
+        if fields[3] == state or (state is None and fields[3] not in ("0A", "07")):
+            found.add(fields[9])
+    return found
+
+
+def wait_for(condition: Any, timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll until condition() holds (for the kernel or a server to catch up, never as a delay)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
 def pair_config(*pairs: tuple[Path, Path], **extra: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
         "storage_pairs": [[str(a), str(b)] for a, b in pairs],

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import AUTH, StorServer, layout_path, pair_config, sha256, temp_files
+from conftest import AUTH, StorServer, layout_path, pair_config, sha256, tcp_sockets, temp_files, wait_for
 
 ZERO_SHA = "0" * 64
 
@@ -343,12 +343,7 @@ def test_several_workers_serve(start_server: object, mirrors: tuple[Path, Path])
 
 def _connections_per_process(server: StorServer) -> dict[int, int]:
     """Established connections to the server's port, by the process that holds each (from /proc)."""
-    local = f":{server.port:04X} "
-    inodes = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if local in f"{fields[1]} " and fields[3] == "01":  # local address matches, ESTABLISHED
-            inodes.add(fields[9])
+    inodes = tcp_sockets(server.port, "01")
     held = {}
     for pid in server.processes():
         fds = Path(f"/proc/{pid}/fd")
@@ -357,21 +352,28 @@ def _connections_per_process(server: StorServer) -> dict[int, int]:
     return held
 
 
+def _connect_together(server: StorServer, n: int) -> list[socket.socket]:
+    """n connections opened at once, each answered once (so each is accepted by some worker)."""
+    wait_for(lambda: len(tcp_sockets(server.port, "0A")) == server.workers, what="every worker listening")
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", server.port))
+    for s in socks:
+        s.setblocking(True)
+        s.settimeout(10)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: stor\r\n\r\n")
+    for s in socks:
+        assert s.recv(1000).startswith(b"HTTP/1.1 200")
+    return socks
+
+
 def test_connections_opened_at_once_spread_over_the_workers(start_server: object, mirrors: tuple[Path, Path]) -> None:
     """32 keep-alive connections opened together: every worker gets some. (uvicorn's shared
     listening socket let the worker that woke first accept all of them, while another idled.)"""
     server = start_server(pair_config(mirrors), workers=2)  # type: ignore[operator]
-    socks = [socket.socket() for _ in range(32)]
+    socks = _connect_together(server, 32)
     try:
-        for s in socks:
-            s.setblocking(False)
-            s.connect_ex(("127.0.0.1", server.port))
-        for s in socks:
-            s.setblocking(True)
-            s.settimeout(10)
-            s.sendall(b"GET / HTTP/1.1\r\nHost: stor\r\n\r\n")
-        for s in socks:
-            assert s.recv(1000).startswith(b"HTTP/1.1 200")
         held = _connections_per_process(server)
         assert sum(held.values()) == 32
         workers = [n for n in held.values() if n]
@@ -411,8 +413,13 @@ def test_a_worker_that_dies_is_replaced(start_server: object, mirrors: tuple[Pat
         time.sleep(0.1)  # polling for the new worker, not synchronising on it
     assert victim not in now and len(now) == 2, now
     assert f"pid {victim}) exited with -9; starting another" in server.log_text()
-    for _ in range(20):  # both workers answer: every connection is served
-        assert httpx.get(f"{server.url}/").status_code == 200
+    socks = _connect_together(server, 32)  # the new worker takes its share of new connections
+    try:
+        held = _connections_per_process(server)
+        assert all(held.get(pid, 0) >= 4 for pid in now), held
+    finally:
+        for s in socks:
+            s.close()
 
 
 def test_a_port_in_use_is_refused_not_shared(start_server: object, mirrors: tuple[Path, Path], tmp_path: Path) -> None:

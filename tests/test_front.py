@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import AUTH, StorServer, pair_config, sha256
+from conftest import AUTH, StorServer, pair_config, sha256, tcp_sockets, wait_for
 
 SMALL = os.urandom(3000)
 HOT = os.urandom(1 << 20)  # kept in memory once read (hot_blob_max_bytes)
@@ -135,6 +135,7 @@ def test_a_client_gone_mid_download_leaves_nothing_behind(
     _store(server, big)
     (pid,) = server.processes()
     assert httpx.get(f"{server.url}/{sha256(big)}").content == big  # every lazy descriptor (pools) now open
+    wait_for(lambda: not tcp_sockets(server.port), what="the server to close its side of that connection")
     before = _descriptors(pid)
     for _ in range(5):
         with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
@@ -176,6 +177,7 @@ def test_the_concurrency_limit_holds_for_blob_reads_too(start_server: Any, mirro
     server: StorServer = start_server(pair_config(mirrors), args=["--limit-concurrency", "2"])
     _store(server, SMALL)
     small = sha256(SMALL)
+    wait_for(lambda: not tcp_sockets(server.port), what="the upload's connection to be gone")
     held = [socket.create_connection(("127.0.0.1", server.port), timeout=30)]
     try:
         for sock in held:  # open and served
@@ -187,3 +189,23 @@ def test_the_concurrency_limit_holds_for_blob_reads_too(start_server: Any, mirro
     finally:
         for sock in held:
             sock.close()
+
+
+def test_a_request_pipelined_behind_an_answer_given_at_once_is_not_cut_by_keep_alive(
+    start_server: Any, mirrors: tuple[Path, Path]
+) -> None:
+    """A hot read answered at once and, in the same segment, a request that takes the ASGI path and
+    outlasts uvicorn's 5 s keep-alive timeout (its client reads slowly): the second answer arrives
+    whole. (The answer given at once armed the keep-alive timer, and nothing cancelled it.)"""
+    server: StorServer = start_server(pair_config(mirrors))
+    _store(server, HOT, BIG)
+    hot, big = sha256(HOT), sha256(BIG)
+    for _ in range(2):
+        assert httpx.get(f"{server.url}/{hot}").content == HOT  # hot from now on
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(_request("HEAD", f"/{hot}") + _request("GET", f"/{big}?slow=1"))
+        reader = _Reader(sock)
+        assert reader.response(head_only=True)[0] == 200
+        time.sleep(6)  # the client is slow: longer than the keep-alive timeout (behaviour, not a wait)
+        assert reader.response()[::2] == (200, BIG)

@@ -36,15 +36,21 @@ def configure(threads: int) -> None:
 def send(sock: int, head: bytes, file: int, offset: int, length: int) -> asyncio.Future[int]:
     """head, then length bytes of file from offset, written to the socket; the bytes of file sent.
 
-    Both descriptors are duplicates that this call owns and closes, so the
-    caller may close its own at any time (a cancelled request, a connection
-    the event loop closes) without the thread writing to a reused number.
-    Raises ConnectionError (the client went away), TimeoutError (it stalled)
-    or StoreError (the file is shorter than length).
+    The thread works on duplicates of both descriptors, which it closes, so
+    the caller may close its own at any time (a cancelled request, a
+    connection the event loop closes) without the thread writing to a reused
+    number. Raises ConnectionError (the client went away), TimeoutError (it
+    stalled) or StoreError (the file is shorter than length).
     """
     global _pool
     if _pool is None:
         _pool = ThreadPool(_threads)
+    sock = os.dup(sock)
+    try:
+        file = os.dup(file)
+    except BaseException:
+        os.close(sock)
+        raise
     return _pool.submit(_send_blocking, sock, head, file, offset, length)
 
 

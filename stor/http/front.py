@@ -125,6 +125,11 @@ class StorHttpProtocol(HttpToolsProtocol):
         transport.set_write_buffer_limits(high=0)
 
     def on_headers_complete(self) -> None:
+        # A request parsed in the same chunk as an answer given at once finds the keep-alive timer
+        # that answer armed (uvicorn answers only after feed_data returns, and never sees this).
+        self._unset_keepalive_if_required()
+        if self.transport.is_closing():
+            return  # pipelined behind an answer that closes the connection: never answered
         reads = _reads
         method = _READS.get(self.parser.get_method())
         if (
@@ -181,19 +186,25 @@ class StorHttpProtocol(HttpToolsProtocol):
         self.tasks.add(running)
 
     def _answer_now(self, reads: BlobReads, read: _Read, response: AnyResponse) -> bool:
-        """Write a whole answer at once; False (nothing written) when its body must come from the file."""
+        """Write a whole answer at once; False (nothing written) when its body must come from the file.
+
+        Nothing may escape from here into the parser, which would answer 400 and leave the blob open.
+        """
+        delivered = True
         try:
             status, head, body, file = _parts(response, read.method)
-        except StoreError:
-            _close(response)
+            if file is not None:
+                return False
+        except Exception:
             log.exception("%s: the answer could not be sent", read)
-            response = TextResponse("Internal error", 500)
-            status, head, body, file = _parts(response, read.method)
-        if file is not None:
-            return False
-        self._write(self._head(status, head, read.keep_alive), body)
-        self._sent(reads, read, response, status, len(body))
-        self._complete(read)
+            _close(response)
+            delivered, read.keep_alive = False, False
+            status, head, body, _ = _parts(TextResponse("Internal error", 500), read.method)
+        try:
+            self._write(self._head(status, head, read.keep_alive), body)
+            self._sent(reads, read, response, status, len(body), delivered)
+        finally:
+            self._complete(read)
         return True
 
     async def _answer_later(
@@ -201,7 +212,7 @@ class StorHttpProtocol(HttpToolsProtocol):
     ) -> None:
         """The rest of an answer: the read if it waits (coroutine, at step), the file's bytes, a full buffer."""
         response: AnyResponse | None = None
-        status, sent, writing = 500, 0, False
+        status, sent, writing, delivered = 500, 0, False, False
         try:
             if coroutine is not None:
                 response = await _resume(coroutine, step)
@@ -220,12 +231,20 @@ class StorHttpProtocol(HttpToolsProtocol):
                 sent = len(body)
             else:
                 fd, offset, length = file
-                sock = os.dup(self.transport.get_extra_info("socket").fileno())
                 head = self._head(status, head, read.keep_alive)
-                sent = await filesend.send(sock, head, os.dup(fd), offset, length)
+                # Nothing else may reach the socket while the thread writes to it (a 400 for a
+                # malformed request pipelined behind this one): reading resumes once it is done.
+                self.flow.pause_reading()
+                sent = await filesend.send(self.transport.get_extra_info("socket").fileno(), head, fd, offset, length)
+            delivered = True
         except (ConnectionError, TimeoutError) as e:
             log.info("%s: client gone while sending (%s)", read, e)
             read.keep_alive = False
+        except asyncio.CancelledError:
+            # The thread may still be writing: nothing more can go out on this connection.
+            read.keep_alive = False
+            self.transport.close()
+            raise
         except Exception:
             log.exception("%s: the answer could not be sent", read)
             if not writing and not self.transport.is_closing():
@@ -234,9 +253,11 @@ class StorHttpProtocol(HttpToolsProtocol):
                 self._write(self._head(500, head, False), body)
             read.keep_alive = False
         finally:
-            if response is not None:
-                self._sent(reads, read, response, status, sent)
-            self._complete(read)
+            try:
+                if response is not None:
+                    self._sent(reads, read, response, status, sent, delivered)
+            finally:
+                self._complete(read)
 
     def _write(self, head: bytes, body: bytes) -> None:
         if len(body) <= _JOIN_BYTES:
@@ -264,10 +285,15 @@ class StorHttpProtocol(HttpToolsProtocol):
         parts.append(b"\r\n")
         return b"".join(parts)
 
-    def _sent(self, reads: BlobReads, read: _Read, response: AnyResponse, status: int, sent: int) -> None:
-        """The answer is handed over: the blob closed, and counted as the other fronts count it."""
+    def _sent(
+        self, reads: BlobReads, read: _Read, response: AnyResponse, status: int, sent: int, delivered: bool
+    ) -> None:
+        """The answer is over: the blob closed, and counted as the other fronts count it.
+
+        The original's success metrics only for an answer delivered whole, as under ASGI.
+        """
         _close(response)
-        if isinstance(response, BlobResponse) and response.on_sent is not None:
+        if delivered and isinstance(response, BlobResponse) and response.on_sent is not None:
             response.on_sent()
         if reads.record is not None:
             reads.record(read.method, reads.route, status, time.perf_counter() - read.started, 0, sent)
