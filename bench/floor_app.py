@@ -50,6 +50,9 @@ class FloorProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         if self.parser.get_method() == b"HEAD":
             status, lines, body = 200, _HEAD_LINES, b""
+        elif self.url == b"/":
+            body = b"floor"
+            status, lines = 200, _wire([*TEXT_HEADERS, ("content-length", "5")])
         else:
             body = b"File '" + self.url[1:] + b"' not found"
             status, lines = 404, _wire([*TEXT_HEADERS, ("content-length", str(len(body)))])

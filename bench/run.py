@@ -488,11 +488,11 @@ http {{
         return sorted(c for c in children(pid) if "resource_tracker" not in cmdline(c)) or [pid]
 
     @staticmethod
-    def _answers(port: int, status: int = 200) -> bool:
+    def _answers(port: int) -> bool:
         try:
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             c.request("GET", "/")
-            ok = c.getresponse().status == status
+            ok = c.getresponse().status == 200
             c.close()
             return ok
         except OSError:
@@ -921,7 +921,7 @@ http {{
         p = self.procs.start(cmd, stdout=out, stderr=out, cwd=BENCH)
         wait_port(port, p, f"{self.server} floor app")
         deadline = time.monotonic() + 30
-        while not (self._answers(port, status=404) and len(self._workers(p.pid)) == workers):
+        while not (self._answers(port) and len(self._workers(p.pid)) == workers):
             if p.poll() is not None or time.monotonic() > deadline:
                 raise BenchError(f"{self.server} floor app did not start; see {self.work / f'floor-w{workers}.log'}")
             time.sleep(0.2)
