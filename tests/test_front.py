@@ -209,3 +209,25 @@ def test_a_request_pipelined_behind_an_answer_given_at_once_is_not_cut_by_keep_a
         assert reader.response(head_only=True)[0] == 200
         time.sleep(6)  # the client is slow: longer than the keep-alive timeout (behaviour, not a wait)
         assert reader.response()[::2] == (200, BIG)
+
+
+def test_clients_that_stop_reading_hold_no_sending_thread(start_server: Any, mirrors: tuple[Path, Path]) -> None:
+    """With 2 threads for copying files out (io_threads: 2), three clients that start 32 MiB
+    downloads and stop reading do not keep a fourth from downloading the same blob: a full
+    socket gives its thread back, and the event loop waits for room instead."""
+    server: StorServer = start_server(pair_config(mirrors, io_threads=2))
+    big = os.urandom(32 << 20)
+    _store(server, big)
+    stalled = []
+    try:
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.sendall(_request("GET", f"/{sha256(big)}"))
+            assert sock.recv(65536)  # its download has begun
+            stalled.append(sock)
+        r = httpx.get(f"{server.url}/{sha256(big)}", timeout=20)
+        assert r.status_code == 200 and r.content == big
+    finally:
+        for sock in stalled:
+            sock.close()

@@ -1,46 +1,46 @@
-"""Sending part of a file to a client socket with sendfile(2), from a thread of its own.
+"""Sending part of a file to a client socket with sendfile(2).
 
 The kernel copies the pages straight to the socket: no byte passes through
-Python, as nginx does it. The call runs in a thread because the file side
-of sendfile may wait for the disk, which the event loop must never do; the
-socket stays non-blocking (it is the event loop's), so the thread waits for
-room with poll(2) and gives up on a client that takes nothing for
-STALL_SECONDS.
+Python, as nginx does it. The copying runs in a thread because the file side
+of sendfile may wait for the disk, which the event loop must never do. The
+socket stays non-blocking (it is the event loop's): when it is full the
+thread returns and the event loop waits for room, so a slow client holds no
+thread while it reads, and one that takes nothing for STALL_SECONDS is given
+up on.
 
-Its own small pool, not the I/O pool: a slow client holds its thread for as
-long as its download lasts, and must not hold up other requests' disk work.
+Its own small pool, not the I/O pool: copying a large file out must not hold
+up other requests' disk work.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import select
 
 from stor.aio import ThreadPool
 from stor.store.base import StoreError
 
 STALL_SECONDS = 60.0
-CHUNK = 1 << 24  # per sendfile call; the kernel sends what the socket takes anyway
+CHUNK = 1 << 24  # per sendfile call
 
 _pool: ThreadPool | None = None
 _threads = 32
 
 
 def configure(threads: int) -> None:
-    """How many files may be in flight at once per worker (more wait for a thread); before the first send."""
+    """How many files may be copied out at once per worker (more wait for a thread); before the first send."""
     global _threads
     _threads = threads
 
 
-def send(sock: int, head: bytes, file: int, offset: int, length: int) -> asyncio.Future[int]:
+async def send(sock: int, head: bytes, file: int, offset: int, length: int) -> int:
     """head, then length bytes of file from offset, written to the socket; the bytes of file sent.
 
-    The thread works on duplicates of both descriptors, which it closes, so
-    the caller may close its own at any time (a cancelled request, a
-    connection the event loop closes) without the thread writing to a reused
-    number. Raises ConnectionError (the client went away), TimeoutError (it
-    stalled) or StoreError (the file is shorter than length).
+    Works on duplicates of both descriptors, so the caller may close its own
+    at any time (a connection the event loop closes) without the copying
+    writing to a reused number. Raises ConnectionError (the client went
+    away), TimeoutError (it stalled) or StoreError (the file is shorter than
+    length).
     """
     global _pool
     if _pool is None:
@@ -51,38 +51,54 @@ def send(sock: int, head: bytes, file: int, offset: int, length: int) -> asyncio
     except BaseException:
         os.close(sock)
         raise
-    return _pool.submit(_send_blocking, sock, head, file, offset, length)
-
-
-def _send_blocking(sock: int, head: bytes, file: int, offset: int, length: int) -> int:
+    owned = (sock, file)
+    total = len(head) + length
+    done = 0
+    loop = asyncio.get_running_loop()
     try:
-        poller = select.poll()
-        poller.register(sock, select.POLLOUT)
-        view = memoryview(head)
-        while view:
+        while True:
+            copying = _pool.submit(_send_some, sock, head, file, offset, total, done)
             try:
-                view = view[os.write(sock, view) :]
-            except BlockingIOError:
-                _wait(poller)
-        sent = 0
-        while sent < length:
-            try:
-                n = os.sendfile(sock, file, offset + sent, min(CHUNK, length - sent))
-            except BlockingIOError:
-                _wait(poller)
-                continue
-            if n == 0:
-                raise StoreError(f"the file is shorter than its {offset + length} bytes")
-            sent += n
-        return sent
+                done = await asyncio.shield(copying)
+            except asyncio.CancelledError:
+                # The thread still uses the descriptors: they are closed when it is done.
+                copying.add_done_callback(lambda _: _close(owned))
+                owned = ()
+                raise
+            if done == total:
+                return length
+            await _writable(loop, sock)
     finally:
-        os.close(sock)
-        os.close(file)
+        _close(owned)
 
 
-def _wait(poller: select.poll) -> None:
-    events = poller.poll(STALL_SECONDS * 1000)
-    if not events:
-        raise TimeoutError(f"the client took nothing for {STALL_SECONDS:.0f} s")
-    if events[0][1] & (select.POLLERR | select.POLLHUP):
-        raise ConnectionResetError("the client went away")
+def _close(fds: tuple[int, ...]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+async def _writable(loop: asyncio.AbstractEventLoop, sock: int) -> None:
+    room: asyncio.Future[None] = loop.create_future()
+    loop.add_writer(sock, lambda: room.done() or room.set_result(None))
+    try:
+        await asyncio.wait_for(room, STALL_SECONDS)
+    except asyncio.TimeoutError:
+        raise TimeoutError(f"the client took nothing for {STALL_SECONDS:.0f} s") from None
+    finally:
+        loop.remove_writer(sock)
+
+
+def _send_some(sock: int, head: bytes, file: int, offset: int, total: int, done: int) -> int:
+    """Write on from done (counted over head, then the file) until all is sent or the socket is full."""
+    while done < total:
+        try:
+            if done < len(head):
+                done += os.write(sock, memoryview(head)[done:])
+                continue
+            n = os.sendfile(sock, file, offset + done - len(head), min(CHUNK, total - done))
+        except BlockingIOError:
+            return done
+        if n == 0:
+            raise StoreError(f"the file is shorter than its {offset + total - len(head)} bytes")
+        done += n
+    return done
