@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -46,6 +46,7 @@ _READS = {b"GET": "GET", b"HEAD": "HEAD"}
 _JOIN_BYTES = 64 * 1024  # a body up to this is joined to its head: one write, one segment
 
 AnyResponse = Response | BlobResponse | TextResponse
+_INTERNAL_ERROR = TextResponse("Internal error", 500)  # never changed, so one serves every answer
 
 
 class BlobReads:
@@ -61,13 +62,13 @@ class BlobReads:
         self.record = record
         self.route = route
 
-    async def answer(self, sha: str, headers: Headers, send_body: bool) -> AnyResponse:
+    async def answer(self, read: _Read) -> AnyResponse:
         try:
-            return await self.blobs.read(sha, headers, send_body)
+            return await self.blobs.read(read.url[1:].decode("ascii"), read.headers, read.method == "GET")
         except Exception:
             # read() answers the store's faults itself: this is a bug, still answered.
-            log.exception("GET %s failed", sha)
-            return TextResponse("Internal error", 500)
+            log.exception("%s failed", read)
+            return _INTERNAL_ERROR
 
 
 _reads: BlobReads | None = None
@@ -85,8 +86,6 @@ class _NoWaiter:
         """Nobody waits for this request's body: a read has none."""
 
 
-
-
 class _Read:
     """A GET or HEAD of /<sha> being answered; to uvicorn's protocol, the current cycle until it is answered.
 
@@ -96,7 +95,9 @@ class _Read:
     connection open (keep_alive).
     """
 
-    __slots__ = ("method", "url", "version", "headers", "started", "response_complete", "disconnected", "keep_alive", "more_body")
+    __slots__ = (
+        "method", "url", "version", "headers", "started", "response_complete", "disconnected", "keep_alive", "more_body"
+    )
     message_event = _NoWaiter
 
     def __init__(self, method: str, url: bytes, version: str, headers: Headers, keep_alive: bool) -> None:
@@ -169,19 +170,20 @@ class StorHttpProtocol(HttpToolsProtocol):
 
     def _answer(self, reads: BlobReads, read: _Read) -> None:
         """Answer at once when the read finishes without waiting and the answer is in memory; else in a task."""
-        if not self.flow.write_paused:
-            coroutine = reads.answer(read.url[1:].decode("ascii"), read.headers, read.method == "GET")
+        pending: Awaitable[AnyResponse]
+        if self.flow.write_paused:
+            pending = reads.answer(read)
+        else:
+            coroutine = reads.answer(read)
             try:
                 step = coroutine.send(None)
             except StopIteration as done:
                 if self._answer_now(reads, read, done.value):
                     return
-                task = self._answer_later(reads, read, None, done.value)  # a file to send
+                pending = _ready(done.value)  # a file to send
             else:
-                task = self._answer_later(reads, read, coroutine, step)
-        else:
-            task = self._answer_later(reads, read, None, None)
-        running = self.loop.create_task(task)
+                pending = _resume(coroutine, step)
+        running = self.loop.create_task(self._answer_later(reads, read, pending))
         running.add_done_callback(self.tasks.discard)
         self.tasks.add(running)
 
@@ -199,7 +201,7 @@ class StorHttpProtocol(HttpToolsProtocol):
             log.exception("%s: the answer could not be sent", read)
             _close(response)
             delivered, read.keep_alive = False, False
-            status, head, body, _ = _parts(TextResponse("Internal error", 500), read.method)
+            status, head, body, _ = _parts(_INTERNAL_ERROR, read.method)
         try:
             self._write(self._head(status, head, read.keep_alive), body)
             self._sent(reads, read, response, status, len(body), delivered)
@@ -207,19 +209,12 @@ class StorHttpProtocol(HttpToolsProtocol):
             self._complete(read)
         return True
 
-    async def _answer_later(
-        self, reads: BlobReads, read: _Read, coroutine: Coroutine[Any, Any, AnyResponse] | None, step: Any
-    ) -> None:
-        """The rest of an answer: the read if it waits (coroutine, at step), the file's bytes, a full buffer."""
+    async def _answer_later(self, reads: BlobReads, read: _Read, pending: Awaitable[AnyResponse]) -> None:
+        """The rest of an answer: a read that waits, the file's bytes, a full write buffer."""
         response: AnyResponse | None = None
         status, sent, writing, delivered = 500, 0, False, False
         try:
-            if coroutine is not None:
-                response = await _resume(coroutine, step)
-            elif step is not None:
-                response = step
-            else:
-                response = await reads.answer(read.url[1:].decode("ascii"), read.headers, read.method == "GET")
+            response = await pending
             status, head, body, file = _parts(response, read.method)
             if self.flow.write_paused:
                 await self.flow.drain()
@@ -248,9 +243,8 @@ class StorHttpProtocol(HttpToolsProtocol):
         except Exception:
             log.exception("%s: the answer could not be sent", read)
             if not writing and not self.transport.is_closing():
-                status = 500
-                _, head, body, _ = _parts(TextResponse("Internal error", 500), read.method)
-                self._write(self._head(500, head, False), body)
+                status, head, body, _ = _parts(_INTERNAL_ERROR, read.method)
+                self._write(self._head(status, head, False), body)
             read.keep_alive = False
         finally:
             try:
@@ -314,6 +308,10 @@ def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
         if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
             return True
     return False
+
+
+async def _ready(response: AnyResponse) -> AnyResponse:
+    return response
 
 
 async def _resume(read: Coroutine[Any, Any, AnyResponse], step: Any) -> AnyResponse:
