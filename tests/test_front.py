@@ -8,6 +8,7 @@ connection handling, and a file sent by the kernel must leave nothing behind.
 from __future__ import annotations
 
 import os
+import select
 import socket
 import struct
 import time
@@ -231,3 +232,37 @@ def test_clients_that_stop_reading_hold_no_sending_thread(start_server: Any, mir
     finally:
         for sock in stalled:
             sock.close()
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server has closed the connection (never waits: the socket's timeout would)."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+
+
+def test_idle_connections_close_after_the_keep_alive_timeout_and_busy_ones_stay(
+    start_server: Any, mirrors: tuple[Path, Path]
+) -> None:
+    """uvicorn's 5 s keep-alive timeout, kept with one timer per connection instead of one per answer:
+    a connection idle since its answer is closed 5 s later (not before); one that asks again every
+    second stays open past the moment its first answer's timeout would have ended."""
+    server: StorServer = start_server(pair_config(mirrors))
+    _store(server, SMALL)
+    path = f"/{sha256(SMALL)}"
+    with (
+        socket.create_connection(("127.0.0.1", server.port), timeout=30) as idle,
+        socket.create_connection(("127.0.0.1", server.port), timeout=30) as busy,
+    ):
+        idle.sendall(_request("HEAD", path))
+        assert _Reader(idle).response(head_only=True)[0] == 200
+        went_idle = time.monotonic()
+        busy_reader = _Reader(busy)
+        closed_after = None
+        for _ in range(8):
+            busy.sendall(_request("HEAD", path))
+            assert busy_reader.response(head_only=True)[0] == 200
+            if closed_after is None and _closed_by_server(idle):
+                closed_after = time.monotonic() - went_idle
+            time.sleep(1)  # the client's pace (behaviour under test, not a wait for the server)
+        assert not _closed_by_server(busy)
+        assert closed_after is not None and 4.5 <= closed_after <= 7.5, closed_after

@@ -125,6 +125,46 @@ class StorHttpProtocol(HttpToolsProtocol):
         # makes the next answer wait instead of piling up in memory.
         transport.set_write_buffer_limits(high=0)
 
+    # When the connection last went idle (its answers all given); None while a request is under way.
+    _idle_since: float | None = None
+
+    def _unset_keepalive_if_required(self) -> None:
+        # uvicorn cancels its keep-alive timer here and arms a new one after every answer: over a
+        # microsecond a request, a tenth of a small one. Here the connection is marked busy, and the
+        # one timer, when it fires, closes it only if it has been idle for the whole timeout.
+        self._idle_since = None
+
+    def on_response_complete(self) -> None:
+        # uvicorn's, but for the keep-alive timer.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._idle_since = None
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self._keep_alive_expired)
+
+    def _keep_alive_expired(self) -> None:
+        self.timeout_keep_alive_task = None
+        if self._idle_since is None:
+            return  # busy: the end of its answer arms the timer again
+        left = self._idle_since + self.timeout_keep_alive - self.loop.time()
+        if left > 0:
+            self.timeout_keep_alive_task = self.loop.call_later(left, self._keep_alive_expired)
+        else:
+            self.timeout_keep_alive_handler()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()  # a closed connection is not kept by the loop for the timeout
+            self.timeout_keep_alive_task = None
+
     def on_headers_complete(self) -> None:
         # A request parsed in the same chunk as an answer given at once finds the keep-alive timer
         # that answer armed (uvicorn answers only after feed_data returns, and never sees this).
