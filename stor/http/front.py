@@ -310,14 +310,10 @@ class StorHttpProtocol(HttpToolsProtocol):
         self.on_response_complete()
 
     def _head(self, status: int, headers: bytes, keep_alive: bool) -> bytes:
-        parts = [STATUS_LINE[status]]
-        for name, value in self.server_state.default_headers:
-            parts += (name, b": ", value, b"\r\n")
-        parts.append(headers)
-        if not keep_alive:
-            parts.append(b"connection: close\r\n")
-        parts.append(b"\r\n")
-        return b"".join(parts)
+        return b"".join(
+            (STATUS_LINE[status], _default_lines(self.server_state.default_headers), headers,
+             b"\r\n" if keep_alive else b"connection: close\r\n\r\n")
+        )
 
     def _sent(
         self, reads: BlobReads, read: _Read, response: AnyResponse, status: int, sent: int, delivered: bool
@@ -376,6 +372,17 @@ async def _resume(read: Coroutine[Any, Any, AnyResponse], step: Any) -> AnyRespo
             step = read.send(None) if throw is None else read.throw(throw)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
+
+
+_defaults: tuple[list[tuple[bytes, bytes]], bytes] = ([], b"")
+
+
+def _default_lines(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """uvicorn's default headers (date, server) as lines; uvicorn makes a new list when the date changes."""
+    global _defaults
+    if _defaults[0] is not headers:
+        _defaults = (headers, b"".join(b"%s: %s\r\n" % pair for pair in headers))
+    return _defaults[1]
 
 
 _encoded: dict[int, tuple[list[tuple[str, str]], bytes]] = {}
