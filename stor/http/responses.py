@@ -123,12 +123,16 @@ class TextResponse:
     Cheaper to build than Starlette's, and sent by either server interface.
     """
 
-    __slots__ = ("status_code", "body", "headers")
+    __slots__ = ("status_code", "body")
 
     def __init__(self, text: str, status: int) -> None:
         self.status_code = status
         self.body = text.encode()
-        self.headers = [("content-type", TEXT_TYPE), ("content-length", str(len(self.body)))]
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        # Made when asked for: stor's own front writes header_lines() instead, for every 404.
+        return [("content-type", TEXT_TYPE), ("content-length", str(len(self.body)))]
 
     @property
     def body_bytes(self) -> int:
