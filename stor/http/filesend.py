@@ -61,8 +61,9 @@ async def send(sock: int, head: bytes, file: int, offset: int, length: int) -> i
             try:
                 done = await asyncio.shield(copying)
             except asyncio.CancelledError:
-                # The thread still uses the descriptors: they are closed when it is done.
-                copying.add_done_callback(lambda _: _close(owned))
+                # The thread still uses the descriptors: they are closed when it is done
+                # (bound now: `owned` itself is emptied just below).
+                copying.add_done_callback(lambda _, fds=owned: _close(fds))
                 owned = ()
                 raise
             if done == total:
