@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 from starlette.responses import PlainTextResponse, Response
@@ -31,8 +31,10 @@ log = logging.getLogger("stor")
 
 
 def create_app(settings: Settings) -> ASGIApp:
-    """The ASGI application (uvicorn; granian's ASGI interface)."""
-    return Application(settings).asgi
+    """The ASGI application, for uvicorn; its blob reads are answered by stor's protocol (stor.http.front)."""
+    app = Application(settings)
+    front.install(front.BlobReads(app.blobs, app.record, BLOB_ROUTE))
+    return app.asgi
 
 
 def create_rsgi_app(settings: Settings) -> RsgiApp:
@@ -44,7 +46,7 @@ def create_rsgi_app(settings: Settings) -> RsgiApp:
         is_blob_path=app.dispatch.is_blob_path,
         startup=app.startup,
         shutdown=app.shutdown,
-        record=app.traffic.record if app.traffic is not None else None,
+        record=app.record,
         blob_route=BLOB_ROUTE,
     )
 
@@ -100,6 +102,11 @@ class Application:
         self.asgi: ASGIApp = self.dispatch
         if self.traffic is not None:
             self.asgi = prometheus.HttpMetricsMiddleware(self.dispatch, self.dispatch.route, self.traffic)
+
+    @property
+    def record(self) -> Callable[[str, str, int, float, int, int], None] | None:
+        """What a front that answers blob requests itself reports each one to (Prometheus), if anything."""
+        return self.traffic.record if self.traffic is not None else None
 
     async def startup(self) -> None:
         aio.configure(self.settings.io_threads)
@@ -191,15 +198,9 @@ async def _sweep_forever(settings: Settings) -> None:
 
 
 def create_app_from_env() -> ASGIApp:
-    """The uvicorn factory: settings from $CONFIG_FILE, else the embedded default.
-
-    Blob reads are answered by stor's protocol (stor.http.front) for this application.
-    """
+    """The uvicorn factory: settings from $CONFIG_FILE, else the embedded default."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = Application(load_settings())
-    record = app.traffic.record if app.traffic is not None else None
-    front.install(front.BlobReads(app.blobs, record, BLOB_ROUTE))
-    return app.asgi
+    return create_app(load_settings())
 
 
 def create_rsgi_app_from_env() -> RsgiApp:
