@@ -166,8 +166,8 @@ class StorHttpProtocol(HttpToolsProtocol):
             self.timeout_keep_alive_task = None
 
     def on_headers_complete(self) -> None:
-        # A request parsed in the same chunk as an answer given at once finds the keep-alive timer
-        # that answer armed (uvicorn answers only after feed_data returns, and never sees this).
+        # A request parsed in the same chunk as an answer given at once finds the connection marked
+        # idle by that answer (uvicorn answers only after feed_data returns, and never sees this).
         self._unset_keepalive_if_required()
         if self.transport.is_closing():
             return  # pipelined behind an answer that closes the connection: never answered
