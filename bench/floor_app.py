@@ -1,13 +1,11 @@
-"""The floor under stor on each server here: answers that take no work.
+"""The floor under stor: answers that take no work.
 
-bench/run.py starts one with stor's server and worker count beside stor and
-nginx. It answers HEAD with the headers stor sends for a 4 KiB blob and GET
-with the 404 stor sends for a missing one, so its rate is the most stor can
-reach on that server, machine and load generator:
-
-- uvicorn (stor's default): FloorProtocol answers in uvicorn's httptools
-  protocol as stor's front does (stor/http/front.py), without the read;
-- granian: an RSGI app (Floor) that answers at once.
+bench/run.py starts it beside stor and nginx, with stor's worker count,
+through stor's own worker supervisor (stor/workers.py). FloorProtocol answers
+in uvicorn's httptools protocol as stor's front does (stor/http/front.py),
+without the read: HEAD with the headers stor sends for a 4 KiB blob, GET with
+the 404 stor sends for a missing one. Its rate is the most stor can reach on
+uvicorn, this machine and this load generator.
 """
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -22,19 +20,6 @@ HEAD_HEADERS = [
     ("content-length", str(SIZE)),
 ]
 TEXT_HEADERS = [("content-type", "text/plain; charset=utf-8")]
-
-
-class Floor:
-    async def __rsgi__(self, scope, proto) -> None:  # type: ignore[no-untyped-def]
-        if scope.method == "HEAD":
-            proto.response_empty(200, HEAD_HEADERS)
-        elif scope.path == "/":
-            proto.response_str(200, TEXT_HEADERS, "floor")
-        else:
-            proto.response_str(404, TEXT_HEADERS, f"File '{scope.path[1:]}' not found")
-
-
-app = Floor()
 
 
 def _wire(headers: list[tuple[str, str]]) -> bytes:

@@ -240,7 +240,7 @@ def tool_versions(tools: dict[str, str]) -> dict[str, str]:
         versions["stor"] = stor.__version__
     except Exception:  # noqa: BLE001 - informational only
         versions["stor"] = "?"
-    for mod in ("uvicorn", "granian", "starlette", "fastapi", "uvloop", "httptools"):
+    for mod in ("uvicorn", "starlette", "fastapi", "uvloop", "httptools"):
         try:
             from importlib.metadata import version
 
@@ -381,7 +381,8 @@ class Bench:
         subprocess.run([tools["cc"], "-O2", "-pthread", "-o", self.loadgen, str(BENCH / "loadgen.c")], check=True)
         self.nginx_port = 0
         self.nginx: subprocess.Popen | None = None
-        self.floor: tuple[subprocess.Popen, int, list[int]] | None = None  # granian + an empty app, per round
+        self.floor: tuple[subprocess.Popen, int, list[int]] | None = None  # the floor app, per round
+        self.server = "uvicorn"  # stor's one server; named in the floor's figures
 
     def warn(self, msg: str) -> None:
         log("WARNING: " + msg)
@@ -457,15 +458,15 @@ http {{
         cmd = [self.tools["stor"]] if self.tools["stor"] else [sys.executable, "-m", "stor"]
         cmd += ["serve", "--config", str(self.config), "--port", str(port), "--workers", str(workers),
                 "--log-level", self.args.log_level]
-        if self.args.server:
-            cmd += ["--server", self.args.server]
+        if self.args.no_fast_path:
+            cmd += ["--no-fast-path"]
         log_path = self.work / f"stor-w{workers}.log"
         out = open(log_path, "wb")
         p = self.procs.start(cmd, stdout=out, stderr=out, cwd=self.work)
         wait_port(port, p, "stor serve")
-        # Worker processes, whatever the server: the children of `stor serve` (uvicorn's spawned
-        # workers, granian's forked ones), multiprocessing's resource tracker aside; with no
-        # children (uvicorn with --workers 1) the process itself serves.
+        # Worker processes: the children of `stor serve` (the workers its supervisor spawns),
+        # multiprocessing's resource tracker aside; with no children (--workers 1) the process
+        # itself serves.
         deadline = time.monotonic() + 60
         while True:
             if p.poll() is not None or time.monotonic() > deadline:
@@ -478,9 +479,8 @@ http {{
         time.sleep(1.0)  # the other workers finish their start-up; every test warms up too
         if self._workers(p.pid) != pids:
             raise BenchError(f"stor serve --workers {workers}: worker processes changed after start-up")
-        text = log_path.read_text(errors="replace").lower()
-        self.server = next((name for name in ("granian", "uvicorn", "hypercorn") if name in text), "?")
-        log(f"stor serve --workers {workers} on port {port} (pid {p.pid}, workers {pids}, server {self.server})")
+        path = "ASGI path only (--no-fast-path)" if self.args.no_fast_path else "fast path on"
+        log(f"stor serve --workers {workers} on port {port} (pid {p.pid}, workers {pids}, {path})")
         return p, port, pids
 
     @staticmethod
@@ -906,17 +906,13 @@ http {{
         round_["rss_post_big"] = {"stor": rss, "reference": self.idle_rss, "reference_name": "at idle"}
 
     def start_floor(self, workers: int) -> tuple[subprocess.Popen, int, list[int]]:
-        """stor's server answering with no work (bench/floor_app.py), with stor's worker count."""
+        """uvicorn answering with no work (bench/floor_app.py), with stor's worker count."""
         port = free_port()
-        if self.server == "granian":
-            cmd = [sys.executable, "-m", "granian", "--interface", "rsgi", "--workers", str(workers),
-                   "--port", str(port), "--log-level", "warning", "--no-ws", "--loop", "uvloop", "floor_app:app"]
-        else:
-            # Through stor's own worker supervisor (a listening socket per worker), as stor runs.
-            config = dict(app="floor_app:asgi_app", http="floor_app:FloorProtocol", loop="uvloop",
-                          log_level="warning", access_log=False, server_header=False)
-            cmd = [sys.executable, "-c", "import sys; from stor import workers; "
-                   f"sys.exit(workers.run({config!r}, '127.0.0.1', {port}, {workers}))"]
+        # Through stor's own worker supervisor (a listening socket per worker), as stor runs.
+        config = dict(app="floor_app:asgi_app", http="floor_app:FloorProtocol", loop="uvloop",
+                      log_level="warning", access_log=False, server_header=False)
+        cmd = [sys.executable, "-c", "import sys; from stor import workers; "
+               f"sys.exit(workers.run({config!r}, '127.0.0.1', {port}, {workers}))"]
         out = open(self.work / f"floor-w{workers}.log", "wb")
         p = self.procs.start(cmd, stdout=out, stderr=out, cwd=BENCH)
         wait_port(port, p, f"{self.server} floor app")
@@ -1058,8 +1054,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="load generator for new small uploads (default bench/loadgen.c: wrk's Lua builds each "
                         "64 KiB body anew, about 0.5 ms of CPU per upload on the cores the server needs)")
     p.add_argument("--big-mib", type=int, default=256, help="size of the big upload in MiB (default 256)")
-    p.add_argument("--server", choices=["granian", "uvicorn"],
-                   help="stor serve --server (default: stor's own default)")
+    p.add_argument("--no-fast-path", action="store_true",
+                   help="pass --no-fast-path to stor serve: every request takes uvicorn's ASGI path "
+                        "(to measure that path; the floor is unchanged)")
     p.add_argument("--log-level", default="info", help="stor serve --log-level (default info, as a user runs it)")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--tmpdir", help="where to make the storage directories (default: the system temp dir)")
@@ -1128,7 +1125,8 @@ def main(argv: list[str] | None = None) -> int:
                         "loadavg_at_start": loadavg},
             "versions": tool_versions(tools),
             "settings": {k: getattr(args, k) for k in ("runs", "big_runs", "duration", "warmup", "connections", "threads",
-                                                       "big_mib", "log_level", "workers", "groups", "get_client")},
+                                                       "big_mib", "log_level", "workers", "groups", "get_client",
+                                                       "no_fast_path")},
             "rounds": [{"workers": r["workers"], "server": r["server"],
                         "results": {k: {"stor": v["stor"].to_json(),
                                         "reference": v["reference"].to_json() if v.get("reference") else None,

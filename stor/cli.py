@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from stor import __version__
-from stor.config import CONFIG_ENV, CREDENTIALS_ENV, ConfigError, load_settings
+from stor.config import CONFIG_ENV, CREDENTIALS_ENV, NO_FAST_PATH_ENV, ConfigError, load_settings, with_fast_path
 from stor.http.auth import generate_credentials
 
 log = logging.getLogger("stor")
@@ -39,21 +39,13 @@ def main(argv: list[str] | None = None) -> int:
         "--limit-concurrency",
         type=int,
         default=None,
-        help="per worker: open connections and requests in progress beyond it get 503 (uvicorn); "
-        "requests beyond it wait (granian)",
+        help="per worker: open connections and requests in progress beyond it get 503",
     )
     serve.add_argument(
-        "--server",
-        choices=["granian", "uvicorn"],
-        default="uvicorn",
-        help="HTTP server (default uvicorn, with stor's own answers to blob reads; see Performance in the README)",
-    )
-    serve.add_argument(
-        "--runtime-threads",
-        type=int,
-        default=None,
-        help="granian's I/O threads per worker, which parse requests and send files "
-        "(default: the CPUs this process may use, divided among the workers, at least 1)",
+        "--no-fast-path",
+        action="store_true",
+        help="answer blob GET/HEAD through uvicorn's ASGI cycle too, not inside its protocol "
+        "(the answers are the same; the fast path is faster for small reads; config: http.fast_path)",
     )
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument(
@@ -81,9 +73,11 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("stor: --workers: must be at least 1", file=sys.stderr)
         return 2
-    if args.runtime_threads is not None and args.runtime_threads < 1:
-        print("stor: --runtime-threads: must be at least 1", file=sys.stderr)
-        return 2
+    for warning in settings.warnings:
+        log.warning("%s", warning)
+    if args.no_fast_path:
+        settings = with_fast_path(settings, False)
+        os.environ[NO_FAST_PATH_ENV] = "1"  # the workers read the settings themselves
 
     if not settings.has_writer:
         # Generated once here so that every worker accepts the same password.
@@ -100,57 +94,26 @@ def _serve(args: argparse.Namespace) -> int:
 
     _raise_open_file_limit()
     metrics_dir = None
-    if settings.prometheus.enabled and args.workers > 1 and not os.environ.get(PROMETHEUS_MULTIPROC_ENV):
+    if settings.metrics.prometheus.enabled and args.workers > 1 and not os.environ.get(PROMETHEUS_MULTIPROC_ENV):
         # Workers each count into files here; /metrics sums them (prometheus-client's multiprocess mode).
         metrics_dir = tempfile.mkdtemp(prefix="stor-metrics-")
         os.environ[PROMETHEUS_MULTIPROC_ENV] = metrics_dir
 
-    log.info("serving http://%s:%d with %s, %d worker(s)", args.host, args.port, args.server, args.workers)
+    log.info("serving http://%s:%d, %d worker(s), fast path %s", args.host, args.port, args.workers,
+             "on" if settings.http.fast_path else "off")
     try:
-        return _run_granian(args) if args.server == "granian" else _run_uvicorn(args)
+        return _run_uvicorn(args, settings.http.fast_path)
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 ASGI_FACTORY = "stor.http.app:create_app_from_env"
-UVICORN_PROTOCOL = "stor.http.front:StorHttpProtocol"
-RSGI_FACTORY = "stor.http.app:create_rsgi_app_from_env"
-
-
-def _run_granian(args: argparse.Namespace) -> int:
-    from granian import Granian
-    from granian.constants import Interfaces, Loops
-    from granian.log import LogLevels
-
-    Granian(
-        RSGI_FACTORY,
-        factory=True,
-        # granian's own interface: a blob read is one call into granian instead of two ASGI messages.
-        interface=Interfaces.RSGI,
-        # Named, not granian's "auto", which takes rloop whenever it is installed: rloop 0.5
-        # closes its self-pipe's descriptors twice as each worker starts, and the second close
-        # hits whatever file another thread opened in between (see test_no_descriptor_is_closed_twice).
-        # uvloop comes with uvicorn[standard], a dependency.
-        loop=Loops.uvloop,
-        address=args.host,
-        port=args.port,
-        workers=args.workers,
-        backpressure=args.limit_concurrency,
-        log_level=LogLevels(args.log_level),
-        log_access=args.access_log,
-        websockets=False,
-        respawn_failed_workers=True,
-        runtime_threads=args.runtime_threads or runtime_threads_for(args.workers),
-    ).serve()
-    return 0
+FAST_PATH_PROTOCOL = "stor.http.front:StorHttpProtocol"
 
 
 def _raise_open_file_limit() -> None:
-    """Soft limit up to the hard one: connections and hot blobs' open files share it (1024 by default on Debian).
-
-    granian does this in its workers too; uvicorn does not.
-    """
+    """Soft limit up to the hard one: connections and hot blobs' open files share it (1024 by default on Debian)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:
         try:
@@ -159,12 +122,7 @@ def _raise_open_file_limit() -> None:
             log.warning("cannot raise the open file limit from %d: %s", soft, e)
 
 
-def runtime_threads_for(workers: int) -> int:
-    """Every CPU gets an I/O thread: one worker alone sends large files from two threads on two CPUs."""
-    return max(1, len(os.sched_getaffinity(0)) // workers)
-
-
-def _run_uvicorn(args: argparse.Namespace) -> int:
+def _run_uvicorn(args: argparse.Namespace, fast_path: bool) -> int:
     import uvicorn
 
     from stor import workers
@@ -172,8 +130,8 @@ def _run_uvicorn(args: argparse.Namespace) -> int:
     config = dict(
         app=ASGI_FACTORY,
         factory=True,
-        # uvicorn's httptools protocol, answering blob reads itself (stor/http/front.py).
-        http=UVICORN_PROTOCOL,
+        # uvicorn's httptools protocol, answering blob reads itself (stor/http/front.py), or as it is.
+        http=FAST_PATH_PROTOCOL if fast_path else "httptools",
         loop="uvloop",
         limit_concurrency=args.limit_concurrency,
         log_level=args.log_level,

@@ -1,12 +1,18 @@
 """Configuration: the original Stor's JSON file, read once into one typed Settings.
 
-Keys of the original keep their meaning; keys this service adds have defaults
-that reproduce the original's behaviour. Unknown keys are ignored, as they
-were. Every problem is reported as one line naming the key.
+Keys of the original keep their place and meaning at the top level; options
+this service adds live in sections, one per component ("cache", "hot",
+"uploads", "storage", "auth", "http", "metrics"), with defaults that reproduce
+the original's behaviour. stor 2.0 had those options as flat keys: each is
+still read, with a warning naming its new place. Unknown top-level keys are
+ignored, as they were; an unknown key inside a section is an error, since a
+typo there would otherwise silently leave the default in force. Every problem
+is reported as one line naming the key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -18,6 +24,8 @@ from stor.aio import DEFAULT_THREADS
 
 CONFIG_ENV = "CONFIG_FILE"
 CREDENTIALS_ENV = "STOR_BASIC_AUTH"
+# Set by `stor serve --no-fast-path` for its workers, which read the settings themselves.
+NO_FAST_PATH_ENV = "STOR_NO_FAST_PATH"
 
 GB = 1_000_000_000
 
@@ -62,57 +70,154 @@ class S3Settings:
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
-    storage_pairs: tuple[tuple[Path, Path], ...]
-    writable_pairs_regex: re.Pattern[str] = re.compile(".*")
-    basic_auth: str | None = None
-    # More users than the original's one writer, with bcrypt hashes, from the
-    # config and from htpasswd files; reads need a user only when asked to.
-    users: tuple[User, ...] = ()
-    read_auth_required: bool = False
-    exists_max_items: int = 10_000
-    memcached_servers: tuple[str, ...] = ()
+class CacheSettings:
+    """Section "cache": where blobs are, remembered in this process and in memcached."""
+
+    # Blobs whose location each worker remembers, in front of memcached (0: none).
+    local_size: int = 10_000
     # Seconds a memcached call may take, and the pause before an unreachable
-    # server is tried again; entries kept in this process in front of memcached.
+    # server is tried again.
     memcached_timeout: float = 0.25
     memcached_retry_after: float = 5.0
-    local_cache_size: int = 10_000
-    # Small blobs each worker keeps in memory, with their files open, after
-    # reading them (stor.store.hot): how many, up to what size, how many bytes
-    # in all (the memory bound), for how long.
-    hot_blobs: int = 256
-    hot_blob_max_bytes: int = 1024 * 1024
-    hot_total_bytes: int = 16 * 1024 * 1024
-    hot_blob_seconds: float = 10.0
-    statsite: StatsiteSettings | None = None
-    prometheus: PrometheusSettings = PrometheusSettings()
-    s3_enabled: bool = False
-    s3_credentials: S3Settings | None = None
-    rabbitmq_uri: str | None = None
-    # Seconds between sweeps of stale upload temporary files, and the age at
-    # which a temporary file counts as stale (the original used 30 minutes).
-    cleanup_tempdir_period: float = 1800.0
+
+
+@dataclass(frozen=True, slots=True)
+class HotSettings:
+    """Section "hot": small blobs each worker keeps in memory, with their files open (stor.store.hot)."""
+
+    blobs: int = 256  # how many (0: none)
+    max_blob_bytes: int = 1024 * 1024  # up to what size
+    total_bytes: int = 16 * 1024 * 1024  # how many bytes in all: the memory bound
+    seconds: float = 10.0  # how long a file stays open after it was taken in
+
+
+@dataclass(frozen=True, slots=True)
+class UploadSettings:
+    """Section "uploads"."""
+
+    # Largest accepted upload in bytes; None accepts any size.
+    max_blob_bytes: int | None = None
+    # Age after its last write at which an upload temporary file counts as
+    # stale (the original used 30 minutes).
     tempfile_max_age: float = 1800.0
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSettings:
+    """Section "storage": the directories of storage_pairs, and the threads that use them."""
+
     # A storage must be on a mounted filesystem other than "/" to be healthy.
     require_mount_points: bool = True
     # Below this much free space on every pair, write to the emptiest pair
     # instead of choosing at random weighted by free space.
     balance_threshold_bytes: int = GB
-    # Largest accepted upload in bytes; None accepts any size.
-    max_blob_bytes: int | None = None
     # Threads per worker for blocking disk and memcached calls: uploads wait
     # on fsync there, so this bounds how many writes a worker flushes at once.
     io_threads: int = DEFAULT_THREADS
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """Section "auth": more users than the original's one writer, with bcrypt hashes.
+
+    Users come from the config ("users") and from htpasswd files
+    ("htpasswd_files"); reads need a user only when asked to.
+    """
+
+    users: tuple[User, ...] = ()
+    read_auth_required: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    """Section "http"."""
+
+    # GET/HEAD of a blob answered inside uvicorn's protocol, without the ASGI
+    # application; `stor serve --no-fast-path` turns it off (with_fast_path).
+    fast_path: bool = True
+    exists_max_items: int = 10_000  # most shas in one POST /exists
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """Section "metrics"."""
+
+    prometheus: PrometheusSettings = PrometheusSettings()
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    # The original Stor's keys.
+    storage_pairs: tuple[tuple[Path, Path], ...]
+    writable_pairs_regex: re.Pattern[str] = re.compile(".*")
+    basic_auth: str | None = None
+    memcached_servers: tuple[str, ...] = ()
+    statsite: StatsiteSettings | None = None
+    s3_enabled: bool = False
+    s3_credentials: S3Settings | None = None
+    rabbitmq_uri: str | None = None
+    # Seconds between sweeps of stale upload temporary files.
+    cleanup_tempdir_period: float = 1800.0
+    # stor's own, one section per component.
+    cache: CacheSettings = CacheSettings()
+    hot: HotSettings = HotSettings()
+    uploads: UploadSettings = UploadSettings()
+    storage: StorageSettings = StorageSettings()
+    auth: AuthSettings = AuthSettings()
+    http: HttpSettings = HttpSettings()
+    metrics: MetricsSettings = MetricsSettings()
     # Where the settings came from, for the start-up log line.
     source: str = "embedded default"
+    # One line per legacy flat key read, for the CLI to log at start: the file
+    # still works, and the operator learns where the key lives now.
+    warnings: tuple[str, ...] = ()
 
     @property
     def has_writer(self) -> bool:
-        return self.basic_auth is not None or any(u.role == "write" for u in self.users)
+        return self.basic_auth is not None or any(u.role == "write" for u in self.auth.users)
 
     @property
     def storage_dirs(self) -> tuple[Path, ...]:
         return tuple(d for pair in self.storage_pairs for d in pair)
+
+
+def with_fast_path(settings: Settings, enabled: bool) -> Settings:
+    """The same settings with http.fast_path set, for `stor serve --no-fast-path`."""
+    return dataclasses.replace(settings, http=dataclasses.replace(settings.http, fast_path=enabled))
+
+
+# The keys of each section, in the order they are documented (and listed in
+# the message for an unknown key).
+_SECTION_KEYS: dict[str, tuple[str, ...]] = {
+    "cache": ("local_size", "memcached_timeout", "memcached_retry_after"),
+    "hot": ("blobs", "max_blob_bytes", "total_bytes", "seconds"),
+    "uploads": ("max_blob_bytes", "tempfile_max_age"),
+    "storage": ("require_mount_points", "balance_threshold_bytes", "io_threads"),
+    "auth": ("users", "htpasswd_files", "read_auth_required"),
+    "http": ("fast_path", "exists_max_items"),
+    "metrics": ("prometheus",),
+}
+
+# stor 2.0's flat keys and their place now: still read, with a warning.
+_LEGACY_KEYS: dict[str, tuple[str, str]] = {
+    "local_cache_size": ("cache", "local_size"),
+    "memcached_timeout": ("cache", "memcached_timeout"),
+    "memcached_retry_after": ("cache", "memcached_retry_after"),
+    "hot_blobs": ("hot", "blobs"),
+    "hot_blob_max_bytes": ("hot", "max_blob_bytes"),
+    "hot_total_bytes": ("hot", "total_bytes"),
+    "hot_blob_seconds": ("hot", "seconds"),
+    "max_blob_bytes": ("uploads", "max_blob_bytes"),
+    "tempfile_max_age": ("uploads", "tempfile_max_age"),
+    "require_mount_points": ("storage", "require_mount_points"),
+    "balance_threshold_bytes": ("storage", "balance_threshold_bytes"),
+    "io_threads": ("storage", "io_threads"),
+    "users": ("auth", "users"),
+    "htpasswd_files": ("auth", "htpasswd_files"),
+    "read_auth_required": ("auth", "read_auth_required"),
+    "exists_max_items": ("http", "exists_max_items"),
+    "prometheus": ("metrics", "prometheus"),
+}
 
 
 def embedded_default(base: Path | None = None) -> Settings:
@@ -124,7 +229,7 @@ def embedded_default(base: Path | None = None) -> Settings:
     return Settings(
         storage_pairs=(pair,),
         basic_auth=os.environ.get(CREDENTIALS_ENV) or None,
-        require_mount_points=False,
+        storage=StorageSettings(require_mount_points=False),
         source="embedded default (./data/a + ./data/b)",
     )
 
@@ -164,67 +269,166 @@ def parse(raw: dict[str, Any], source: str = "config") -> Settings:
     if basic_auth is not None and ":" not in basic_auth:
         raise ConfigError("basic_auth: must be 'user:password'")
 
+    warnings: list[str] = []
+
+    def section(name: str) -> _Reader:
+        return _section(raw, name, warnings)
+
     settings = Settings(
         storage_pairs=_storage_pairs(raw),
         writable_pairs_regex=writable,
         basic_auth=basic_auth,
-        users=tuple(_users(raw)),
-        read_auth_required=r.get("read_auth_required", bool, False),
-        exists_max_items=r.non_negative_int("exists_max_items", 10_000),
         memcached_servers=tuple(_memcached_servers(raw)),
-        memcached_timeout=r.positive_number("memcached_timeout", 0.25),
-        memcached_retry_after=r.positive_number("memcached_retry_after", 5.0),
-        local_cache_size=r.non_negative_int("local_cache_size", 10_000),
-        hot_blobs=r.non_negative_int("hot_blobs", 256),
-        hot_blob_max_bytes=r.non_negative_int("hot_blob_max_bytes", 1024 * 1024),
-        hot_total_bytes=r.non_negative_int("hot_total_bytes", 16 * 1024 * 1024),
-        hot_blob_seconds=r.positive_number("hot_blob_seconds", 10.0),
         statsite=_statsite(raw),
-        prometheus=_prometheus(raw),
         s3_enabled=r.get("s3_enabled", bool, False),
         s3_credentials=_s3(raw),
         rabbitmq_uri=r.get("rabbitmq_uri", str, None),
         cleanup_tempdir_period=r.positive_number("cleanup_tempdir_period", 1800.0),
-        tempfile_max_age=r.positive_number("tempfile_max_age", 1800.0),
-        require_mount_points=r.get("require_mount_points", bool, True),
-        balance_threshold_bytes=r.non_negative_int("balance_threshold_bytes", GB),
-        max_blob_bytes=r.get("max_blob_bytes", int, None),
-        io_threads=r.non_negative_int("io_threads", DEFAULT_THREADS),
+        cache=_cache(section("cache")),
+        hot=_hot(section("hot")),
+        uploads=_uploads(section("uploads")),
+        storage=_storage(section("storage")),
+        auth=_auth(section("auth")),
+        http=_http(section("http")),
+        metrics=_metrics(section("metrics")),
         source=source,
+        warnings=tuple(warnings),
     )
-    if settings.max_blob_bytes is not None and settings.max_blob_bytes <= 0:
-        raise ConfigError("max_blob_bytes: must be a positive number of bytes")
-    if settings.io_threads < 1:
-        raise ConfigError("io_threads: must be at least 1")
     if settings.s3_enabled and settings.s3_credentials is None:
         raise ConfigError("s3_credentials: required when s3_enabled is true")
     return settings
 
 
 class _Reader:
-    def __init__(self, raw: dict[str, Any]) -> None:
-        self.raw = raw
+    """Typed values from one JSON object, each named in messages as the operator wrote it.
+
+    `names` maps a key to that name ("hot.blobs", or "hot_blobs" when read
+    from the legacy flat key, which `legacy` lists); other keys are named
+    `prefix` + key.
+    """
+
+    def __init__(
+        self, values: dict[str, Any], names: dict[str, str] | None = None, prefix: str = "", legacy: frozenset[str] = frozenset()
+    ) -> None:
+        self.values = values
+        self.names = names or {}
+        self.prefix = prefix
+        self.legacy = legacy  # keys whose value came from a legacy flat key
+
+    def is_legacy(self, key: str) -> bool:
+        return key in self.legacy
+
+    def name(self, key: str) -> str:
+        return self.names.get(key, self.prefix + key)
+
+    def raw(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
 
     def get(self, key: str, kind: type, default: Any) -> Any:
-        value = self.raw.get(key, default)
+        value = self.values.get(key, default)
         if value is None:
             return default
         # bool is a subclass of int; a boolean where a number is due is a mistake.
         if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-            raise ConfigError(f"{key}: expected {_kind_name(kind)}, got {_json_type(value)}")
+            raise ConfigError(f"{self.name(key)}: expected {_kind_name(kind)}, got {_json_type(value)}")
         return value
 
     def positive_number(self, key: str, default: float) -> float:
-        value = self.raw.get(key, default)
+        value = self.values.get(key, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ConfigError(f"{key}: expected a positive number, got {value!r}")
+            raise ConfigError(f"{self.name(key)}: expected a positive number, got {value!r}")
         return float(value)
 
     def non_negative_int(self, key: str, default: int) -> int:
-        value = self.raw.get(key, default)
+        value = self.values.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(f"{key}: expected a non-negative whole number, got {value!r}")
+            raise ConfigError(f"{self.name(key)}: expected a non-negative whole number, got {value!r}")
         return value
+
+
+def _section(raw: dict[str, Any], section: str, warnings: list[str]) -> _Reader:
+    """One section's values, from its JSON object and from the legacy flat keys that moved into it."""
+    block = _section_block(raw, section)
+    values = dict(block)
+    names = {key: f"{section}.{key}" for key in block}
+    legacy: set[str] = set()
+    for old, (place, key) in _LEGACY_KEYS.items():
+        if place != section or old not in raw:
+            continue
+        new = f"{section}.{key}"
+        # Two values for one setting: whichever won, the file would mislead its reader.
+        if key in block:
+            raise ConfigError(f"{old} and {new}: the same setting given twice; keep {new}")
+        values[key] = raw[old]
+        names[key] = old
+        legacy.add(key)
+        warnings.append(f'config: "{old}" is now "{new}"; the old key still works')
+    return _Reader(values, names, prefix=f"{section}.", legacy=frozenset(legacy))
+
+
+def _section_block(raw: dict[str, Any], section: str) -> dict[str, Any]:
+    """The section's JSON object as given ({} when absent), with only keys it knows."""
+    known = _SECTION_KEYS[section]
+    block = raw.get(section, {})
+    if not isinstance(block, dict):
+        raise ConfigError(f"{section}: expected an object with keys {', '.join(known)}, got {_json_type(block)}")
+    for key in block:
+        if key not in known:
+            raise ConfigError(f"{section}.{key}: unknown key; the keys of {section} are {', '.join(known)}")
+    return block
+
+
+def _cache(r: _Reader) -> CacheSettings:
+    return CacheSettings(
+        local_size=r.non_negative_int("local_size", 10_000),
+        memcached_timeout=r.positive_number("memcached_timeout", 0.25),
+        memcached_retry_after=r.positive_number("memcached_retry_after", 5.0),
+    )
+
+
+def _hot(r: _Reader) -> HotSettings:
+    return HotSettings(
+        blobs=r.non_negative_int("blobs", 256),
+        max_blob_bytes=r.non_negative_int("max_blob_bytes", 1024 * 1024),
+        total_bytes=r.non_negative_int("total_bytes", 16 * 1024 * 1024),
+        seconds=r.positive_number("seconds", 10.0),
+    )
+
+
+def _uploads(r: _Reader) -> UploadSettings:
+    limit = r.get("max_blob_bytes", int, None)
+    if limit is not None and limit <= 0:
+        raise ConfigError(f"{r.name('max_blob_bytes')}: must be a positive number of bytes")
+    return UploadSettings(max_blob_bytes=limit, tempfile_max_age=r.positive_number("tempfile_max_age", 1800.0))
+
+
+def _storage(r: _Reader) -> StorageSettings:
+    threads = r.non_negative_int("io_threads", DEFAULT_THREADS)
+    if threads < 1:
+        raise ConfigError(f"{r.name('io_threads')}: must be at least 1")
+    return StorageSettings(
+        require_mount_points=r.get("require_mount_points", bool, True),
+        balance_threshold_bytes=r.non_negative_int("balance_threshold_bytes", GB),
+        io_threads=threads,
+    )
+
+
+def _auth(r: _Reader) -> AuthSettings:
+    return AuthSettings(users=tuple(_users(r)), read_auth_required=r.get("read_auth_required", bool, False))
+
+
+def _http(r: _Reader) -> HttpSettings:
+    return HttpSettings(
+        fast_path=r.get("fast_path", bool, True),
+        exists_max_items=r.non_negative_int("exists_max_items", 10_000),
+    )
+
+
+def _metrics(r: _Reader) -> MetricsSettings:
+    # The legacy top-level "prometheus" ignored keys it did not know; it still
+    # does, so that files written for stor 2.0 keep working unchanged.
+    strict = not r.is_legacy("prometheus")
+    return MetricsSettings(prometheus=_prometheus(r.raw("prometheus"), r.name("prometheus"), strict))
 
 
 def _storage_pairs(raw: dict[str, Any]) -> tuple[tuple[Path, Path], ...]:
@@ -247,34 +451,39 @@ def _storage_pairs(raw: dict[str, Any]) -> tuple[tuple[Path, Path], ...]:
     return tuple(result)
 
 
-def _users(raw: dict[str, Any]) -> list[User]:
+def _users(r: _Reader) -> list[User]:
+    key = r.name("users")
     users: list[User] = []
-    entries = raw.get("users") or []
+    entries = r.raw("users") or []
     if not isinstance(entries, list):
-        raise ConfigError("users: expected a list of {\"name\", \"password_hash\", \"role\"} objects")
+        raise ConfigError(f"{key}: expected a list of {{\"name\", \"password_hash\", \"role\"}} objects")
     for i, entry in enumerate(entries):
-        key = f"users[{i}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{key}: expected an object with name, password_hash and role")
-        name, hashed, role = entry.get("name"), entry.get("password_hash"), entry.get("role")
-        if not isinstance(name, str) or not name or ":" in name:
-            raise ConfigError(f"{key}.name: expected a non-empty user name without ':'")
-        if role not in ROLES:
-            raise ConfigError(f"{key}.role: expected \"read\" or \"write\", got {role!r}")
-        users.append(User(name, _bcrypt_hash(hashed, f"{key}.password_hash"), role))
+        users.append(_user(entry, f"{key}[{i}]"))
 
-    files = raw.get("htpasswd_files") or {}
+    files_key = r.name("htpasswd_files")
+    files = r.raw("htpasswd_files") or {}
     if not isinstance(files, dict) or not set(files) <= set(ROLES):
-        raise ConfigError("htpasswd_files: expected an object like {\"read\": \"/path\", \"write\": \"/path\"}")
+        raise ConfigError(f"{files_key}: expected an object like {{\"read\": \"/path\", \"write\": \"/path\"}}")
     for role, path in sorted(files.items()):
-        users += _htpasswd(path, role, f"htpasswd_files.{role}")
+        users += _htpasswd(path, role, f"{files_key}.{role}")
 
     seen: set[str] = set()
     for user in users:
         if user.name in seen:
-            raise ConfigError(f"users: user {user.name!r} is defined twice")
+            raise ConfigError(f"{key}: user {user.name!r} is defined twice")
         seen.add(user.name)
     return users
+
+
+def _user(entry: Any, key: str) -> User:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{key}: expected an object with name, password_hash and role")
+    name, hashed, role = entry.get("name"), entry.get("password_hash"), entry.get("role")
+    if not isinstance(name, str) or not name or ":" in name:
+        raise ConfigError(f"{key}.name: expected a non-empty user name without ':'")
+    if role not in ROLES:
+        raise ConfigError(f"{key}.role: expected \"read\" or \"write\", got {role!r}")
+    return User(name, _bcrypt_hash(hashed, f"{key}.password_hash"), role)
 
 
 def _htpasswd(path: Any, role: str, key: str) -> list[User]:
@@ -330,17 +539,36 @@ def _statsite(raw: dict[str, Any]) -> StatsiteSettings | None:
     return StatsiteSettings(host=block["host"], port=port, prefix=r.get("prefix", str, ""), sample_rate=float(rate))
 
 
-def _prometheus(raw: dict[str, Any]) -> PrometheusSettings:
-    block = raw.get("prometheus")
+# Paths stor itself routes; the metrics endpoint must not take one of them.
+_FIXED_PATHS = ("/", "/status", "/exists", "/storages")
+# A blob's URL, as the blob routes match it (either case).
+_BLOB_PATH = re.compile(r"/[0-9a-fA-F]{64}")
+_PROMETHEUS_KEYS = ("enabled", "path")
+
+
+def _prometheus(block: Any, key: str, strict: bool) -> PrometheusSettings:
+    """The Prometheus endpoint; `strict` refuses keys it does not know, as a section does."""
     if block is None:
         return PrometheusSettings()
     if not isinstance(block, dict):
-        raise ConfigError("prometheus: expected an object like {\"enabled\": true, \"path\": \"/metrics\"}")
-    r = _Reader(block)
+        raise ConfigError(f"{key}: expected an object like {{\"enabled\": true, \"path\": \"/metrics\"}}")
+    unknown = [k for k in block if k not in _PROMETHEUS_KEYS]
+    if strict and unknown:
+        raise ConfigError(f"{key}.{unknown[0]}: unknown key; the keys of {key} are {', '.join(_PROMETHEUS_KEYS)}")
+    r = _Reader(block, prefix=f"{key}.")
     path = r.get("path", str, "/metrics")
-    if not path.startswith("/") or path.count("/") != 1 or path in ("/", "/status"):
-        raise ConfigError(f"prometheus.path: expected a single-segment path like /metrics, got {path!r}")
+    _check_metrics_path(path, f"{key}.path")
     return PrometheusSettings(enabled=r.get("enabled", bool, True), path=path)
+
+
+def _check_metrics_path(path: str, key: str) -> None:
+    if not path.startswith("/") or path.count("/") != 1 or path == "/":
+        raise ConfigError(f"{key}: expected a single-segment path like /metrics, got {path!r}")
+    if path in _FIXED_PATHS:
+        raise ConfigError(f"{key}: {path} is one of stor's own routes ({', '.join(_FIXED_PATHS)}); choose another path")
+    # fullmatch, not match with "$": "$" would let a trailing newline through.
+    if _BLOB_PATH.fullmatch(path):
+        raise ConfigError(f"{key}: {path!r} would shadow the blob with that sha; choose a path that is not 64 hex digits")
 
 
 def _s3(raw: dict[str, Any]) -> S3Settings | None:

@@ -1,4 +1,4 @@
-"""A validated SHA-256 digest and the names it has on disk and in S3.
+"""A validated SHA-256 digest and the name it has on disk.
 
 This is the only way client input becomes part of a path: a Digest holds
 exactly 64 hex digits, so the names below can never escape a storage root.
@@ -50,11 +50,6 @@ class Digest:
     @property
     def upper(self) -> str:
         return self.hex.upper()
-
-    @property
-    def s3_key(self) -> str:
-        h = self.hex
-        return f"{h[0:2]}/{h[2:4]}/{h[4:6]}/{h}"
 
     def __str__(self) -> str:
         return self.hex

@@ -1,4 +1,4 @@
-"""Prometheus metrics: HTTP traffic from a small ASGI middleware, store events through the facade.
+"""Prometheus metrics: HTTP traffic as stor.http.service reports it, store events through the facade.
 
 With several workers, prometheus-client's multiprocess mode sums the workers'
 counters at scrape time; `stor serve` points PROMETHEUS_MULTIPROC_DIR at a
@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import os
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stor.store.pairs import available_bytes
 
@@ -189,10 +187,8 @@ class HttpTraffic:
     route, status)'s tally (a dict look-up, a bisect and four list updates),
     which DEFERRED hands to prometheus-client's values. Counting into
     DEFERRED's per-value sums instead (two counters and a histogram, each
-    child looked up) took 8,500 of the 66,000 instructions of a read that
-    stor's front answers (callgrind). Fed by the ASGI middleware
-    below and by stor's own fronts (stor.http.front, stor.http.rsgi), so all
-    count the same way.
+    child looked up) cost about twice as much (see bench/README.md). Fed by
+    stor.http.service for both ways a request is answered, so both count alike.
     """
 
     def __init__(self) -> None:
@@ -210,47 +206,3 @@ class HttpTraffic:
         tally[_SECONDS] += seconds
         tally[_RECEIVED] += received
         tally[_SENT] += sent
-
-
-class HttpMetricsMiddleware:
-    """Feeds HttpTraffic from ASGI messages; only requests that can carry a body have their receive wrapped."""
-
-    def __init__(self, app: ASGIApp, route_of: Callable[[str], str], traffic: HttpTraffic) -> None:
-        self.app = app
-        self.route = route_of  # the application's own routing rule, so labels match what served the request
-        self.traffic = traffic
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-        received = sent = 0
-        length = 0
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            return message
-
-        async def counting_send(message: Message) -> None:
-            nonlocal status, sent, length
-            kind = message["type"]
-            if kind == "http.response.start":
-                status = message["status"]
-                length = next((int(v) for k, v in message.get("headers", ()) if k == b"content-length"), 0)
-            elif kind == "http.response.pathsend":
-                sent += length  # the server sends the file itself
-            else:
-                sent += len(message.get("body", b""))
-            await send(message)
-
-        method = scope["method"]
-        try:
-            await self.app(scope, receive if method in ("GET", "HEAD") else counting_receive, counting_send)
-        finally:
-            self.traffic.record(
-                method, self.route(scope["path"]), status, time.perf_counter() - started, received, sent
-            )

@@ -68,6 +68,9 @@ class StorServer:
     workers: int = 1
     args: list[str] = field(default_factory=list)  # more `stor serve` options
     wrapper: list[str] = field(default_factory=list)  # a command stor runs under (prlimit, strace)
+    # stor's own answers to GET and HEAD of /<sha> (stor/http/front.py); False: `--no-fast-path`,
+    # every request takes uvicorn's plain ASGI path.
+    fast_path: bool = True
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
@@ -88,6 +91,8 @@ class StorServer:
             path = self.workdir / "config.json"
             path.write_text(json.dumps(self.config))
             cmd += ["--config", str(path)]
+        if not self.fast_path:
+            cmd.append("--no-fast-path")
         return [*self.wrapper, *cmd, *self.args]
 
     def start(self, timeout: float = 20.0) -> StorServer:
@@ -180,6 +185,18 @@ def pair_config(*pairs: tuple[Path, Path], **extra: Any) -> dict[str, Any]:
     return config
 
 
+@pytest.fixture(scope="module", params=[True, False], ids=["fast", "asgi"])
+def fast_path(request: pytest.FixtureRequest) -> bool:
+    """Whether the servers a test starts answer blob reads on stor's fast path, or with `--no-fast-path`.
+
+    Every test that talks to a real server runs in both modes (ids [fast] and [asgi]): both
+    paths must answer alike. Module-scoped, so that a module's shared server starts once per
+    mode. A test about the fast path itself pins it:
+    `@pytest.mark.parametrize("fast_path", [True], ids=["fast"], indirect=True)`.
+    """
+    return bool(request.param)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
@@ -210,12 +227,16 @@ def mirrors(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, Path]
 
 
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Any]:
-    """Start servers with a config (or None for the embedded default); all stopped at teardown."""
+def start_server(tmp_path: Path, fast_path: bool) -> Iterator[Any]:
+    """Start servers with a config (or None for the embedded default); all stopped at teardown.
+
+    In the test's fast-path mode unless a fast_path= is given.
+    """
     started: list[StorServer] = []
 
     def start(config: dict[str, Any] | None, **kwargs: Any) -> StorServer:
         workdir = kwargs.pop("workdir", tmp_path)
+        kwargs.setdefault("fast_path", fast_path)
         server = StorServer(workdir=workdir, config=config, **kwargs)
         started.append(server)
         return server.start()
@@ -226,22 +247,26 @@ def start_server(tmp_path: Path) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[StorServer, tuple[Path, Path]]]:
-    """One server over one pair for a whole module whose tests never change a stored blob (started once)."""
+def shared_server(
+    tmp_path_factory: pytest.TempPathFactory, fast_path: bool
+) -> Iterator[tuple[StorServer, tuple[Path, Path]]]:
+    """One server over one pair for a whole module whose tests never change a stored blob (started once per mode)."""
     root = tmp_path_factory.mktemp("shared")
     disks = (root / "disk1", root / "disk2")
     for d in disks:
         d.mkdir()
-    server = StorServer(workdir=root, config=pair_config(disks)).start()
+    server = StorServer(workdir=root, config=pair_config(disks), fast_path=fast_path).start()
     yield server, disks
     server.stop()
 
 
 @pytest.fixture
-def server(request: pytest.FixtureRequest, mirrors: tuple[Path, Path]) -> StorServer:
+def server(request: pytest.FixtureRequest, mirrors: tuple[Path, Path], fast_path: bool) -> StorServer:
     """One server over one pair of plain directories, credentials writer:s3cret-pass.
 
     In a module marked shared_server, the module's one server; otherwise a fresh one.
+    Either way in the test's fast-path mode (fast_path is named here so that every test
+    using a server, or client, is parametrised by it).
     """
     if _shares_server(request):
         return request.getfixturevalue("shared_server")[0]

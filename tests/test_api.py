@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -425,7 +426,9 @@ def test_a_worker_that_dies_is_replaced(start_server: object, mirrors: tuple[Pat
 def test_a_port_in_use_is_refused_not_shared(start_server: object, mirrors: tuple[Path, Path], tmp_path: Path) -> None:
     """Workers listen with SO_REUSEPORT; a second stor on the same port must still be refused."""
     first = start_server(pair_config(mirrors), workers=2)  # type: ignore[operator]
-    second = StorServer(workdir=tmp_path, config=pair_config(mirrors), workers=2, port=first.port)
+    second = StorServer(
+        workdir=tmp_path, config=pair_config(mirrors), workers=2, port=first.port, fast_path=first.fast_path
+    )
     done = subprocess.run(second.command(), cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert done.returncode == 1
     assert f"cannot listen on 127.0.0.1:{first.port}: Address already in use" in done.stderr
@@ -516,19 +519,16 @@ def test_a_fifo_in_place_of_a_blob_never_stalls_the_server(start_server: Any, mi
     assert "not a regular file" in server.log_text()
 
 
-def test_granian_server_option(mirrors: tuple[Path, Path], tmp_path: Path) -> None:
-    """`--server granian` serves the same application through granian's RSGI interface."""
-    server = StorServer(workdir=tmp_path, config=pair_config(mirrors), args=["--server", "granian"])
-    server.start()
-    try:
-        body = os.urandom(300_000)
-        sha = sha256(body)
-        assert httpx.post(f"{server.url}/{sha}", content=body, auth=AUTH).status_code == 201
-        r = httpx.get(f"{server.url}/{sha}")
-        assert r.content == body and r.headers["etag"] == f'"{sha}"'
-        assert "granian" in server.log_text().lower()
-    finally:
-        server.stop()
+@pytest.mark.parametrize("option", [["--server", "uvicorn"], ["--server", "granian"], ["--runtime-threads", "2"]])
+def test_uvicorn_is_the_only_server(tmp_path: Path, option: list[str]) -> None:
+    """granian is gone: `stor serve` has no --server or --runtime-threads any more (refused as
+    unknown, before anything starts), and offers --no-fast-path instead."""
+    base = [sys.executable, "-m", "stor", "serve"]
+    done = subprocess.run([*base, "--port", "1", *option], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert f"unrecognized arguments: {' '.join(option)}" in done.stderr, done.stderr
+    usage = subprocess.run([*base, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert usage.returncode == 0 and "--no-fast-path" in usage.stdout, usage.stdout
 
 
 @pytest.mark.parametrize("size,read_first", [(200_000, True), (5_000_000, False)])
@@ -552,8 +552,10 @@ def test_early_answer_keeps_the_next_request_on_the_client_working(
 
 
 @pytest.mark.parametrize("access_log", [False, True])
-def test_access_log_is_opt_in(mirrors: tuple[Path, Path], tmp_path: Path, access_log: bool) -> None:
-    server = StorServer(workdir=tmp_path, config=pair_config(mirrors), args=["--access-log"] if access_log else [])
+def test_access_log_is_opt_in(mirrors: tuple[Path, Path], tmp_path: Path, access_log: bool, fast_path: bool) -> None:
+    server = StorServer(
+        workdir=tmp_path, config=pair_config(mirrors), args=["--access-log"] if access_log else [], fast_path=fast_path
+    )
     server.start()
     try:
         assert httpx.get(f"{server.url}/{ZERO_SHA}").status_code == 404

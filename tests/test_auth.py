@@ -70,25 +70,27 @@ def disks(root: Path) -> tuple[Path, Path]:
     return pair
 
 
-# The two configurations most tests use, each started once per module: every test adds
-# only blobs of its own (or none), so they cannot disturb one another.
+# The two configurations most tests use, each started once per module and fast-path mode: every
+# test adds only blobs of its own (or none), so they cannot disturb one another.
 
 
-def module_server(tmp_path_factory: pytest.TempPathFactory, name: str, **extra: Any) -> Iterator[StorServer]:
+def module_server(
+    tmp_path_factory: pytest.TempPathFactory, fast_path: bool, name: str, **extra: Any
+) -> Iterator[StorServer]:
     root = tmp_path_factory.mktemp(name)
-    server = StorServer(workdir=root, config=auth_config(disks(root), root, **extra)).start()
+    server = StorServer(workdir=root, config=auth_config(disks(root), root, **extra), fast_path=fast_path).start()
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def open_reads(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StorServer]:
-    yield from module_server(tmp_path_factory, "open")
+def open_reads(tmp_path_factory: pytest.TempPathFactory, fast_path: bool) -> Iterator[StorServer]:
+    yield from module_server(tmp_path_factory, fast_path, "open")
 
 
 @pytest.fixture(scope="module")
-def closed_reads(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StorServer]:
-    yield from module_server(tmp_path_factory, "closed", read_auth_required=True)
+def closed_reads(tmp_path_factory: pytest.TempPathFactory, fast_path: bool) -> Iterator[StorServer]:
+    yield from module_server(tmp_path_factory, fast_path, "closed", read_auth_required=True)
 
 
 def server_disks(server: StorServer) -> tuple[Path, Path]:

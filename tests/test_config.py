@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,24 @@ import httpx
 import pytest
 
 from conftest import AUTH, StorServer, free_port, pair_config, sha256
+from stor.aio import DEFAULT_THREADS
+from stor.config import (
+    GB,
+    AuthSettings,
+    CacheSettings,
+    ConfigError,
+    HotSettings,
+    HttpSettings,
+    MetricsSettings,
+    PrometheusSettings,
+    Settings,
+    StorageSettings,
+    UploadSettings,
+    embedded_default,
+    load_file,
+    parse,
+    with_fast_path,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,22 +89,22 @@ def test_unreadable_config_file(tmp_path: Path) -> None:
     assert result.stderr.strip() == f"stor: config file {tmp_path / 'missing.json'}: cannot read: No such file or directory"
 
 
-@pytest.mark.parametrize("option", ["--workers", "--runtime-threads"])
-def test_serve_counts_must_be_positive(tmp_path: Path, option: str) -> None:
+def test_serve_worker_count_must_be_positive(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "stor", "serve", option, "0"], capture_output=True, text=True, timeout=30, cwd=tmp_path
+        [sys.executable, "-m", "stor", "serve", "--workers", "0"], capture_output=True, text=True, timeout=30, cwd=tmp_path
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == f"stor: {option}: must be at least 1"
+    assert result.stderr.strip().splitlines()[-1] == "stor: --workers: must be at least 1"
 
 
-def test_one_worker_gets_an_io_thread_per_cpu() -> None:
-    from stor.cli import runtime_threads_for
-
-    cpus = len(os.sched_getaffinity(0))
-    assert runtime_threads_for(1) == cpus
-    assert runtime_threads_for(cpus) == 1
-    assert runtime_threads_for(cpus * 4) == 1
+@pytest.mark.parametrize("option", ["--server", "--runtime-threads"])
+def test_granian_options_are_gone(tmp_path: Path, option: str) -> None:
+    """uvicorn is the only server: the options that chose granian and sized its threads are refused."""
+    result = subprocess.run(
+        [sys.executable, "-m", "stor", "serve", option, "1"], capture_output=True, text=True, timeout=30, cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert f"unrecognized arguments: {option} 1" in result.stderr
 
 
 def test_config_file_environment_variable_is_honoured(start_server: object, mirrors: tuple[Path, Path], tmp_path: Path) -> None:
@@ -104,23 +124,270 @@ def test_unknown_keys_are_ignored_as_the_original_did(start_server: object, mirr
 
 
 def test_example_config_is_valid() -> None:
-    from stor.config import load_file
-
     settings = load_file(ROOT / "config.json.example")
     assert len(settings.storage_pairs) >= 1
-    hot = (settings.hot_blobs, settings.hot_blob_max_bytes, settings.hot_total_bytes, settings.hot_blob_seconds)
+    hot = (settings.hot.blobs, settings.hot.max_blob_bytes, settings.hot.total_bytes, settings.hot.seconds)
     assert hot == (256, 1 << 20, 16 << 20, 10)
+    assert settings.warnings == ()  # the example is in the new shape: no legacy key
+
+
+# The sections and their keys as documented; the example must show every one.
+SECTIONS = {
+    "cache": ["local_size", "memcached_timeout", "memcached_retry_after"],
+    "hot": ["blobs", "max_blob_bytes", "total_bytes", "seconds"],
+    "uploads": ["max_blob_bytes", "tempfile_max_age"],
+    "storage": ["require_mount_points", "balance_threshold_bytes", "io_threads"],
+    "auth": ["users", "htpasswd_files", "read_auth_required"],
+    "http": ["fast_path", "exists_max_items"],
+    "metrics": ["prometheus"],
+}
+ORIGINAL_KEYS = [
+    "storage_pairs", "writable_pairs_regex", "basic_auth", "memcached_servers", "statsite", "s3_enabled",
+    "s3_credentials", "secret", "rabbitmq_uri", "log", "cleanup_tempdir_period",
+]
+
+
+def test_parse_example_config_lists_every_key_in_the_new_shape() -> None:
+    raw = json.loads((ROOT / "config.json.example").read_text())
+    assert list(raw) == ORIGINAL_KEYS + list(SECTIONS)
+    assert {name: list(raw[name]) for name in SECTIONS} == SECTIONS
+    assert list(raw["metrics"]["prometheus"]) == ["enabled", "path"]
+
+
+# Pure unit tests of stor.config.parse (no server): `pytest tests/test_config.py -k parse`.
+
+BCRYPT = "$2b$12$C6UzMDM.H6dfI/f/IKcEeO3Nvwmqu4jPK5i5ZTxMgHq5Ogw3FQs3W"
+
+
+def parse_with(**extra: Any) -> Settings:
+    return parse({"storage_pairs": GOOD_PAIRS, **extra})
+
+
+def parse_error(**extra: Any) -> str:
+    with pytest.raises(ConfigError) as caught:
+        parse_with(**extra)
+    return str(caught.value)
+
+
+def test_parse_sections_default_to_todays_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STOR_BASIC_AUTH", raising=False)
+    settings = parse_with()
+    assert settings.cache == CacheSettings(local_size=10_000, memcached_timeout=0.25, memcached_retry_after=5.0)
+    assert settings.hot == HotSettings(blobs=256, max_blob_bytes=1 << 20, total_bytes=16 << 20, seconds=10.0)
+    assert settings.uploads == UploadSettings(max_blob_bytes=None, tempfile_max_age=1800.0)
+    assert settings.storage == StorageSettings(require_mount_points=True, balance_threshold_bytes=GB, io_threads=DEFAULT_THREADS)
+    assert settings.auth == AuthSettings(users=(), read_auth_required=False)
+    assert settings.http == HttpSettings(fast_path=True, exists_max_items=10_000)
+    assert settings.metrics == MetricsSettings(prometheus=PrometheusSettings(enabled=True, path="/metrics"))
+    assert settings.warnings == ()
+    assert not settings.has_writer
+
+
+def test_parse_reads_every_section_key(tmp_path: Path) -> None:
+    htpasswd = tmp_path / "writers.htpasswd"
+    htpasswd.write_text(f"bob:{BCRYPT}\n")
+    settings = parse_with(
+        cache={"local_size": 5, "memcached_timeout": 1, "memcached_retry_after": 2.5},
+        hot={"blobs": 7, "max_blob_bytes": 100, "total_bytes": 700, "seconds": 3},
+        uploads={"max_blob_bytes": 1000, "tempfile_max_age": 60},
+        storage={"require_mount_points": False, "balance_threshold_bytes": 0, "io_threads": 2},
+        auth={
+            "users": [{"name": "alice", "password_hash": BCRYPT, "role": "read"}],
+            "htpasswd_files": {"write": str(htpasswd)},
+            "read_auth_required": True,
+        },
+        http={"fast_path": False, "exists_max_items": 3},
+        metrics={"prometheus": {"enabled": False, "path": "/prom"}},
+    )
+    assert settings.cache == CacheSettings(local_size=5, memcached_timeout=1.0, memcached_retry_after=2.5)
+    assert settings.hot == HotSettings(blobs=7, max_blob_bytes=100, total_bytes=700, seconds=3.0)
+    assert settings.uploads == UploadSettings(max_blob_bytes=1000, tempfile_max_age=60.0)
+    assert settings.storage == StorageSettings(require_mount_points=False, balance_threshold_bytes=0, io_threads=2)
+    assert [(u.name, u.role) for u in settings.auth.users] == [("alice", "read"), ("bob", "write")]
+    assert settings.auth.read_auth_required is True
+    assert settings.has_writer  # bob, from the htpasswd file
+    assert settings.http == HttpSettings(fast_path=False, exists_max_items=3)
+    assert settings.metrics.prometheus == PrometheusSettings(enabled=False, path="/prom")
+    assert settings.warnings == ()
+
+
+def test_parse_fast_path_defaults_to_true_and_can_be_turned_off() -> None:
+    settings = parse_with()
+    assert settings.http.fast_path is True
+    off = with_fast_path(settings, False)
+    assert off.http == HttpSettings(fast_path=False, exists_max_items=10_000)
+    assert settings.http.fast_path is True  # frozen: the original is unchanged
+    assert replace(off, http=settings.http) == settings
+
+
+# Each flat key of stor 2.0: its value, where it is read now, and its new name.
+LEGACY = [
+    ("local_cache_size", 5, lambda s: s.cache.local_size, "cache.local_size"),
+    ("memcached_timeout", 1.5, lambda s: s.cache.memcached_timeout, "cache.memcached_timeout"),
+    ("memcached_retry_after", 9, lambda s: s.cache.memcached_retry_after, "cache.memcached_retry_after"),
+    ("hot_blobs", 0, lambda s: s.hot.blobs, "hot.blobs"),
+    ("hot_blob_max_bytes", 10, lambda s: s.hot.max_blob_bytes, "hot.max_blob_bytes"),
+    ("hot_total_bytes", 20, lambda s: s.hot.total_bytes, "hot.total_bytes"),
+    ("hot_blob_seconds", 2, lambda s: s.hot.seconds, "hot.seconds"),
+    ("max_blob_bytes", 1000, lambda s: s.uploads.max_blob_bytes, "uploads.max_blob_bytes"),
+    ("tempfile_max_age", 60, lambda s: s.uploads.tempfile_max_age, "uploads.tempfile_max_age"),
+    ("require_mount_points", False, lambda s: s.storage.require_mount_points, "storage.require_mount_points"),
+    ("balance_threshold_bytes", 7, lambda s: s.storage.balance_threshold_bytes, "storage.balance_threshold_bytes"),
+    ("io_threads", 3, lambda s: s.storage.io_threads, "storage.io_threads"),
+    ("read_auth_required", True, lambda s: s.auth.read_auth_required, "auth.read_auth_required"),
+    ("exists_max_items", 4, lambda s: s.http.exists_max_items, "http.exists_max_items"),
+    (
+        "users",
+        [{"name": "alice", "password_hash": BCRYPT, "role": "write"}],
+        lambda s: [(u.name, u.role) for u in s.auth.users],
+        "auth.users",
+    ),
+    ("prometheus", {"enabled": False, "path": "/prom"}, lambda s: s.metrics.prometheus, "metrics.prometheus"),
+]
+LEGACY_EXPECTED = {
+    "users": [("alice", "write")],
+    "prometheus": PrometheusSettings(enabled=False, path="/prom"),
+}
+
+
+@pytest.mark.parametrize(("old", "value", "read", "new"), LEGACY, ids=[case[0] for case in LEGACY])
+def test_parse_legacy_flat_key_is_read_and_warned_about(old: str, value: Any, read: Callable[[Settings], Any], new: str) -> None:
+    settings = parse_with(**{old: value})
+    assert read(settings) == LEGACY_EXPECTED.get(old, value)
+    assert settings.warnings == (f'config: "{old}" is now "{new}"; the old key still works',)
+
+
+def test_parse_legacy_htpasswd_files_is_read_and_warned_about(tmp_path: Path) -> None:
+    htpasswd = tmp_path / "readers.htpasswd"
+    htpasswd.write_text(f"carol:{BCRYPT}\n")
+    settings = parse_with(htpasswd_files={"read": str(htpasswd)})
+    assert [(u.name, u.role) for u in settings.auth.users] == [("carol", "read")]
+    assert settings.warnings == ('config: "htpasswd_files" is now "auth.htpasswd_files"; the old key still works',)
+
+
+def test_parse_a_stor_2_file_warns_once_per_legacy_key() -> None:
+    settings = parse_with(**{old: value for old, value, _, _ in LEGACY}, htpasswd_files={})
+    expected = [(old, new) for old, _, _, new in LEGACY] + [("htpasswd_files", "auth.htpasswd_files")]
+    assert sorted(settings.warnings) == sorted(f'config: "{o}" is now "{n}"; the old key still works' for o, n in expected)
+    assert len(settings.warnings) == 17
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"hot_blobs": 1, "hot": {"blobs": 2}}, "hot_blobs and hot.blobs: the same setting given twice; keep hot.blobs"),
+        (
+            {"max_blob_bytes": None, "uploads": {"max_blob_bytes": 10}},
+            "max_blob_bytes and uploads.max_blob_bytes: the same setting given twice; keep uploads.max_blob_bytes",
+        ),
+        ({"users": [], "auth": {"users": []}}, "users and auth.users: the same setting given twice; keep auth.users"),
+        (
+            {"prometheus": {}, "metrics": {"prometheus": {}}},
+            "prometheus and metrics.prometheus: the same setting given twice; keep metrics.prometheus",
+        ),
+    ],
+    ids=["hot_blobs", "max_blob_bytes-null", "users", "prometheus"],
+)
+def test_parse_key_given_both_ways_is_an_error(extra: dict[str, Any], message: str) -> None:
+    assert parse_error(**extra) == message
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"hot": {"blob": 1}}, "hot.blob: unknown key; the keys of hot are blobs, max_blob_bytes, total_bytes, seconds"),
+        ({"hot": {"hot_blobs": 1}}, "hot.hot_blobs: unknown key; the keys of hot are blobs, max_blob_bytes, total_bytes, seconds"),
+        ({"http": {"fastpath": False}}, "http.fastpath: unknown key; the keys of http are fast_path, exists_max_items"),
+        (
+            {"metrics": {"prometheus": {"enable": False}}},
+            "metrics.prometheus.enable: unknown key; the keys of metrics.prometheus are enabled, path",
+        ),
+    ],
+    ids=["hot.blob", "hot.hot_blobs", "http.fastpath", "metrics.prometheus.enable"],
+)
+def test_parse_unknown_key_in_a_section_is_an_error(extra: dict[str, Any], message: str) -> None:
+    assert parse_error(**extra) == message
+
+
+def test_parse_section_that_is_not_an_object_is_an_error() -> None:
+    assert parse_error(hot=256) == "hot: expected an object with keys blobs, max_blob_bytes, total_bytes, seconds, got int 256"
+    assert parse_error(cache=None).startswith("cache: expected an object with keys local_size, ")
+
+
+def test_parse_unknown_top_level_keys_are_still_ignored() -> None:
+    settings = parse_with(secret="cookie", log={"whatever": 1}, some_future_key=[1, 2])
+    assert settings == parse_with()
+
+
+def test_parse_legacy_prometheus_still_ignores_keys_it_does_not_know() -> None:
+    settings = parse_with(prometheus={"enabled": True, "path": "/prom", "comment": "as stor 2.0 allowed"})
+    assert settings.metrics.prometheus == PrometheusSettings(enabled=True, path="/prom")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"hot": {"total_bytes": -1}}, "hot.total_bytes: expected a non-negative whole number, got -1"),
+        ({"hot_total_bytes": -1}, "hot_total_bytes: expected a non-negative whole number, got -1"),
+        ({"cache": {"memcached_timeout": 0}}, "cache.memcached_timeout: expected a positive number, got 0"),
+        ({"uploads": {"max_blob_bytes": 0}}, "uploads.max_blob_bytes: must be a positive number of bytes"),
+        ({"uploads": {"max_blob_bytes": True}}, "uploads.max_blob_bytes: expected a whole number, got bool true"),
+        ({"storage": {"io_threads": 0}}, "storage.io_threads: must be at least 1"),
+        ({"io_threads": 0}, "io_threads: must be at least 1"),
+        ({"storage": {"require_mount_points": "yes"}}, 'storage.require_mount_points: expected true or false, got str "yes"'),
+        ({"http": {"fast_path": 1}}, "http.fast_path: expected true or false, got int 1"),
+        ({"auth": {"users": [{"name": "x", "password_hash": BCRYPT}]}}, 'auth.users[0].role: expected "read" or "write", got None'),
+        ({"auth": {"htpasswd_files": {"admin": "/x"}}}, 'auth.htpasswd_files: expected an object like {"read": "/path", "write": "/path"}'),
+    ],
+)
+def test_parse_values_are_checked_and_named_by_their_section_path(extra: dict[str, Any], message: str) -> None:
+    assert parse_error(**extra) == message
+
+
+@pytest.mark.parametrize(
+    ("path", "legacy"),
+    [("/" + "a" * 64, False), ("/" + "0123456789ABCDEF" * 4, False), ("/" + "f" * 64, True)],
+    ids=["lower", "upper", "legacy"],
+)
+def test_parse_metrics_path_of_a_sha_is_refused(path: str, legacy: bool) -> None:
+    """GET /<that sha> would reach the metrics instead of the blob."""
+    prometheus = {"path": path}
+    extra = {"prometheus": prometheus} if legacy else {"metrics": {"prometheus": prometheus}}
+    key = "prometheus.path" if legacy else "metrics.prometheus.path"
+    assert parse_error(**extra) == f"{key}: {path!r} would shadow the blob with that sha; choose a path that is not 64 hex digits"
+
+
+def test_parse_metrics_path_near_a_sha_is_accepted() -> None:
+    for path in ("/" + "a" * 63, "/" + "a" * 65, "/" + "g" * 64):
+        assert parse_with(metrics={"prometheus": {"path": path}}).metrics.prometheus.path == path
+
+
+@pytest.mark.parametrize("path", ["/status", "/exists", "/storages"])
+def test_parse_metrics_path_of_a_fixed_route_is_refused(path: str) -> None:
+    assert parse_error(metrics={"prometheus": {"path": path}}) == (
+        f"metrics.prometheus.path: {path} is one of stor's own routes (/, /status, /exists, /storages); choose another path"
+    )
+
+
+@pytest.mark.parametrize("path", ["/", "metrics", "/a/b", ""])
+def test_parse_metrics_path_must_be_one_segment(path: str) -> None:
+    assert parse_error(metrics={"prometheus": {"path": path}}) == (
+        f"metrics.prometheus.path: expected a single-segment path like /metrics, got {path!r}"
+    )
+
+
+def test_parse_embedded_default_skips_the_mount_point_check(tmp_path: Path) -> None:
+    settings = embedded_default(tmp_path)
+    assert settings.storage == StorageSettings(require_mount_points=False)
+    assert settings.storage_dirs == (tmp_path / "data" / "a", tmp_path / "data" / "b")
+    assert settings.warnings == ()
 
 
 def test_serve_raises_the_open_file_limit_to_the_hard_one(mirrors: tuple[Path, Path]) -> None:
-    """Connections and hot blobs' open files share the limit; Debian's default soft limit is 1024.
-
-    granian raises it itself; uvicorn does not, so this runs `--server uvicorn`.
-    """
+    """Connections and hot blobs' open files share the limit; Debian's default soft limit is 1024 (uvicorn keeps it)."""
     server = StorServer(
         workdir=mirrors[0].parent,
         config=pair_config(mirrors),
-        args=["--server", "uvicorn"],
         wrapper=["prlimit", "--nofile=256:4096", "--"],
     )
     server.start()

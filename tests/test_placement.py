@@ -123,7 +123,8 @@ def test_probe_order_visits_every_directory_once_first_one_mirror_of_each_pair(n
         assert sorted(pair_of[d] for d in first) == list(range(n)), f"first half is one mirror per pair: {order}"
         assert sorted(pair_of[d] for d in second) == list(range(n)), f"second half is the other mirrors: {order}"
         for d in first:
-            other = pairs[pair_of[d]].other(d)
+            a, b = pairs[pair_of[d]].dirs
+            other = b if d == a else a
             assert other in second, f"{other} (mirror of {d}) must come in the second half: {order}"
 
 

@@ -8,6 +8,7 @@ counts exactly.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections import Counter as Tally
 from concurrent.futures import ThreadPoolExecutor
@@ -53,8 +54,8 @@ def worker_pids(server: StorServer) -> list[int]:
     assert server.proc is not None
     pid = server.proc.pid
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    # The server's worker processes (forked by granian, spawned by uvicorn, whose
-    # multiprocessing resource tracker is another child and no worker).
+    # The server's worker processes (spawned by stor/workers.py, whose multiprocessing
+    # resource tracker is another child and no worker).
     return [int(c) for c in children if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
@@ -214,7 +215,7 @@ def test_metrics_on_a_configured_path(start_server: Any, mirrors: tuple[Path, Pa
 
 
 def test_bytes_sent_count_blobs_the_server_sends_itself(start_server: Any, mirrors: tuple[Path, Path]) -> None:
-    """A large blob goes out through the server's file send (pathsend), not through Python: still counted."""
+    """A large blob goes out from its file (on the fast path by sendfile from a thread, not through Python): still counted."""
     server = start_server(pair_config(mirrors))
     data = os.urandom(3 * 1024 * 1024 + 5)
     sha = sha256(data)
@@ -229,3 +230,37 @@ def test_bytes_sent_count_blobs_the_server_sends_itself(start_server: Any, mirro
     while sent() - before < len(data) and time.monotonic() < deadline:
         pass  # the count lands when the response has finished: poll for it
     assert sent() - before >= len(data)
+
+
+def test_an_answer_abandoned_by_its_client_is_counted_as_499_not_as_delivered(
+    start_server: Any, mirrors: tuple[Path, Path]
+) -> None:
+    """A client that reads the first 64 KiB of a 64 MiB download (sent from the file: beyond the
+    hot limit) and closes the connection did not get its answer: the request is counted with
+    status 499 (nginx's "client closed request"), and not as a GET answered 200."""
+    server = start_server(pair_config(mirrors))
+    data = os.urandom(64 << 20)
+    sha = sha256(data)
+    assert httpx.post(f"{server.url}/{sha}", content=data, auth=AUTH, timeout=120).status_code == 201
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(f"GET /{sha} HTTP/1.1\r\nHost: stor\r\n\r\n".encode())
+        got = b""
+        while len(got) < 64 << 10:
+            chunk = sock.recv((64 << 10) - len(got))
+            assert chunk, f"connection closed after {len(got)} bytes"
+            got += chunk
+        assert got.startswith(b"HTTP/1.1 200 "), got[:200]
+    # Closed with the rest unread: the kernel resets the connection, and the send fails.
+
+    def blob_reads() -> dict[tuple[str, str, str], int]:
+        counted = requests_by_route(scrape(f"{server.url}/metrics"))
+        return {k: v for k, v in counted.items() if k[:2] == ("GET", SHA_ROUTE) and v}
+
+    deadline = time.monotonic() + 20
+    while not (reads := blob_reads()):
+        # The count lands when the answer is given up, and reaches a scrape within a second: poll, bounded.
+        assert time.monotonic() < deadline, "the abandoned GET was never counted"
+        time.sleep(0.1)
+    assert reads.get(("GET", SHA_ROUTE, "200"), 0) == 0, f"the abandoned GET was counted as delivered: {reads}"
+    assert reads == {("GET", SHA_ROUTE, "499"): 1}, reads

@@ -445,6 +445,46 @@ def test_duplicate_upload_does_not_change_metadata(client: httpx.Client, mirrors
     assert after == before
 
 
+def test_completing_a_blob_from_one_mirror_keeps_that_mirror_s_metadata(start_server: Any, tmp_path: Path) -> None:
+    """A blob found on one mirror only is completed by the next upload of its bytes, but what was
+    said about it stays what the existing copy says: the completed mirror gets the existing
+    mirror's sidecar (byte for byte), not the new upload's headers, so that the two mirrors agree
+    and a read from either answers the same type and name."""
+    a, b = disks = own_disks(tmp_path)
+    # Nothing remembered per worker (no hot blobs, no remembered locations): every read below
+    # picks one of the two mirrors at random and reads its files.
+    server = start_server(pair_config(disks, hot_blobs=0, local_cache_size=0))
+    body = os.urandom(20_000)
+    sha = sha256(body)
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        first = c.post(
+            f"/{sha}", content=body, auth=AUTH, headers={"Content-Type": "application/pdf", "X-Filename": "a.pdf"}
+        )
+        assert first.status_code == 201, first.text
+        kept = meta_path(a, sha).read_bytes()
+        assert meta_path(b, sha).read_bytes() == kept
+        kept_mtime = meta_path(a, sha).stat().st_mtime_ns
+        layout_path(b, sha).unlink()  # mirror b lost its copy (a disk replaced, say)
+        meta_path(b, sha).unlink()
+
+        again = c.post(f"/{sha}", content=body, auth=AUTH, headers={"Content-Type": "text/plain"})
+        assert again.status_code == 201, again.text
+        assert again.json() == [str(layout_path(m, sha)) for m in disks]
+        assert layout_path(b, sha).read_bytes() == body
+        assert meta_path(a, sha).read_bytes() == kept and meta_path(a, sha).stat().st_mtime_ns == kept_mtime
+        completed = meta_path(b, sha).read_bytes() if meta_path(b, sha).exists() else None
+        assert completed == kept, f"the completed mirror's sidecar is {completed!r}, the existing one's {kept!r}"
+        assert {"application/pdf", "a.pdf"} <= strings_in(json.loads(kept))
+
+        answers = set()
+        for _ in range(40):  # a random mirror each time: both are read, with near certainty
+            r = c.get(f"/{sha}")
+            assert r.status_code == 200 and r.content == body
+            answers.add((r.headers["content-type"], r.headers.get("x-filename")))
+        assert answers == {("application/pdf", "a.pdf")}, answers
+    assert temp_files(*disks) == []
+
+
 def test_same_bytes_with_different_metadata_are_one_blob(client: httpx.Client, mirrors: tuple[Path, Path]) -> None:
     """The sha names the bytes only: no metadata header changes where or what is stored."""
     body = b"identity is the content"

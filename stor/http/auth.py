@@ -18,11 +18,12 @@ import time
 from dataclasses import dataclass
 
 import bcrypt
-from starlette.responses import PlainTextResponse, Response
+from starlette.datastructures import Headers
 
 from stor.aio import in_thread
-from stor.config import Settings
-from stor.http.headers import HeaderLookup
+from stor.config import AuthSettings
+from stor.http import reply as replies
+from stor.http.reply import Reply
 
 GENERATED_USER = "stor"
 REMEMBER_SECONDS = 60.0
@@ -44,9 +45,9 @@ class Identity:
 
 
 class Authenticator:
-    def __init__(self, settings: Settings) -> None:
-        self._writer = settings.basic_auth.encode("utf-8") if settings.basic_auth is not None else None
-        self._writer_name = settings.basic_auth.partition(":")[0] if settings.basic_auth else ""
+    def __init__(self, basic_auth: str | None, settings: AuthSettings) -> None:
+        self._writer = basic_auth.encode("utf-8") if basic_auth is not None else None
+        self._writer_name = basic_auth.partition(":")[0] if basic_auth else ""
         self._users = {u.name: u for u in settings.users}
         self.read_required = settings.read_auth_required
         self._key = secrets.token_bytes(32)
@@ -102,19 +103,17 @@ def _basic_credentials(authorization: str | None) -> bytes | None:
         return None
 
 
-def _rounds(settings: Settings) -> int:
+def _rounds(settings: AuthSettings) -> int:
     """The decoy hash's cost: that of the configured users, so a miss takes as long as a hit."""
     costs = [int(u.password_hash[4:6]) for u in settings.users]
     return max(4, min(max(costs, default=4), 14))
 
 
-async def refusal(auth: Authenticator, headers: HeaderLookup, need_write: bool) -> Response | None:
+async def refusal(auth: Authenticator, headers: Headers, need_write: bool) -> Reply | None:
     """401 or 403 when the request's credentials do not allow it; None when they do."""
     identity = await auth.identify(headers.get("authorization"))
     if identity is None:
-        return PlainTextResponse(
-            "Authentication required!", status_code=401, headers={"WWW-Authenticate": 'Basic realm="stor"'}
-        )
+        return replies.text(401, "Authentication required!", [("www-authenticate", 'Basic realm="stor"')])
     if need_write and not identity.may_write:
-        return PlainTextResponse(f"Forbidden: user '{identity.name}' may only read", status_code=403)
+        return replies.text(403, f"Forbidden: user '{identity.name}' may only read")
     return None

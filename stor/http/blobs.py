@@ -1,46 +1,31 @@
-"""HEAD/GET/POST/PUT /<sha>: parse, call the store, map its answer to HTTP.
-
-A plain ASGI endpoint rather than a framework route: this is the hot path,
-and it needs nothing from routing but the one path segment.
-"""
+"""HEAD/GET/POST/PUT /<sha>: parse the request, call the store, say what happened in HTTP."""
 
 from __future__ import annotations
 
 import logging
 import re
-import time
-from collections.abc import Callable
 from urllib.parse import unquote
 
 from starlette.datastructures import Headers
-from starlette.requests import ClientDisconnect
-from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.types import Receive, Scope, Send
 
+from stor.config import UploadSettings
 from stor.digest import Digest, InvalidDigest
+from stor.http import reply as replies
 from stor.http.auth import Authenticator, refusal
-from stor.http.bodies import AsgiBody, UploadBody
-from stor.http.conditional import CONDITIONAL_HEADERS, decide
-from stor.http.headers import HeaderLookup
-from stor.http.responses import (
-    DEFAULT_TYPE,
-    BlobResponse,
-    TextResponse,
-    blob_response,
-    validator_headers,
-    whole_blob_response,
-)
+from stor.http.conditional import CONDITIONAL_HEADERS, Full, NotModified, Partial, Refused, decide
+from stor.http.reply import Reply
+from stor.http.representation import DEFAULT_TYPE, full_headers, representation_headers, validator_headers
+from stor.http.request import ClientDisconnect, Request
 from stor.http.text import is_decimal, shown
 from stor.metrics import Metrics
-from stor.store.base import DigestMismatch, NoSpace, TooLarge
-from stor.store.local import LocalStore
+from stor.store.base import NO_BYTES, BlobStore, DigestMismatch, Missing, NoSpace, OpenBlob, Stored, TooLarge
 from stor.store.metadata import BlobMeta
 
 log = logging.getLogger("stor.http")
 
-READ_METHODS = frozenset({"GET", "HEAD"})
-WRITE_METHODS = frozenset({"POST", "PUT"})
-
+# Uploads up to this size, sent without waiting for 100 Continue, are read whole and
+# stored in one step (store.put: one thread hop) instead of staged chunk by chunk.
+SMALL_UPLOAD_BYTES = 1 << 20
 
 # Media types as RFC 9110 spells them: type/subtype, then optional parameters.
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;[ -~]*)?")
@@ -50,7 +35,7 @@ _MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;[ -~]
 _NOT_A_TYPE = frozenset({"application/x-www-form-urlencoded", DEFAULT_TYPE})
 
 
-def upload_meta(headers: HeaderLookup) -> BlobMeta:
+def upload_meta(headers: Headers) -> BlobMeta:
     """The Content-Type and X-Filename an upload declares; ValueError with a one-line reason if malformed."""
     content_type = headers.get("content-type")
     if content_type is not None:
@@ -61,7 +46,7 @@ def upload_meta(headers: HeaderLookup) -> BlobMeta:
             raise ValueError(f"Bad Content-Type '{shown(content_type)}': expected type/subtype")
     filename = headers.get("x-filename")
     if filename is not None:
-        decoded = unquote(filename, errors="strict") if _decodes(filename) else None
+        decoded = _decoded(filename)
         if (
             decoded is None
             or not decoded
@@ -73,15 +58,14 @@ def upload_meta(headers: HeaderLookup) -> BlobMeta:
     return BlobMeta(content_type, filename)
 
 
-def _decodes(text: str) -> bool:
+def _decoded(text: str) -> str | None:
     try:
-        unquote(text, errors="strict")
+        return unquote(text, errors="strict")
     except UnicodeDecodeError:
-        return False
-    return True
+        return None
 
 
-def _close_if_body_unread(headers: HeaderLookup, response: Response) -> None:
+def _close_if_body_unread(request: Request, reply: Reply) -> Reply:
     """After an answer given before the body was read (duplicate, 401, 412, 413, 507).
 
     A client that sent Expect: 100-continue sends nothing more, so the
@@ -90,135 +74,133 @@ def _close_if_body_unread(headers: HeaderLookup, response: Response) -> None:
     answer says so, so that no client reuses it. (Draining instead would wait
     for a body the client may hold back until it has the answer.)
     """
-    if headers.get("expect", "").lower() == "100-continue":
-        return
+    headers = request.headers
+    if request.body.complete or request.expects_continue:
+        return reply
     if headers.get("content-length", "0") != "0" or "chunked" in headers.get("transfer-encoding", ""):
-        response.headers["connection"] = "close"
+        return reply.with_header("connection", "close")
+    return reply
 
 
 class BlobEndpoint:
-    def __init__(self, store: LocalStore, auth: Authenticator, metrics: Metrics) -> None:
+    """The handlers of the blob route: read (GET, HEAD) and write (POST, PUT)."""
+
+    def __init__(self, store: BlobStore, auth: Authenticator, metrics: Metrics, uploads: UploadSettings) -> None:
         self.store = store
         self.auth = auth
         self.metrics = metrics
-        # Per storage: the original's metric names for a read, and whether any sink records them.
-        self._success: dict[str, tuple[tuple[str, str, str], bool]] = {}
+        self.max_blob_bytes = uploads.max_blob_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        method = scope["method"]
-        sha = scope["path"][1:]
-        if method in READ_METHODS:
-            response = await self.read(sha, Headers(scope=scope), send_body=method == "GET")
-        elif method in WRITE_METHODS:
-            response = await self.write(sha, Headers(scope=scope), AsgiBody(receive))
-        else:
-            response = PlainTextResponse(
-                f"Method {method} not allowed", status_code=405, headers={"Allow": "GET, HEAD, POST, PUT"}
-            )
-        await response(scope, receive, send)
-
-    async def read(self, sha: str, headers: HeaderLookup, send_body: bool) -> Response | BlobResponse | TextResponse:
-        """The answer to GET (send_body) or HEAD of /<sha>, under either server interface."""
-        started = time.perf_counter()
-        metrics = self.metrics
-        metrics.incr("request.get.count")
+    async def read(self, request: Request) -> Reply:
+        self.metrics.incr("request.get.count")
         if self.auth.read_required:
-            refused = await refusal(self.auth, headers, need_write=False)
+            refused = await refusal(self.auth, request.headers, need_write=False)
             if refused is not None:
                 return refused
+        sha = request.path[1:]
         try:
             digest = Digest.parse(sha)
         except InvalidDigest:
-            metrics.incr("error.get.malformed_sha.count")
+            self.metrics.incr("error.get.malformed_sha.count")
             # The original's wording differs between GET ("SHA256") and POST ("sha256"); probes may match either.
-            return TextResponse(f"Given hash '{shown(sha)}' isn't SHA256", 404)
+            return replies.text(404, f"Given hash '{shown(sha)}' isn't SHA256")
         try:
-            blob = await self.store.open(digest, prefetch=send_body)
+            opened = await self.store.open(digest, NO_BYTES if request.method == "HEAD" else None)
         except Exception:
-            metrics.incr("error.get.500.count")
             log.exception("GET %s failed", digest)
-            return PlainTextResponse("Internal error reading the blob", status_code=500)
-        if blob is None:
-            metrics.incr("error.get.not_found_old.count")
-            return TextResponse(f"File '{sha}' not found", 404)
+            return replies.text(500, "Internal error reading the blob")
+        if isinstance(opened, Missing):
+            return replies.text(404, f"File '{sha}' not found")
+        if CONDITIONAL_HEADERS.isdisjoint(request.headers.keys()):
+            return _whole(opened)
+        return _conditional(request, opened)
 
-        success = self._success.get(blob.storage)
-        if success is None:
-            base = f"success.get.ok_old.{blob.storage}"
-            names = (f"{base}.count", f"{base}.size", f"{base}.time")
-            wanted = any(metrics.wanted(kind, n) for kind, n in zip(("incr", "size", "timing"), names))
-            success = self._success[blob.storage] = (names, wanted)
-        names, wanted = success
-        # When no sink records these (statsd off), no closure is made and no clock read.
-        sent = self._reporter(names, blob.size, started) if wanted else None
-        if not CONDITIONAL_HEADERS.isdisjoint(headers.keys()):
-            validators = validator_headers(blob)
-            answer = decide(headers, blob.size, validators["etag"], validators["last-modified"], blob.mtime)
-            return blob_response(blob, validators, answer, send_body, sent)
-        return whole_blob_response(blob, send_body, sent)
+    async def write(self, request: Request) -> Reply:
+        return _close_if_body_unread(request, await self._write(request))
 
-    def _reporter(self, names: tuple[str, str, str], size: int, started: float) -> Callable[[], None]:
-        """What reports a read once its answer is handed over (the original's count, size and time)."""
-        metrics = self.metrics
-
-        def sent() -> None:
-            metrics.incr(names[0])
-            metrics.size(names[1], size)
-            metrics.timing(names[2], (time.perf_counter() - started) * 1000)
-
-        return sent
-
-    async def write(self, sha: str, headers: HeaderLookup, body: UploadBody) -> Response:
-        """The answer to POST or PUT of /<sha>, under either server interface."""
-        response = await self._write(sha, headers, body)
-        if not body.complete:
-            _close_if_body_unread(headers, response)
-        return response
-
-    async def _write(self, sha: str, headers: HeaderLookup, body: UploadBody) -> Response:
-        metrics = self.metrics
-        metrics.incr("request.post.count")
+    async def _write(self, request: Request) -> Reply:
+        self.metrics.incr("request.post.count")
+        sha = request.path[1:]
         try:
             digest = Digest.parse(sha)
         except InvalidDigest:
-            metrics.incr("error.post.malformed_sha.count")
-            return PlainTextResponse(f"Given hash '{shown(sha)}' isn't sha256", status_code=412)
-        refused = await refusal(self.auth, headers, need_write=True)
+            self.metrics.incr("error.post.malformed_sha.count")
+            return replies.text(412, f"Given hash '{shown(sha)}' isn't sha256")
+        refused = await refusal(self.auth, request.headers, need_write=True)
         if refused is not None:
             return refused
         try:
-            meta = upload_meta(headers)
+            meta = upload_meta(request.headers)
         except ValueError as e:
-            return PlainTextResponse(str(e), status_code=400)
-        length_header = headers.get("content-length")
+            return replies.text(400, str(e))
+        length_header = request.headers.get("content-length")
         length: int | None = None
         if length_header is not None:
             if not is_decimal(length_header):
-                return PlainTextResponse(f"Bad Content-Length '{shown(length_header)}'", status_code=400)
+                return replies.text(400, f"Bad Content-Length '{shown(length_header)}'")
             length = int(length_header)
 
         try:
-            on_its_way = headers.get("expect", "").lower() != "100-continue"
-            result = await self.store.put(digest, body.chunks(), length, meta, body_on_its_way=on_its_way)
+            stored = await self._store(request, digest, length, meta)
         except DigestMismatch as e:
-            metrics.incr("error.post.bad_sha.count")
-            return PlainTextResponse(str(e), status_code=412)
+            return replies.text(412, str(e))
         except NoSpace as e:
-            metrics.incr("error.post.no_space.count")
             log.warning("POST %s: %s", digest, e)
-            return PlainTextResponse("Not enough space on storages", status_code=507)
+            return replies.text(507, "Not enough space on storages")
         except TooLarge as e:
-            return PlainTextResponse(str(e), status_code=413)
+            return replies.text(413, str(e))
         except ClientDisconnect:
             log.info("POST %s: client disconnected mid-upload; nothing kept", digest)
-            return PlainTextResponse("Client disconnected", status_code=400)
+            return replies.text(400, "Client disconnected")
         except Exception:
-            metrics.incr("error.post.unknown.count")
             log.exception("POST %s failed", digest)
-            return PlainTextResponse("Internal error storing the blob", status_code=500)
+            return replies.text(500, "Internal error storing the blob")
+        return replies.json_reply(201 if stored.created else 200, list(stored.locations))
 
-        if result.created:
-            metrics.incr("success.post.write.count")
-            return JSONResponse(result.locations, status_code=201)
-        metrics.incr("success.post.duplicate.count")
-        return JSONResponse(result.locations, status_code=200)
+    async def _store(self, request: Request, digest: Digest, length: int | None, meta: BlobMeta) -> Stored:
+        body = request.body
+        limit = self.max_blob_bytes
+        if not request.expects_continue and length is not None and length <= min(SMALL_UPLOAD_BYTES, limit or length):
+            # The client sends the body whatever the answer: reading a small one first wastes
+            # nothing (a duplicate's few bytes are read, which keeps the connection usable).
+            data = bytearray()
+            async for chunk in body.chunks():
+                data += chunk
+            return await self.store.put(digest, bytes(data), meta)
+        upload = await self.store.begin(digest, length, meta)
+        if isinstance(upload, Stored):
+            return upload
+        try:
+            async for chunk in body.chunks():
+                await upload.write(chunk)
+        except BaseException:
+            await upload.abort()
+            raise
+        return await upload.commit()
+
+
+def _whole(opened: OpenBlob) -> Reply:
+    """200 with the whole blob (headers only, for HEAD): what a read without conditional headers answers."""
+    return Reply(200, full_headers(opened.info), opened.body, opened.delivered, opened.close)
+
+
+def _conditional(request: Request, opened: OpenBlob) -> Reply:
+    info = opened.info
+    validators = validator_headers(info)
+    answer = decide(request.headers, info.size, validators[0][1], validators[1][1], info.mtime)
+    if isinstance(answer, Full):
+        return _whole(opened)
+    if isinstance(answer, Partial):
+        headers = validators + representation_headers(info.meta)
+        headers.append(("content-range", f"bytes {answer.start}-{answer.end}/{info.size}"))
+        headers.append(("content-length", str(answer.length)))
+        if request.method != "HEAD":  # a HEAD opened no bytes
+            opened.narrow(answer.start, answer.length)
+        return Reply(206, headers, opened.body, opened.delivered, opened.close)
+    opened.close()
+    if isinstance(answer, Refused):
+        if answer.status == 416:
+            validators.append(("content-range", f"bytes */{info.size}"))
+        return replies.text(answer.status, answer.reason, validators)
+    assert isinstance(answer, NotModified)
+    return Reply(304, validators + representation_headers(info.meta))

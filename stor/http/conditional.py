@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
-from stor.http.headers import HeaderLookup
+from starlette.datastructures import Headers
+
 from stor.http.text import is_decimal, shown
 
 
@@ -49,7 +50,7 @@ Answer = Full | NotModified | Partial | Refused
 CONDITIONAL_HEADERS = frozenset({"range", "if-none-match", "if-modified-since"})  # if-range matters only with range
 
 
-def decide(headers: HeaderLookup, size: int, etag: str, last_modified: str, mtime: float) -> Answer:
+def decide(headers: Headers, size: int, etag: str, last_modified: str, mtime: float) -> Answer:
     if _not_modified(headers, etag, mtime):
         return NotModified()
     range_header = headers.get("range")
@@ -61,7 +62,7 @@ def decide(headers: HeaderLookup, size: int, etag: str, last_modified: str, mtim
     return parse_range(range_header, size)
 
 
-def _not_modified(headers: HeaderLookup, etag: str, mtime: float) -> bool:
+def _not_modified(headers: Headers, etag: str, mtime: float) -> bool:
     if_none_match = headers.get("if-none-match")
     if if_none_match is not None:
         tags = {t.strip() for t in if_none_match.split(",")}

@@ -4,50 +4,51 @@ from __future__ import annotations
 
 import json
 
-from fastapi import APIRouter, Request
-from starlette.requests import ClientDisconnect
-from starlette.responses import JSONResponse, PlainTextResponse, Response
-
 from stor.digest import Digest, InvalidDigest
+from stor.http import reply as replies
 from stor.http.auth import Authenticator, refusal
+from stor.http.reply import Reply
+from stor.http.request import ClientDisconnect, Request
 from stor.http.text import is_decimal
-from stor.store.local import LocalStore
+from stor.store.base import BlobStore
 
 # A sha in JSON with its quotes and comma is 67 bytes; room for spacing.
 BYTES_PER_ITEM = 100
 
 
-def exists_routes(store: LocalStore, auth: Authenticator, max_items: int) -> APIRouter:
-    router = APIRouter()
-    max_bytes = max_items * BYTES_PER_ITEM + 1024
+class ExistsEndpoint:
+    def __init__(self, store: BlobStore, auth: Authenticator, max_items: int) -> None:
+        self.store = store
+        self.auth = auth
+        self.max_items = max_items
+        self.max_bytes = max_items * BYTES_PER_ITEM + 1024
 
-    @router.post("/exists", include_in_schema=False)
-    async def exists(request: Request) -> Response:
-        if auth.read_required:
-            refused = await refusal(auth, request.headers, need_write=False)
+    async def exists(self, request: Request) -> Reply:
+        if self.auth.read_required:
+            refused = await refusal(self.auth, request.headers, need_write=False)
             if refused is not None:
                 return refused
-        too_large = PlainTextResponse(f"Too many shas: at most {max_items} per request", status_code=413)
+        too_large = replies.text(413, f"Too many shas: at most {self.max_items} per request")
         length = request.headers.get("content-length")
-        if length is not None and is_decimal(length) and int(length) > max_bytes:
+        if length is not None and is_decimal(length) and int(length) > self.max_bytes:
             return too_large
         body = bytearray()
         try:
-            async for chunk in request.stream():
+            async for chunk in request.body.chunks():
                 body += chunk
-                if len(body) > max_bytes:
+                if len(body) > self.max_bytes:
                     return too_large
         except ClientDisconnect:
-            return PlainTextResponse("Client disconnected", status_code=400)
+            return replies.text(400, "Client disconnected")
         try:
             items = json.loads(body)
         except ValueError as e:
-            return PlainTextResponse(f"Invalid JSON: {e}", status_code=400)
+            return replies.text(400, f"Invalid JSON: {e}")
         except RecursionError:
-            return PlainTextResponse("Invalid JSON: nested too deeply", status_code=400)
+            return replies.text(400, "Invalid JSON: nested too deeply")
         if not isinstance(items, list):
-            return PlainTextResponse("Expected a JSON array of sha256 strings", status_code=400)
-        if len(items) > max_items:
+            return replies.text(400, "Expected a JSON array of sha256 strings")
+        if len(items) > self.max_items:
             return too_large
 
         digests: dict[str, Digest] = {}  # in request order, each once
@@ -61,13 +62,12 @@ def exists_routes(store: LocalStore, auth: Authenticator, max_items: int) -> API
                 invalid.append(item if isinstance(item, str) else json.dumps(item))
             else:
                 digests.setdefault(digest.hex, digest)
-        found = await store.contains(list(digests.values()))
-        return JSONResponse(
+        found = await self.store.contains(list(digests.values()))
+        return replies.json_reply(
+            200,
             {
                 "present": [h for h, f in zip(digests, found) if f],
                 "missing": [h for h, f in zip(digests, found) if not f],
                 "invalid": invalid,
-            }
+            },
         )
-
-    return router

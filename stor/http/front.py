@@ -11,73 +11,52 @@ is parsed, with no task at all. A read that has to wait (a disk) carries on
 in a task; a body that is not in memory is sent by the kernel (sendfile)
 from a thread, behind an empty write buffer.
 
-Everything else takes uvicorn's ordinary ASGI path, to the same application:
-uploads, /status, a read with a body, a query or percent-escapes in its
-path, with an Upgrade header, pipelined behind an unfinished answer, or over
-the concurrency limit (uvicorn answers 503). So there is one implementation of
-each route, and what is special here is only how a read's answer is written.
+The front consults the application's one route table (stor.http.routes)
+and calls the same handler through the same HttpService as the ASGI path;
+only routes marked fast are taken here. Everything else takes uvicorn's
+ordinary ASGI path: uploads, /status, a read with a body, a query or
+percent-escapes in its path, with an Upgrade header, or over the concurrency
+limit (uvicorn answers 503). So what is special here is only how a reply is
+written; `stor serve --no-fast-path` turns it off, and the answers are the
+same byte for byte. This is the one module that depends on uvicorn's
+internals (its cycle, pipeline queue and keep-alive timer), which is why
+uvicorn is pinned to a minor version.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
-import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 from starlette.datastructures import Headers
-from starlette.responses import Response
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.utils import get_client_addr
 
 from stor.http import filesend
-from stor.http.blobs import BlobEndpoint
-from stor.http.responses import BlobResponse, TextResponse
-from stor.store.base import StoreError
+from stor.http import reply as replies
+from stor.http.reply import Reply
+from stor.http.request import Request
+from stor.http.routes import Route
+from stor.http.service import CLIENT_GONE, HttpService
+from stor.store.base import FileRegion
 
 log = logging.getLogger("stor.http")
 
-# Only the plain spelling: anything else (a query, %-escapes, a malformed sha) takes the ASGI path.
-_BLOB_URL = re.compile(rb"/[0-9A-Fa-f]{64}")
+# Only a plain path: a query, %-escapes or anything outside visible ASCII takes the ASGI path.
+_PLAIN_URL = re.compile(rb"/[!-$&->@-~]*")  # no "%" (0x25), no "?" (0x3f)
 _READS = {b"GET": "GET", b"HEAD": "HEAD"}
 _JOIN_BYTES = 64 * 1024  # a body up to this is joined to its head: one write, one segment
 
-AnyResponse = Response | BlobResponse | TextResponse
-_INTERNAL_ERROR = TextResponse("Internal error", 500)  # never changed, so one serves every answer
+_service: HttpService | None = None
 
 
-class BlobReads:
-    """What the front needs of the application: the blob endpoint and the Prometheus recorder."""
-
-    def __init__(
-        self,
-        blobs: BlobEndpoint,
-        record: Callable[[str, str, int, float, int, int], None] | None,
-        route: str,
-    ) -> None:
-        self.blobs = blobs
-        self.record = record
-        self.route = route
-
-    async def answer(self, read: _Read) -> AnyResponse:
-        try:
-            return await self.blobs.read(read.url[1:].decode("ascii"), read.headers, read.method == "GET")
-        except Exception:
-            # read() answers the store's faults itself: this is a bug, still answered.
-            log.exception("%s failed", read)
-            return _INTERNAL_ERROR
-
-
-_reads: BlobReads | None = None
-
-
-def install(reads: BlobReads) -> None:
-    """The application this worker's connections answer blob reads for (uvicorn makes one per worker)."""
-    global _reads
-    _reads = reads
+def install(service: HttpService) -> None:
+    """The service this worker's connections answer fast routes for (uvicorn makes one application per worker)."""
+    global _service
+    _service = service
 
 
 class _NoWaiter:
@@ -87,7 +66,7 @@ class _NoWaiter:
 
 
 class _Read:
-    """A GET or HEAD of /<sha> being answered; to uvicorn's protocol, the current cycle until it is answered.
+    """A GET or HEAD answered here; to uvicorn's protocol, the current cycle until it is answered.
 
     The protocol touches these while it runs: more requests on the
     connection queue behind it (response_complete), it learns that the
@@ -95,24 +74,21 @@ class _Read:
     connection open (keep_alive).
     """
 
-    __slots__ = (
-        "method", "url", "version", "headers", "started", "response_complete", "disconnected", "keep_alive", "more_body"
-    )
+    __slots__ = ("request", "route", "url", "version", "response_complete", "disconnected", "keep_alive", "more_body")
     message_event = _NoWaiter
 
-    def __init__(self, method: str, url: bytes, version: str, headers: Headers, keep_alive: bool) -> None:
-        self.method = method
+    def __init__(self, request: Request, route: Route, url: bytes, version: str, keep_alive: bool) -> None:
+        self.request = request
+        self.route = route
         self.url = url
         self.version = version
-        self.headers = headers
-        self.started = time.perf_counter()
         self.response_complete = False
         self.disconnected = False
         self.keep_alive = keep_alive
         self.more_body = False
 
     def __str__(self) -> str:
-        return f"{self.method} {self.url.decode('ascii')}"
+        return str(self.request)
 
 
 class StorHttpProtocol(HttpToolsProtocol):
@@ -171,33 +147,39 @@ class StorHttpProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         if self.transport.is_closing():
             return  # pipelined behind an answer that closes the connection: never answered
-        reads = _reads
+        service = _service
         method = _READS.get(self.parser.get_method())
+        url = self.url
         if (
-            reads is None
+            service is None
             or method is None
-            or not _BLOB_URL.fullmatch(self.url)
+            or not _PLAIN_URL.fullmatch(url)
             or self.parser.should_upgrade()
             or _has_body(self.headers)
             or self._over_limit()
         ):
             super().on_headers_complete()
             return
+        path = url.decode("ascii")
+        route = service.route(path)
+        if not route.fast:
+            super().on_headers_complete()
+            return
         version = self.parser.get_http_version()
         keep_alive = version != "1.0" and self.parser.should_keep_alive()
-        read = _Read(method, self.url, version, Headers(raw=self.headers), keep_alive)
+        read = _Read(Request(method, path, Headers(raw=self.headers)), route, url, version, keep_alive)
         idle = self.cycle is None or self.cycle.response_complete
         self.cycle = read  # type: ignore[assignment]
         if idle:
-            self._answer(reads, read)
+            self._answer(service, read)
         else:
             # Behind an unfinished answer: queued as uvicorn queues pipelined requests, and
             # started by on_response_complete through _start_asgi_task, in order.
             self.flow.pause_reading()
-            self.pipeline.appendleft((read, reads))  # type: ignore[arg-type]
+            self.pipeline.appendleft((read, service))  # type: ignore[arg-type]
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
-        if isinstance(app, BlobReads):
+        if isinstance(app, HttpService):
             # Soon, not now: answering at once would recurse through on_response_complete
             # once per request queued.
             self.loop.call_soon(self._answer, app, cycle)
@@ -208,90 +190,112 @@ class StorHttpProtocol(HttpToolsProtocol):
         limit = self.limit_concurrency
         return limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit)
 
-    def _answer(self, reads: BlobReads, read: _Read) -> None:
-        """Answer at once when the read finishes without waiting and the answer is in memory; else in a task."""
-        pending: Awaitable[AnyResponse]
+    def _answer(self, service: HttpService, read: _Read) -> None:
+        """Answer at once when the handler finishes without waiting and the reply is in memory; else in a task."""
+        pending: Awaitable[Reply]
+        coroutine = service.answer(read.request, read.route)
         if self.flow.write_paused:
-            pending = reads.answer(read)
+            pending = coroutine
         else:
-            coroutine = reads.answer(read)
             try:
                 step = coroutine.send(None)
             except StopIteration as done:
-                if self._answer_now(reads, read, done.value):
+                if self._answer_now(service, read, done.value):
                     return
-                pending = _ready(done.value)  # a file to send
+                pending = _ready(done.value)  # a body to send from a file or a stream
             else:
                 pending = _resume(coroutine, step)
-        running = self.loop.create_task(self._answer_later(reads, read, pending))
+        running = self.loop.create_task(self._answer_later(service, read, pending))
         running.add_done_callback(self.tasks.discard)
         self.tasks.add(running)
 
-    def _answer_now(self, reads: BlobReads, read: _Read, response: AnyResponse) -> bool:
-        """Write a whole answer at once; False (nothing written) when its body must come from the file.
+    def _answer_now(self, service: HttpService, read: _Read, reply: Reply) -> bool:
+        """Write a whole reply at once; False (nothing written) when its body is not in memory.
 
         Nothing may escape from here into the parser, which would answer 400 and leave the blob open.
         """
-        delivered = True
+        head_only = read.request.method == "HEAD"
+        status, sent = reply.status, 0
         try:
-            status, head, body, file = _parts(response, read.method)
-            if file is not None:
+            body = b"" if head_only else reply.in_memory()
+            if body is None:
                 return False
+            self._write(self._head(reply, read.keep_alive), body)
+            sent = len(body)
         except Exception:
             log.exception("%s: the answer could not be sent", read)
-            _close(response)
-            delivered, read.keep_alive = False, False
-            status, head, body, _ = _parts(_INTERNAL_ERROR, read.method)
+            read.keep_alive = False
+            status = 500
+            self._write_error()
         try:
-            self._write(self._head(status, head, read.keep_alive), body)
-            self._sent(reads, read, response, status, len(body), delivered)
+            self._finished(service, read, reply, status, sent)
         finally:
             self._complete(read)
         return True
 
-    async def _answer_later(self, reads: BlobReads, read: _Read, pending: Awaitable[AnyResponse]) -> None:
-        """The rest of an answer: a read that waits, the file's bytes, a full write buffer."""
-        response: AnyResponse | None = None
-        status, sent, writing, delivered = 500, 0, False, False
+    async def _answer_later(self, service: HttpService, read: _Read, pending: Awaitable[Reply]) -> None:
+        """The rest of an answer: a handler that waits, a file's or a stream's bytes, a full write buffer."""
+        reply: Reply | None = None
+        status, sent, writing = 500, 0, False
         try:
-            response = await pending
-            status, head, body, file = _parts(response, read.method)
+            reply = await pending
+            status = reply.status
             if self.flow.write_paused:
                 await self.flow.drain()
             if read.disconnected or self.transport.is_closing():
+                status = CLIENT_GONE
                 return
             writing = True
-            if file is None:
-                self._write(self._head(status, head, read.keep_alive), body)
-                sent = len(body)
-            else:
-                fd, offset, length = file
-                head = self._head(status, head, read.keep_alive)
-                # Nothing else may reach the socket while the thread writes to it (a 400 for a
-                # malformed request pipelined behind this one): reading resumes once it is done.
-                self.flow.pause_reading()
-                sent = await filesend.send(self.transport.get_extra_info("socket").fileno(), head, fd, offset, length)
-            delivered = True
+            sent = await self._send(reply, read)
         except (ConnectionError, TimeoutError) as e:
             log.info("%s: client gone while sending (%s)", read, e)
-            read.keep_alive = False
+            status, read.keep_alive = CLIENT_GONE, False
         except asyncio.CancelledError:
-            # The thread may still be writing: nothing more can go out on this connection.
-            read.keep_alive = False
+            # A thread may still be writing: nothing more can go out on this connection.
+            status, read.keep_alive = CLIENT_GONE, False
             self.transport.close()
             raise
         except Exception:
             log.exception("%s: the answer could not be sent", read)
+            status, read.keep_alive = 500, False
             if not writing and not self.transport.is_closing():
-                status, head, body, _ = _parts(_INTERNAL_ERROR, read.method)
-                self._write(self._head(status, head, False), body)
-            read.keep_alive = False
+                self._write_error()
         finally:
             try:
-                if response is not None:
-                    self._sent(reads, read, response, status, sent, delivered)
+                if reply is not None:
+                    self._finished(service, read, reply, status, sent)
             finally:
                 self._complete(read)
+
+    async def _send(self, reply: Reply, read: _Read) -> int:
+        """The reply's head and body; the body bytes sent."""
+        head = self._head(reply, read.keep_alive)
+        body = b"" if read.request.method == "HEAD" else reply.body
+        data = reply.in_memory() if body else b""
+        if data is not None:
+            self._write(head, data)
+            return len(data)
+        if isinstance(body, FileRegion):
+            # Nothing else may reach the socket while the thread writes to it (a 400 for a
+            # malformed request pipelined behind this one): reading resumes once it is done.
+            self.flow.pause_reading()
+            socket = self.transport.get_extra_info("socket").fileno()
+            return await filesend.send(socket, head, body.fd, body.offset, body.length)
+        assert not isinstance(body, bytes)
+        chunked = not any(name == "content-length" for name, _ in reply.headers)
+        self.transport.write(head)
+        sent = 0
+        async for chunk in body:
+            if read.disconnected:
+                raise ConnectionError("the client went away")
+            if chunk:
+                self.transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                sent += len(chunk)
+            if self.flow.write_paused:
+                await self.flow.drain()
+        if chunked:
+            self.transport.write(b"0\r\n\r\n")
+        return sent
 
     def _write(self, head: bytes, body: bytes) -> None:
         if len(body) <= _JOIN_BYTES:
@@ -299,6 +303,11 @@ class StorHttpProtocol(HttpToolsProtocol):
         else:
             # Not joined: a copy of a large body would be held until the client has taken it all.
             self.transport.writelines((head, body))
+
+    def _write_error(self) -> None:
+        """A 500 in place of an answer nothing of which was written; the connection closes after it."""
+        error = replies.text(500, replies.INTERNAL_ERROR)
+        self._write(self._head(error, False), error.in_memory() or b"")
 
     def _complete(self, read: _Read) -> None:
         """As uvicorn's cycle ends: the next queued request starts, or the connection closes."""
@@ -309,30 +318,24 @@ class StorHttpProtocol(HttpToolsProtocol):
             self.transport.close()
         self.on_response_complete()
 
-    def _head(self, status: int, headers: bytes, keep_alive: bool) -> bytes:
+    def _head(self, reply: Reply, keep_alive: bool) -> bytes:
+        """The status line and headers as uvicorn writes them (its default headers first)."""
+        chunked = b""
+        if not isinstance(reply.body, (bytes, FileRegion)) and not any(n == "content-length" for n, _ in reply.headers):
+            chunked = b"transfer-encoding: chunked\r\n"
         return b"".join(
-            (STATUS_LINE[status], _default_lines(self.server_state.default_headers), headers,
-             b"\r\n" if keep_alive else b"connection: close\r\n\r\n")
+            (STATUS_LINE[reply.status], _default_lines(self.server_state.default_headers), _encode(reply.headers),
+             chunked, b"\r\n" if keep_alive else b"connection: close\r\n\r\n")
         )
 
-    def _sent(
-        self, reads: BlobReads, read: _Read, response: AnyResponse, status: int, sent: int, delivered: bool
-    ) -> None:
-        """The answer is over: the blob closed, and counted as the other fronts count it.
-
-        The original's success metrics only for an answer delivered whole, as under ASGI.
-        """
-        _close(response)
-        if delivered and isinstance(response, BlobResponse) and response.on_sent is not None:
-            response.on_sent()
-        if reads.record is not None:
-            reads.record(read.method, reads.route, status, time.perf_counter() - read.started, 0, sent)
+    def _finished(self, service: HttpService, read: _Read, reply: Reply, status: int, sent: int) -> None:
+        service.finished(read.request, read.route, reply, status, sent)
         if self.access_log:
             # uvicorn's own format and arguments: its access formatter takes them apart.
             self.access_logger.info(
                 '%s - "%s %s HTTP/%s" %d',
                 get_client_addr(self.scope),
-                read.method,
+                read.request.method,
                 read.url.decode("ascii"),
                 read.version,
                 status,
@@ -346,11 +349,11 @@ def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
     return False
 
 
-async def _ready(response: AnyResponse) -> AnyResponse:
-    return response
+async def _ready(reply: Reply) -> Reply:
+    return reply
 
 
-async def _resume(read: Coroutine[Any, Any, AnyResponse], step: Any) -> AnyResponse:
+async def _resume(read: Coroutine[Any, Any, Reply], step: Any) -> Reply:
     """Carry on a coroutine that was started by hand and is waiting, as a task would have.
 
     step is what it yielded: the future it waits for (or None, to yield once).
@@ -398,31 +401,3 @@ def _encode(headers: list[tuple[str, str]]) -> bytes:
         _encoded.clear()
     _encoded[id(headers)] = (headers, encoded)  # the list is held, so its id is not reused while remembered
     return encoded
-
-
-def _parts(response: AnyResponse, method: str) -> tuple[int, bytes, bytes, tuple[int, int, int] | None]:
-    """Status, header lines, body in memory, and (descriptor, offset, length) when the body is the file's."""
-    body: bytes = b""
-    file = None
-    if isinstance(response, BlobResponse):
-        head = _encode(response.headers)
-        if response.send_body and response.length:
-            data = response._in_memory()
-            if data is not None:
-                body = data
-            else:
-                file = (response.blob.fd, response.offset, response.length)
-    elif isinstance(response, TextResponse):
-        head = response.header_lines()
-        body = response.body
-    else:
-        head = b"".join(b"%s: %s\r\n" % pair for pair in response.raw_headers)
-        body = response.body
-    if method == "HEAD":
-        body = b""
-    return response.status_code, head, body, file
-
-
-def _close(response: AnyResponse) -> None:
-    if isinstance(response, BlobResponse):
-        response.blob.close()

@@ -1,52 +1,69 @@
-"""GET /status: 200 "OK" for probes; 503 naming every failing storage; JSON for dashboards."""
+"""GET /status: 200 "OK" for probes, 503 naming every failing storage, JSON for dashboards; GET /storages."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from typing import Any
 
-from stor.aio import in_thread
-from stor.cache import LocationCache
+from stor.http import reply as replies
+from stor.http.reply import Reply
+from stor.http.request import Request
 from stor.metrics import Metrics
-from stor.store.local import LocalStore
+from stor.store.base import BlobStore, StorageState
 
 
-def health_routes(store: LocalStore, cache: LocationCache, metrics: Metrics) -> APIRouter:
-    router = APIRouter()
+class HealthEndpoint:
+    def __init__(self, store: BlobStore, metrics: Metrics) -> None:
+        self.store = store
+        self.metrics = metrics
 
-    @router.get("/status", include_in_schema=False)
-    async def status(request: Request) -> Response:
-        states = await in_thread(store.storage_states)
-        healthy = all(s.ok for s in states)
+    async def status(self, request: Request) -> Reply:
+        health = await self.store.health()
+        healthy = all(s.ok for s in health.storages)
         if healthy:
-            metrics.incr("healthcheck.count")  # as the original: counts healthy answers only
+            self.metrics.incr("healthcheck.count")  # as the original: counts healthy answers only
         code = 200 if healthy else 503
         if "application/json" in request.headers.get("accept", ""):
-            # The cache only speeds reads up: without it the service is degraded, not failing.
-            cache_servers = await cache.health()
-            cache_ok = all(c.reachable for c in cache_servers)
-            return JSONResponse(
+            # A cache only speeds reads up: without it the service is degraded, not failing.
+            services_ok = all(s.reachable for s in health.services)
+            return replies.json_reply(
+                code,
                 {
-                    "status": "failing" if not healthy else "ok" if cache_ok else "degraded",
+                    "status": "failing" if not healthy else "ok" if services_ok else "degraded",
                     "storages": [
                         {
-                            "path": str(s.directory),
+                            "path": s.path,
                             "pair": s.pair,
                             "writable": s.writable,
                             "ok": s.ok,
                             "problems": list(s.problems),
                             "free_bytes": s.free_bytes,
                         }
-                        for s in states
+                        for s in health.storages
                     ],
                     "cache": [
-                        {"server": c.server, "reachable": c.reachable, "error": c.error} for c in cache_servers
+                        {"server": s.name, "reachable": s.reachable, "error": s.error}
+                        for s in health.services
+                        if s.kind == "memcached"
                     ],
                 },
-                status_code=code,
             )
         if healthy:
-            return PlainTextResponse("OK")
-        return PlainTextResponse("\n".join(p for s in states for p in s.problems), status_code=code)
+            return replies.text(200, "OK")
+        return replies.text(code, "\n".join(p for s in health.storages for p in s.problems))
 
-    return router
+    async def storages(self, request: Request) -> Reply:
+        """The original's documented "list of storages and disk usage", as JSON (always 200: /status judges)."""
+        health = await self.store.health()
+        return replies.json_reply(200, {"storages": [_storage(s) for s in health.storages]})
+
+
+def _storage(state: StorageState) -> dict[str, Any]:
+    return {
+        "path": state.path,
+        "pair": state.pair,
+        "writable": state.writable,
+        "ok": state.ok,
+        "problems": list(state.problems),
+        "total_bytes": state.total_bytes,
+        "free_bytes": state.free_bytes,  # available to stor (statvfs f_bavail), as placement counts it
+    }

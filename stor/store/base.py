@@ -1,14 +1,29 @@
-"""What every storage backend offers, and the errors it speaks in."""
+"""The storage interface every backend implements and every handler depends on, and its errors.
+
+A backend (the mirrored local pairs today, an S3 bucket next) answers five
+questions: what is known of a blob (head), its bytes (open, whole or a byte
+range), a staged write (begin -> write -> commit or abort; nothing is
+visible before commit, which verifies), which of many blobs are stored
+(contains), and what is stored (iter_digests); plus its health and a
+start/close for background work. Layers that add caching or metrics
+implement the same interface around a backend (stor.store.hot,
+stor.store.located, stor.store.metered), so handlers never know which
+backend or which layers they talk to.
+
+Nothing here knows HTTP: a body is a region of an open local file (which
+the kernel can send) or an async stream of chunks; what to do with it is
+the caller's business.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from stor.digest import Digest
-from stor.store.metadata import BlobMeta
+from stor.store.metadata import BlobMeta, NO_META
 
 
 class StoreError(Exception):
@@ -36,18 +51,60 @@ class TooLarge(Exception):
         self.limit = limit
 
 
-@dataclass(slots=True)
-class OpenBlob:
-    """A blob opened for reading: the descriptor stays valid even if the file is replaced."""
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """How a read found its blob (or failed to): the facts the metrics layer reports as the original's events.
+
+    source: "hot" (a blob this worker holds in memory), "cache" (a remembered
+    location held it), "probe" (a full look-up, after any cached location
+    missed). probes: directories probed by that look-up; seconds: its time.
+    """
+
+    source: str
+    probes: int = 0
+    seconds: float = 0.0
+
+
+HOT = Lookup("hot")
+CACHED = Lookup("cache")
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    """What is known of a stored blob, without its bytes."""
 
     digest: Digest
-    fd: int
     size: int
     mtime: float
-    location: str  # the full path (or URI) it was read from
-    storage: str  # the storage it came from, for metrics
-    data: bytes | None = None  # the whole content when read ahead; the descriptor is then closed
-    meta: BlobMeta = field(default_factory=BlobMeta)
+    meta: BlobMeta
+    tier: str  # the backend that holds it: "local" (S3 next)
+    location: str  # where exactly: a file's path, a bucket key
+    storage: str  # the storage holding it, as `at` names it (a storage directory)
+    lookup: Lookup = CACHED
+    # Found with nothing waiting for a disk (the kernel's caches answered): a local blob that
+    # may be kept hot, since checking it again cannot wait either.
+    from_caches: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Missing:
+    """No such blob; how hard it was looked for."""
+
+    lookup: Lookup
+
+
+@dataclass(slots=True)
+class FileRegion:
+    """Bytes offset..offset+length of an open local file: the kernel can send them (sendfile).
+
+    data: those bytes, when they were read ahead (a small blob); the
+    descriptor may then already be closed (fd -1).
+    """
+
+    fd: int
+    offset: int
+    length: int
+    data: bytes | None = None
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -55,31 +112,182 @@ class OpenBlob:
             self.fd = -1
 
 
+Body = FileRegion | AsyncIterator[bytes]
+
+# The span of a read that wants what is known of a blob and none of its bytes (a HEAD): open()
+# rather than head(), so that the answer is counted as delivered as a GET's is.
+NO_BYTES = (0, 0)
+
+
+@dataclass(slots=True)
+class OpenBlob:
+    """A blob opened for reading: what is known of it, and the requested bytes.
+
+    close() releases the body (a descriptor, a connection) whatever happened;
+    delivered() is for whoever sends the body to call once it went out whole
+    (the metrics layer reports the original's success events there).
+    """
+
+    info: BlobInfo
+    body: Body
+    on_delivered: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        body = self.body
+        if isinstance(body, FileRegion):
+            body.close()
+
+    def delivered(self) -> None:
+        for callback in self.on_delivered:
+            callback()
+
+    def narrow(self, offset: int, length: int) -> None:
+        """Keep only bytes offset..offset+length of what was opened (a Range decided after the open).
+
+        A local file region narrows in place; a stream body must be made lazily
+        (its request sent when first read) to support this.
+        """
+        body = self.body
+        if not isinstance(body, FileRegion):
+            raise NotImplementedError("only a file region can be narrowed")
+        if body.data is not None:
+            body.data = body.data[offset - body.offset : offset - body.offset + length]
+        body.offset, body.length = offset, length
+
+
 @dataclass(frozen=True, slots=True)
-class PutResult:
-    created: bool  # False: the blob was already complete and the body was not read
-    locations: list[str] = field(default_factory=list)
+class Stored:
+    """The outcome of a write: the blob's digest and every place it is now (created: written by this write)."""
+
+    digest: Digest
+    created: bool
+    locations: tuple[str, ...]
+    storage: str | None = None  # one storage holding it now, as `at` names it (for a location cache)
+
+
+class Upload(Protocol):
+    """A staged write: chunks in, then commit (verified, made visible) or abort (nothing kept)."""
+
+    async def write(self, chunk: bytes) -> None: ...
+
+    async def commit(self) -> Stored:
+        """Verify and make the blob visible; DigestMismatch when it is not the expected one."""
+
+    async def abort(self) -> None:
+        """Forget everything written so far; safe to call after commit (does nothing then)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StorageState:
+    """One storage directory (or bucket) and what is wrong with it, if anything."""
+
+    path: str
+    pair: int | None
+    writable: bool
+    problems: tuple[str, ...]
+    free_bytes: int | None
+    total_bytes: int | None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceState:
+    """A service a layer depends on (a memcached server): unreachable makes the node degraded, not failing."""
+
+    kind: str
+    name: str
+    reachable: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    storages: tuple[StorageState, ...] = ()
+    services: tuple[ServiceState, ...] = ()
 
 
 class BlobStore(Protocol):
-    """One small interface for every backend (local mirrored pairs, S3, a tier of both)."""
+    """One interface for every backend (local mirrored pairs, S3, a tier of both) and every layer around one."""
 
-    async def open(self, digest: Digest) -> OpenBlob | None:
-        """The blob opened for reading, or None when this backend does not have it."""
+    async def head(self, digest: Digest, at: str | None = None) -> BlobInfo | Missing:
+        """What is known of the blob; at: look only in that storage (a remembered location)."""
 
-    async def put(
-        self,
-        digest: Digest,
-        body: AsyncIterator[bytes],
-        length: int | None,
-        meta: BlobMeta = BlobMeta(),
-        body_on_its_way: bool = False,
-    ) -> PutResult:
-        """Store the body under digest, verifying it; the body is consumed only if needed.
+    async def open(self, digest: Digest, span: tuple[int, int] | None = None, at: str | None = None) -> OpenBlob | Missing:
+        """The blob's bytes: all of them, or span = (offset, length), which must lie within the blob."""
 
-        body_on_its_way: the client is sending the body whatever the answer
-        (no Expect: 100-continue), so reading a small one early wastes nothing.
+    async def begin(self, expected: Digest | None, length: int | None, meta: BlobMeta = NO_META) -> Upload | Stored:
+        """Start a write; a Stored at once when the expected blob is already complete (nothing to send).
+
+        expected None: the digest is known only at commit (the upload is
+        stored under what it hashes to). Raises TooLarge or NoSpace before any
+        byte is taken when length already tells.
         """
+
+    async def put(self, expected: Digest, data: bytes, meta: BlobMeta = NO_META) -> Stored:
+        """A whole body already in memory, stored in one step (a small upload)."""
 
     async def contains(self, digests: list[Digest]) -> list[bool]:
         """Whether each blob is stored, in one round trip."""
+
+    def iter_digests(self) -> AsyncIterator[Digest]:
+        """Every stored blob once, in lexical order of the hex digest."""
+
+    async def health(self) -> Health: ...
+
+    async def start(self) -> None:
+        """Start background work (sweeps, expiry); once, on the serving event loop."""
+
+    async def close(self) -> None: ...
+
+
+class Layer:
+    """A BlobStore around another (caching, metrics): everything it does not override is passed through."""
+
+    def __init__(self, inner: BlobStore) -> None:
+        self.inner = inner
+
+    async def head(self, digest: Digest, at: str | None = None) -> BlobInfo | Missing:
+        return await self.inner.head(digest, at)
+
+    async def open(self, digest: Digest, span: tuple[int, int] | None = None, at: str | None = None) -> OpenBlob | Missing:
+        return await self.inner.open(digest, span, at)
+
+    async def begin(self, expected: Digest | None, length: int | None, meta: BlobMeta = NO_META) -> Upload | Stored:
+        return await self.inner.begin(expected, length, meta)
+
+    async def put(self, expected: Digest, data: bytes, meta: BlobMeta = NO_META) -> Stored:
+        return await self.inner.put(expected, data, meta)
+
+    async def contains(self, digests: list[Digest]) -> list[bool]:
+        return await self.inner.contains(digests)
+
+    def iter_digests(self) -> AsyncIterator[Digest]:
+        return self.inner.iter_digests()
+
+    async def health(self) -> Health:
+        return await self.inner.health()
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class UploadLayer:
+    """An Upload around another: everything it does not override is passed through."""
+
+    def __init__(self, inner: Upload) -> None:
+        self.inner = inner
+
+    async def write(self, chunk: bytes) -> None:
+        await self.inner.write(chunk)
+
+    async def commit(self) -> Stored:
+        return await self.inner.commit()
+
+    async def abort(self) -> None:
+        await self.inner.abort()

@@ -1,9 +1,13 @@
-"""The local mirrored store: blobs on both directories of a storage pair.
+"""The local backend: blobs on both directories of a mirrored storage pair, in the original's layout.
 
 Writes stream: the body is hashed while it is written to a temporary file on
 each target mirror, flushed to disk, verified, and only then renamed into
 place, so no reader ever sees a partial or unverified blob. Blocking file
-system calls run in worker threads; the event loop only moves bytes.
+system calls run in worker threads, or on the event loop only when the
+kernel's caches can answer them without waiting (stor.store.fileaccess).
+
+Caching of locations and of hot blobs, and metrics, are layers around this
+backend (stor.store.located, stor.store.hot, stor.store.metered).
 """
 
 from __future__ import annotations
@@ -15,40 +19,43 @@ import hashlib
 import logging
 import os
 import random
+import re
 import stat
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from stor.aio import in_thread
-from stor.cache import LocationCache, NoLocationCache
-from stor.config import Settings
-from stor.digest import Digest
-from stor.lru import LRU
-from stor.metrics import Metrics
+from stor.config import StorageSettings, UploadSettings
+from stor.digest import Digest, InvalidDigest
 from stor.store import tempfiles
-from stor.store.hot import HotBlobs
-from stor.store.fileaccess import BLOCKING, CACHED_ONLY, FileAccess, WouldBlock
-from stor.store.metadata import BlobMeta, meta_relative_path, read_meta
-from stor.store.base import DigestMismatch, NoSpace, OpenBlob, PutResult, StoreError, TooLarge
-from stor.store.pairs import (
-    StoragePair,
-    available_bytes,
-    choose_pair,
-    make_pairs,
-    metric_name,
-    pair_free_bytes,
-    probe_order,
+from stor.store.base import (
+    BlobInfo,
+    DigestMismatch,
+    FileRegion,
+    Health,
+    Lookup,
+    Missing,
+    NoSpace,
+    OpenBlob,
+    StorageState,
+    Stored,
+    StoreError,
+    TooLarge,
 )
+from stor.store.fileaccess import BLOCKING, CACHED_ONLY, FileAccess, WouldBlock
+from stor.store.metadata import NO_META, BlobMeta, meta_relative_path, read_meta
+from stor.store.pairs import StoragePair, choose_pair, make_pairs, pair_free_bytes, probe_order
 
 log = logging.getLogger("stor.store")
 
 T = TypeVar("T")
+
+TIER = "local"
 
 # Bytes handed to a worker thread at a time: large enough that the thread hop
 # is cheap per byte, small enough that two in flight keep memory flat.
@@ -57,11 +64,8 @@ WRITE_CHUNK = 1 << 20
 # file's mtime fresh so the sweep on other nodes never takes it for stale.
 MAX_BUFFER_SECONDS = 10.0
 
-# Blobs up to this size are read whole while opening: one thread hop per small GET.
+# Reads of up to this many bytes are read whole while opening: one thread hop per small GET.
 PREFETCH_BYTES = 256 * 1024
-
-# Uploads up to this size, sent without waiting for 100 Continue, are read whole before the disks are consulted.
-SMALL_UPLOAD_BYTES = WRITE_CHUNK
 
 # Chunks at least this large are written to the mirrors in parallel with hashing.
 PARALLEL_WRITE_BYTES = 256 * 1024
@@ -69,140 +73,88 @@ _MIRROR_WRITERS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="stor-mi
 
 _NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
-@dataclass(frozen=True, slots=True)
-class StorageState:
-    directory: Path
-    pair: int
-    writable: bool
-    problems: tuple[str, ...]
-    free_bytes: int | None
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-@dataclass(frozen=True, slots=True)
-class _Seen:
-    """A blob as a read found it: the directory, the file's inode, and its sidecar's metadata."""
-
-    directory: Path
-    inode: int
-    meta: BlobMeta
+_HEX2 = re.compile(r"[0-9A-F]{2}")
+_BLOB_NAME = re.compile(r"([0-9A-F]{64})\.dat")
 
 
 class LocalStore:
+    """The BlobStore of the mirrored local pairs (stor.store.base)."""
+
     def __init__(
         self,
-        settings: Settings,
-        cache: LocationCache | None = None,
-        metrics: Metrics | None = None,
+        storage_pairs: Sequence[tuple[Path, Path]],
+        writable_regex: re.Pattern[str],
+        storage: StorageSettings,
+        uploads: UploadSettings,
+        sweep_period: float,
         rng: random.Random | None = None,
     ) -> None:
-        self.settings = settings
-        self.pairs = make_pairs(settings.storage_pairs, settings.writable_pairs_regex)
-        self.cache = cache or NoLocationCache()
-        self.metrics = metrics or Metrics()
+        self.pairs = make_pairs(storage_pairs, writable_regex)
+        self.storage = storage
+        self.uploads = uploads
+        self.sweep_period = sweep_period
         self.rng = rng or random.Random()
-        self._pair_of = {d: pair for pair in self.pairs for d in pair.dirs}
-        self._metric_names = {d: metric_name(d) for d in self._pair_of}
-        self._dir_named = {str(d): d for d in self._pair_of}
+        self.dirs = tuple(d for pair in self.pairs for d in pair.dirs)
+        self._dir_named = {str(d): d for d in self.dirs}
         self._locks = _KeyedLock()
-        # Where this worker last read each blob, and its sidecar: a hit costs one open, with no cache round trip.
-        self._seen: LRU[str, _Seen] = LRU(settings.local_cache_size)
-        # statsd only: the clock is not read otherwise.
-        self._cache_time_wanted = self.metrics.wanted("timing", "cache.time")
-        self._lookup_time_wanted = self.metrics.wanted("timing", "lookup.time")
-        self._hot = HotBlobs(
-            settings.hot_blobs, settings.hot_blob_max_bytes, settings.hot_total_bytes, settings.hot_blob_seconds
-        )
+        self._sweeping: asyncio.Task[None] | None = None
 
     # ---- reads -------------------------------------------------------------
 
-    async def open(self, digest: Digest, prefetch: bool = False) -> OpenBlob | None:
-        """The blob opened for reading; with prefetch, a small blob's bytes are read in the same step.
+    async def head(self, digest: Digest, at: str | None = None) -> BlobInfo | Missing:
+        found = await self._look(digest, None, at, reading=False)
+        return found if isinstance(found, Missing) else found[0]
+
+    async def open(
+        self, digest: Digest, span: tuple[int, int] | None = None, at: str | None = None
+    ) -> OpenBlob | Missing:
+        found = await self._look(digest, span, at, reading=True)
+        if isinstance(found, Missing):
+            return found
+        info, region = found
+        assert region is not None
+        return OpenBlob(info, region)
+
+    async def _look(
+        self, digest: Digest, span: tuple[int, int] | None, at: str | None, reading: bool
+    ) -> tuple[BlobInfo, FileRegion | None] | Missing:
+        """The blob in one storage (at), or found by probing them all in the original's order.
 
         Each step is first tried on the event loop with CACHED_ONLY file
-        access, which answers only what the kernel's caches hold, and is run in
-        a worker thread only when that would have to wait for the disk.
+        access, and run in a worker thread only when that would wait for the disk.
         """
+        if at is not None:
+            # Only a configured storage is trusted: a remembered location may come from a shared cache.
+            directory = self._dir_named.get(at)
+            if directory is None:
+                return _NOT_THERE
+            found = await _without_waiting(self._look_in_quietly, directory, digest, span, reading)
+            return _NOT_THERE if found is None else found
         started = time.perf_counter()
-        # What this worker read lately answers first, as a location cache hit (the original's metrics).
-        hot = self._hot.get(digest)
-        if hot is not None:
-            self._cache_hit(started)
-            return hot
-        seen = self._seen.get(digest.hex)
-        if seen is not None:
-            found, from_caches = await _without_waiting(self._open_cached, seen.directory, digest, prefetch, seen)
-            if found is not None:
-                self._cache_hit(started)
-                return self._opened(digest, found, from_caches)
-            self._seen.drop(digest.hex)
-
-        cached = await self.cache.get(digest)
-        if self._cache_time_wanted:
-            self.metrics.timing("cache.time", (time.perf_counter() - started) * 1000)
-        if cached is not None:
-            # Only a configured storage is trusted: the cache is shared and is not a source of paths.
-            directory = self._dir_named.get(cached)
-            found, from_caches = None, False
-            if directory is not None:
-                found, from_caches = await _without_waiting(self._open_cached, directory, digest, prefetch, None)
-            if found is not None:
-                self.metrics.incr("cache.hit")
-                return self._opened(digest, found, from_caches)
-            await self.cache.delete(digest)
-        self.metrics.incr("cache.miss")
-
-        started = time.perf_counter()
-        (found, probes), from_caches = await _without_waiting(self._find, digest, prefetch)
-        if self._lookup_time_wanted:
-            self.metrics.timing("lookup.time", (time.perf_counter() - started) * 1000)
-        self.metrics.incr(f"lookup.attempt.{probes}.count")
+        found, probes = await _without_waiting(self._probe, digest, span, reading)
         if found is None:
-            return None
-        await self.cache.set(digest, str(found[1].directory))
-        return self._opened(digest, found, from_caches)
+            return Missing(Lookup("probe", probes, time.perf_counter() - started))
+        info, region = found
+        lookup = Lookup("probe", probes, time.perf_counter() - started)
+        return _with_lookup(info, lookup), region
 
-    def _cache_hit(self, started: float) -> None:
-        if self._cache_time_wanted:
-            self.metrics.timing("cache.time", (time.perf_counter() - started) * 1000)
-        self.metrics.incr("cache.hit")
-
-    def _opened(self, digest: Digest, found: tuple[OpenBlob, _Seen], from_caches: bool) -> OpenBlob:
-        """A blob just opened: where and how it was found is remembered, and it is kept hot if it can be."""
-        blob, seen = found
-        self._seen.put(digest.hex, seen)
-        if from_caches:
-            self._hot.admit(blob)
-        return blob
-
-    async def expire_forever(self) -> None:
-        """Close hot blobs' descriptors as they expire (a background task for the service's lifetime)."""
-        await self._hot.expire_forever()
-
-    def close(self) -> None:
-        """Release the descriptors held for hot blobs."""
-        self._hot.clear()
-
-    def _open_cached(
-        self, directory: Path, digest: Digest, prefetch: bool, seen: _Seen | None, files: FileAccess
-    ) -> tuple[OpenBlob, _Seen] | None:
+    def _look_in_quietly(
+        self, directory: Path, digest: Digest, span: tuple[int, int] | None, reading: bool, files: FileAccess
+    ) -> tuple[BlobInfo, FileRegion | None] | None:
         try:
-            return self._open_in(directory, digest, prefetch, files, seen)
+            return self._look_in(directory, digest, span, reading, files)
         except OSError:
-            return None  # the full lookup that follows reports the fault, or finds the other mirror
+            return None  # the full look-up that follows reports the fault, or finds the other mirror
 
-    def _find(
-        self, digest: Digest, prefetch: bool, files: FileAccess
-    ) -> tuple[tuple[OpenBlob, _Seen] | None, int]:
+    def _probe(
+        self, digest: Digest, span: tuple[int, int] | None, reading: bool, files: FileAccess
+    ) -> tuple[tuple[BlobInfo, FileRegion | None] | None, int]:
         probes = 0
         faults: list[str] = []
         for directory in probe_order(self.pairs, self.rng):
             probes += 1
             try:
-                found = self._open_in(directory, digest, prefetch, files)
+                found = self._look_in(directory, digest, span, reading, files)
             except OSError as e:
                 # A failing disk must not hide the other mirror's copy, nor pass for "not found".
                 log.error("cannot read %s: %s", directory / digest.relative_path, e)
@@ -214,20 +166,10 @@ class LocalStore:
             raise StoreError(f"{digest} not readable: {'; '.join(faults)}")
         return None, probes
 
-    def _open_in(
-        self,
-        directory: Path,
-        digest: Digest,
-        prefetch: bool = False,
-        files: FileAccess = BLOCKING,
-        seen: _Seen | None = None,
-    ) -> tuple[OpenBlob, _Seen] | None:
-        """The blob opened in one storage directory; None if it is not there, OSError on a fault.
-
-        seen is what an earlier read found there: if the file is still that
-        same inode, its sidecar (written before the blob became visible, and
-        never changed after) need not be read again.
-        """
+    def _look_in(
+        self, directory: Path, digest: Digest, span: tuple[int, int] | None, reading: bool, files: FileAccess
+    ) -> tuple[BlobInfo, FileRegion | None] | None:
+        """The blob in one storage directory (opened when reading); None if it is not there, OSError on a fault."""
         path = f"{directory}/{digest.relative_path}"
         fd = files.open(path)
         if fd is None:
@@ -236,122 +178,164 @@ class LocalStore:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise OSError(errno.EISDIR, "not a regular file", path)
-            if seen is None or seen.inode != st.st_ino:
-                seen = _Seen(directory, st.st_ino, read_meta(f"{directory}/{meta_relative_path(digest)}", files))
-            blob = OpenBlob(digest, fd, st.st_size, st.st_mtime, path, self._metric_names[directory], meta=seen.meta)
-            if prefetch and st.st_size <= PREFETCH_BYTES:
-                blob.data = files.pread(fd, st.st_size, 0)
-            elif not files.waits and st.st_size <= self._hot.takes_up_to:
-                # A HEAD: the bytes are read too if the page cache holds them, so that the
-                # blob can be kept hot; never from the disk, which a HEAD does not need.
-                with contextlib.suppress(WouldBlock):
-                    blob.data = files.pread(fd, st.st_size, 0)
+            meta = read_meta(f"{directory}/{meta_relative_path(digest)}", files)
+            info = BlobInfo(
+                digest, st.st_size, st.st_mtime, meta, TIER, path, str(directory), from_caches=not files.waits
+            )
+            if not reading:
+                os.close(fd)
+                return info, None
+            offset, length = span if span is not None else (0, st.st_size)
+            region = FileRegion(fd, offset, length)
+            if length <= PREFETCH_BYTES:
+                region.data = files.pread(fd, length, offset)
         except BaseException:
             os.close(fd)
             raise
-        return blob, seen
+        return info, region
 
-    # ---- health ------------------------------------------------------------
+    async def contains(self, digests: list[Digest]) -> list[bool]:
+        return await in_thread(self._contains, digests)
 
-    def storage_states(self) -> list[StorageState]:
+    def _contains(self, digests: list[Digest]) -> list[bool]:
+        return [any(os.path.isfile(d / digest.relative_path) for d in self.dirs) for digest in digests]
+
+    async def iter_digests(self) -> AsyncIterator[Digest]:
+        """Every blob once, in lexical order, merged over all storages (one directory listing per thread hop)."""
+        for first in await in_thread(self._subdirs, ()):
+            for second in await in_thread(self._subdirs, (first,)):
+                for third in await in_thread(self._subdirs, (first, second)):
+                    for digest in await in_thread(self._blobs_in, (first, second, third)):
+                        yield digest
+
+    def _subdirs(self, parents: tuple[str, ...]) -> list[str]:
+        names: set[str] = set()
+        for root in self.dirs:
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                names.update(n for n in os.listdir(os.path.join(root, *parents)) if _HEX2.fullmatch(n))
+        return sorted(names)
+
+    def _blobs_in(self, parents: tuple[str, ...]) -> list[Digest]:
+        prefix = "".join(parents)
+        shas: set[str] = set()
+        for root in self.dirs:
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                for name in os.listdir(os.path.join(root, *parents)):
+                    match = _BLOB_NAME.fullmatch(name)
+                    if match is not None and match.group(1).startswith(prefix):
+                        shas.add(match.group(1))
+        digests = []
+        for sha in sorted(shas):
+            with contextlib.suppress(InvalidDigest):
+                digests.append(Digest.parse(sha))
+        return digests
+
+    # ---- health and lifetime -----------------------------------------------
+
+    async def health(self) -> Health:
+        return Health(storages=tuple(await in_thread(self._storage_states)))
+
+    def _storage_states(self) -> list[StorageState]:
         """Every storage directory and what is wrong with it, if anything (blocking)."""
         states = []
         for pair in self.pairs:
             for d in pair.dirs:
                 problems: list[str] = []
                 free: int | None = None
+                total: int | None = None
                 if not d.is_dir():
                     problems.append(f"Storage {d} isn't a directory")
                 else:
-                    if self.settings.require_mount_points and _mount_point(d) == Path("/"):
+                    if self.storage.require_mount_points and _mount_point(d) == Path("/"):
                         problems.append(f"Storage {d} is not mounted")
                     try:
-                        free = available_bytes(d)
+                        st = os.statvfs(d)
+                        free, total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
                     except OSError as e:
                         problems.append(f"Storage {d} cannot be read: {e.strerror}")
-                states.append(StorageState(d, pair.index, pair.writable, tuple(problems), free))
+                states.append(StorageState(str(d), pair.index, pair.writable, tuple(problems), free, total))
         return states
+
+    async def start(self) -> None:
+        self._sweeping = asyncio.create_task(self._sweep_forever())
+
+    async def close(self) -> None:
+        if self._sweeping is not None:
+            self._sweeping.cancel()
+            self._sweeping = None
+
+    async def _sweep_forever(self) -> None:
+        """Remove temporary files left by crashed uploads: now, then every sweep period."""
+        while True:
+            try:
+                removed = await in_thread(tempfiles.sweep, self.dirs, self.uploads.tempfile_max_age)
+                if removed:
+                    log.info("swept %d stale upload temporary files", removed)
+            except Exception:
+                log.exception("temporary file sweep failed")
+            await asyncio.sleep(self.sweep_period)
 
     # ---- writes ------------------------------------------------------------
 
-    async def contains(self, digests: list[Digest]) -> list[bool]:
-        return await in_thread(self._contains, digests)
+    async def begin(self, expected: Digest | None, length: int | None, meta: BlobMeta = NO_META) -> LocalUpload | Stored:
+        # One upload per digest at a time in this process: a second one waits and then finds
+        # the blob complete without reading its body. (An upload whose digest is known only at
+        # the end, or one on another worker or node, is not serialised: whichever renames
+        # last replaces an identical file. A tus upload resumed through another worker will
+        # need a lock all workers see, a flock on a file under the storage, for its own state.)
+        release = await self._locks.acquire(expected.hex) if expected is not None else _nothing
+        try:
+            if expected is not None:
+                stored = self._stored_per_caches(expected)
+                if stored is not None:
+                    release()
+                    return stored
+            plan = await in_thread(self._plan_write, expected, length, meta)
+        except BaseException:
+            release()
+            raise
+        if isinstance(plan, Stored):
+            release()
+            return plan
+        return LocalUpload(self, expected, plan, release)
 
-    def _contains(self, digests: list[Digest]) -> list[bool]:
-        dirs = self.settings.storage_dirs
-        return [any(os.path.isfile(d / digest.relative_path) for d in dirs) for digest in digests]
+    async def put(self, expected: Digest, data: bytes, meta: BlobMeta = NO_META) -> Stored:
+        """A small body already in memory: the disks consulted, both mirrors written and flushed, in one thread hop.
 
-    async def put(
-        self,
-        digest: Digest,
-        body: AsyncIterator[bytes],
-        length: int | None,
-        meta: BlobMeta = BlobMeta(),
-        body_on_its_way: bool = False,
-    ) -> PutResult:
-        """Store the body under digest, verified; the body is consumed only if needed.
-
-        body_on_its_way: the client sends the body without waiting for an
-        answer (no Expect: 100-continue). A small body of known length is then
-        read first and the whole upload (the disks consulted, both mirrors
-        written and flushed) is one hop to a thread instead of two: each hop
-        costs about as much CPU as the Python work of the upload. A duplicate
-        then has its few bytes read, which also keeps the connection usable.
+        Each hop costs about as much CPU as the Python work of a small upload.
         A blob already complete is answered with no hop at all when the
         kernel's caches hold its directory entries.
         """
-        # One upload per digest at a time in this process: a second one waits
-        # and then finds the blob complete without reading its body.
-        async with self._locks.hold(digest.hex):
-            limit = self.settings.max_blob_bytes
-            data: bytearray | None = None
-            if body_on_its_way and length is not None and length <= min(SMALL_UPLOAD_BYTES, limit or length):
-                data = bytearray()
-                async for chunk in body:
-                    data += chunk
-            stored = self._stored_per_caches(digest)
+        release = await self._locks.acquire(expected.hex)
+        try:
+            stored = self._stored_per_caches(expected)
             if stored is not None:
                 return stored
-            if data is not None:
-                outcome = await in_thread(self._put_whole, digest, bytes(data), meta)
-                if isinstance(outcome, PutResult):
-                    return outcome
-                pair = outcome
-            else:
-                plan = await in_thread(self._plan_write, digest, length)
-                if isinstance(plan, PutResult):
-                    return plan
-                pair, targets = plan
-                await self._write(digest, body, targets, meta)
-            await self.cache.set(digest, str(pair.dirs[0]))
-            return PutResult(created=True, locations=[f"{d}/{digest.relative_path}" for d in pair.dirs])
+            return await in_thread(self._put_whole, expected, data, meta)
+        finally:
+            release()
 
-    def _put_whole(self, digest: Digest, data: bytes, meta: BlobMeta) -> PutResult | StoragePair:
-        """put() of a body already in memory, from planning to the last flush (blocking).
-
-        The PutResult of a blob already stored, else the pair now holding it.
-        """
-        plan = self._plan_write(digest, len(data))
-        if isinstance(plan, PutResult):
+    def _put_whole(self, expected: Digest, data: bytes, meta: BlobMeta) -> Stored:
+        plan = self._plan_write(expected, len(data), meta)
+        if isinstance(plan, Stored):
             return plan
-        pair, targets = plan
-        writer = _MirrorWriter(digest, targets, meta)
+        writer = _MirrorWriter(plan.targets, plan.meta)
         try:
-            writer.commit(data)
+            writer.absorb(data)
+            return self._commit_blocking(writer, expected, plan)
         except BaseException as e:
             writer.abort()
             if isinstance(e, OSError):
-                raise _storage_error(e, digest, targets) from e
+                raise _storage_error(e, expected, plan.targets) from e
             raise
-        return pair
 
     def _presence(self, digest: Digest, files: FileAccess) -> list[tuple[StoragePair, list[bool]]]:
         """Each pair, and which of its mirrors hold the blob."""
         rel = digest.relative_path
         return [(pair, [files.is_file(f"{d}/{rel}") for d in pair.dirs]) for pair in self.pairs]
 
-    def _stored_per_caches(self, digest: Digest) -> PutResult | None:
-        """The PutResult of a blob already complete on a pair, when the kernel's caches can tell at once.
+    def _stored_per_caches(self, digest: Digest) -> Stored | None:
+        """The Stored of a blob already complete on a pair, when the kernel's caches can tell at once.
 
         A duplicate upload (a pipeline pushing a batch again) is then answered
         without the hop to a thread, which costs more than the check. None
@@ -362,84 +346,165 @@ class LocalStore:
         except WouldBlock:
             return None
 
-    def _plan_write(self, digest: Digest, length: int | None) -> PutResult | tuple[StoragePair, list[Path]]:
+    def _plan_write(self, expected: Digest | None, length: int | None, meta: BlobMeta) -> Stored | _Plan:
         """What an upload must do, decided in one pass over the disks (blocking).
 
-        A PutResult when the blob is already complete on some pair; otherwise
-        the pair and the mirrors to write. Raises TooLarge or NoSpace before
-        any body byte is read.
+        A Stored when the expected blob is already complete on some pair;
+        otherwise the pair, the mirrors to write and the metadata to write
+        with it. Raises TooLarge or NoSpace before any body byte is read.
         """
-        presence = self._presence(digest, BLOCKING)
-        stored = _stored(presence, digest)
+        presence = self._presence(expected, BLOCKING) if expected is not None else []
+        stored = _stored(presence, expected) if expected is not None else None
         if stored is not None:
             return stored
-        limit = self.settings.max_blob_bytes
+        limit = self.uploads.max_blob_bytes
         if limit is not None and length is not None and length > limit:
             raise TooLarge(limit)
         for pair, have in presence:
             if any(have) and pair.writable:
-                # Present on one mirror only: complete the pair from the verified upload.
-                log.warning("blob %s is on one mirror only of pair %d; completing it", digest, pair.index)
-                return pair, [d for d, h in zip(pair.dirs, have) if not h]
+                # Present on one mirror only: complete the pair from the verified upload, with the
+                # metadata the existing copy has (else the mirrors would disagree, and reads flap).
+                assert expected is not None
+                log.warning("blob %s is on one mirror only of pair %d; completing it", expected, pair.index)
+                existing = next(d for d, h in zip(pair.dirs, have) if h)
+                kept = read_meta(f"{existing}/{meta_relative_path(expected)}", BLOCKING)
+                return _Plan(pair, [d for d, h in zip(pair.dirs, have) if not h], kept)
         free = [pair_free_bytes(pair, length or 0) for pair in self.pairs]
-        index = choose_pair(free, self.settings.balance_threshold_bytes, self.rng)
+        index = choose_pair(free, self.storage.balance_threshold_bytes, self.rng)
         if index is None:
             raise NoSpace("Not enough space on storages")
-        return self.pairs[index], list(self.pairs[index].dirs)
+        pair = self.pairs[index]
+        return _Plan(pair, list(pair.dirs), meta)
 
-    async def _write(
-        self, digest: Digest, body: AsyncIterator[bytes], targets: Sequence[Path], meta: BlobMeta
-    ) -> None:
-        limit = self.settings.max_blob_bytes
-        loop = asyncio.get_running_loop()
-        writer = _MirrorWriter(digest, targets, meta)
-        pending: asyncio.Future[None] | None = None
-        try:
-            buf = bytearray()
-            received = 0
-            last_handoff = loop.time()
-            async for chunk in body:
-                received += len(chunk)
-                if limit is not None and received > limit:
-                    raise TooLarge(limit)
-                buf += chunk
-                if len(buf) >= WRITE_CHUNK or (buf and loop.time() - last_handoff > MAX_BUFFER_SECONDS):
-                    # One chunk in the thread while the next one arrives: bounded memory, overlapped work.
-                    if pending is not None:
-                        await pending
-                    pending = in_thread(writer.absorb, bytes(buf))
-                    buf.clear()
-                    last_handoff = loop.time()
-            if pending is not None:
+    def _commit_blocking(self, writer: _MirrorWriter, expected: Digest | None, plan: _Plan) -> Stored:
+        """Verify what the writer took and rename it into place (blocking); the caller aborts on failure."""
+        actual = writer.finish()
+        if expected is not None and actual != expected.hex:
+            raise DigestMismatch(expected, actual)
+        digest = expected if expected is not None else Digest.parse(actual)
+        if expected is None:
+            # Known only now: a blob already complete is not written twice.
+            stored = _stored(self._presence(digest, BLOCKING), digest)
+            if stored is not None:
+                writer.abort()
+                return stored
+        writer.publish(digest)
+        rel = digest.relative_path
+        return Stored(digest, True, tuple(f"{d}/{rel}" for d in plan.pair.dirs), str(plan.pair.dirs[0]))
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    pair: StoragePair
+    targets: list[Path]
+    meta: BlobMeta
+
+
+class LocalUpload:
+    """A staged write to the mirrors of one pair (stor.store.base.Upload).
+
+    Chunks are buffered up to WRITE_CHUNK and handed to a worker thread, one
+    in the thread while the next arrives: bounded memory, overlapped work.
+    """
+
+    def __init__(self, store: LocalStore, expected: Digest | None, plan: _Plan, release: Callable[[], None]) -> None:
+        self.store = store
+        self.expected = expected
+        self.plan = plan
+        self.release = release
+        self.writer = _MirrorWriter(plan.targets, plan.meta)
+        self.limit = store.uploads.max_blob_bytes
+        self.buffer = bytearray()
+        self.received = 0
+        self.pending: asyncio.Future[None] | None = None
+        self.last_handoff = time.monotonic()
+        self.finished = False
+
+    async def write(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        if self.limit is not None and self.received > self.limit:
+            raise TooLarge(self.limit)
+        buf = self.buffer
+        buf += chunk
+        if len(buf) >= WRITE_CHUNK or (buf and time.monotonic() - self.last_handoff > MAX_BUFFER_SECONDS):
+            if self.pending is not None:
+                await self._settle()
+            self.pending = in_thread(self.writer.absorb, bytes(buf))
+            buf.clear()
+            self.last_handoff = time.monotonic()
+
+    async def _settle(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            try:
                 await pending
-                pending = None
-            await in_thread(writer.commit, bytes(buf))
-        except BaseException as e:
-            if pending is not None:
-                # Its outcome no longer matters; retrieving it keeps asyncio from warning.
-                pending.add_done_callback(lambda f: f.cancelled() or f.exception())
-            # The writer serialises its calls, so the abort runs after any chunk
-            # still in a thread; it runs to the end even if this task is cancelled.
-            with contextlib.suppress(asyncio.CancelledError):
-                await in_thread(writer.abort)
-            if isinstance(e, OSError):
-                raise _storage_error(e, digest, targets) from e
+            except OSError as e:
+                raise _storage_error(e, self.expected, self.plan.targets) from e
+
+    async def commit(self) -> Stored:
+        try:
+            await self._settle()
+            tail = bytes(self.buffer)
+            self.buffer.clear()
+            try:
+                return await in_thread(self._absorb_and_commit, tail)
+            except OSError as e:
+                raise _storage_error(e, self.expected, self.plan.targets) from e
+        except BaseException:
+            await self.abort()
             raise
+        finally:
+            self._finish()
+
+    def _absorb_and_commit(self, tail: bytes) -> Stored:
+        self.writer.absorb(tail)
+        return self.store._commit_blocking(self.writer, self.expected, self.plan)
+
+    async def abort(self) -> None:
+        if self.pending is not None:
+            # Its outcome no longer matters; retrieving it keeps asyncio from warning.
+            self.pending.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self.pending = None
+        # The writer serialises its calls, so the abort runs after any chunk still in a
+        # thread; it runs to the end even if this task is cancelled.
+        with contextlib.suppress(asyncio.CancelledError):
+            await in_thread(self.writer.abort)
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self.release()
 
 
-def _stored(presence: list[tuple[StoragePair, list[bool]]], digest: Digest) -> PutResult | None:
-    """The answer to an upload of a blob complete on some pair (every copy found listed); None if on none."""
-    if not any(all(have) for _, have in presence):
+def _stored(presence: list[tuple[StoragePair, list[bool]]], digest: Digest) -> Stored | None:
+    """A blob complete on some pair (every copy found listed); None if on none."""
+    complete = next((pair for pair, have in presence if all(have)), None)
+    if complete is None:
         return None
     rel = digest.relative_path
-    found = [f"{d}/{rel}" for pair, have in presence for d, h in zip(pair.dirs, have) if h]
-    return PutResult(created=False, locations=found)
+    found = tuple(f"{d}/{rel}" for pair, have in presence for d, h in zip(pair.dirs, have) if h)
+    return Stored(digest, False, found, str(complete.dirs[0]))
 
 
-def _storage_error(e: OSError, digest: Digest, targets: Sequence[Path]) -> StoreError:
+def _storage_error(e: OSError, digest: Digest | None, targets: Sequence[Path]) -> StoreError:
+    what = digest or "an upload"
     if e.errno in _NO_SPACE_ERRNOS:
-        return NoSpace(f"disk full while writing {digest}: {e}")
-    return StoreError(f"writing {digest} to {', '.join(map(str, targets))}: {e}")
+        return NoSpace(f"disk full while writing {what}: {e}")
+    return StoreError(f"writing {what} to {', '.join(map(str, targets))}: {e}")
+
+
+def _nothing() -> None:
+    """Nothing to release."""
+
+
+_NOT_THERE = Missing(Lookup("cache"))
+
+
+def _with_lookup(info: BlobInfo, lookup: Lookup) -> BlobInfo:
+    return BlobInfo(
+        info.digest, info.size, info.mtime, info.meta, info.tier, info.location, info.storage, lookup, info.from_caches
+    )
 
 
 class _MirrorWriter:
@@ -449,8 +514,7 @@ class _MirrorWriter:
     races a write still running in another thread.
     """
 
-    def __init__(self, digest: Digest, targets: Sequence[Path], meta: BlobMeta) -> None:
-        self.digest = digest
+    def __init__(self, targets: Sequence[Path], meta: BlobMeta) -> None:
         self.targets = list(targets)
         self.meta = meta
         self.hasher = hashlib.sha256()
@@ -461,7 +525,7 @@ class _MirrorWriter:
     def _open_files(self) -> None:
         """Create the temporary files on first use, in the first thread call: no extra thread hop."""
         for root in self.targets[len(self.files) :]:
-            self.files.append(tempfiles.create_locked(root, self.digest))
+            self.files.append(tempfiles.create_locked(root))
 
     def absorb(self, data: bytes) -> None:
         with self.lock:
@@ -481,13 +545,16 @@ class _MirrorWriter:
                 for w in writes:
                     w.result()
 
-    def commit(self, tail: bytes) -> None:
-        self.absorb(tail)
+    def finish(self) -> str:
+        """The hex digest of everything absorbed."""
         with self.lock:
-            actual = self.hasher.hexdigest()
-            if actual != self.digest.hex:
-                raise DigestMismatch(self.digest, actual)
-            finals = [f"{root}/{self.digest.relative_path}" for root in self.targets]
+            self._open_files()  # an empty body still gets its files
+            return self.hasher.hexdigest()
+
+    def publish(self, digest: Digest) -> None:
+        """Flush the temporary files and rename them into place as digest's blob."""
+        with self.lock:
+            finals = [f"{root}/{digest.relative_path}" for root in self.targets]
             for fd, _ in self.files:
                 os.fsync(fd)
             # Everything that can fail for lack of room happens before the first rename,
@@ -498,7 +565,7 @@ class _MirrorWriter:
                 # The sidecar is in place before the blob is visible, so a reader never misses it.
                 # Its directory entry is flushed with the blob's, by the directory fsync below.
                 for root in self.targets:
-                    _write_file_durably(root, self.digest, root / meta_relative_path(self.digest), self.meta.to_json())
+                    _write_file_durably(root, root / meta_relative_path(digest), self.meta.to_json())
             renamed: list[tuple[str, int]] = []
             try:
                 for (fd, tmp), final in zip(self.files, finals):
@@ -537,9 +604,9 @@ def _mount_point(path: Path) -> Path:
     return path
 
 
-def _write_file_durably(root: Path, digest: Digest, final: Path, data: bytes) -> None:
+def _write_file_durably(root: Path, final: Path, data: bytes) -> None:
     """data under final, flushed; the caller flushes final's directory."""
-    fd, tmp = tempfiles.create_locked(root, digest)
+    fd, tmp = tempfiles.create_locked(root)
     try:
         _write_all(fd, data)
         os.fsync(fd)
@@ -590,12 +657,12 @@ def _fsync_dir(directory: str | Path) -> None:
         os.close(fd)
 
 
-async def _without_waiting(step: Callable[..., T], *args: Any) -> tuple[T, bool]:
-    """step(*args, files) on the loop if the kernel's caches can answer it, else in a thread; and which it was."""
+async def _without_waiting(step: Callable[..., T], *args: Any) -> T:
+    """step(*args, files) on the loop if the kernel's caches can answer it, else in a thread."""
     try:
-        return step(*args, CACHED_ONLY), True
+        return step(*args, CACHED_ONLY)
     except WouldBlock:
-        return await in_thread(step, *args, BLOCKING), False
+        return await in_thread(step, *args, BLOCKING)
 
 
 class _KeyedLock:
@@ -604,16 +671,25 @@ class _KeyedLock:
     def __init__(self) -> None:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
+    async def acquire(self, key: str) -> Callable[[], None]:
+        """Wait for the key's lock; the function that releases it (call it once)."""
         lock, users = self._locks.get(key, (asyncio.Lock(), 0))
         self._locks[key] = (lock, users + 1)
         try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+            await lock.acquire()
+        except BaseException:
+            self._leave(key)
+            raise
+
+        def release() -> None:
+            lock.release()
+            self._leave(key)
+
+        return release
+
+    def _leave(self, key: str) -> None:
+        lock, users = self._locks[key]
+        if users == 1:
+            del self._locks[key]
+        else:
+            self._locks[key] = (lock, users - 1)

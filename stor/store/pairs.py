@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-def metric_name(directory: Path) -> str:
+def metric_name(directory: Path | str) -> str:
     """The original's `<server>` metric segment: non-alphanumeric runs become '-', trimmed."""
     return re.sub(r"[^A-Za-z0-9]+", "-", str(directory)).strip("-")
 
@@ -23,9 +23,6 @@ class StoragePair:
     index: int
     dirs: tuple[Path, Path]
     writable: bool
-
-    def other(self, directory: Path) -> Path:
-        return self.dirs[1] if directory == self.dirs[0] else self.dirs[0]
 
 
 def make_pairs(storage_pairs: Sequence[tuple[Path, Path]], writable_regex: re.Pattern[str]) -> list[StoragePair]:

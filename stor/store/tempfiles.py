@@ -20,7 +20,6 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from stor.digest import Digest
 
 TEMP_DIR_NAME = ".stor-tmp"
 TEMP_SUFFIX = ".part"
@@ -32,14 +31,16 @@ def temp_dir(root: Path) -> str:
     return f"{root}/{TEMP_DIR_NAME}"
 
 
-def create_locked(root: Path, digest: Digest) -> tuple[int, str]:
-    """A new, exclusively locked temporary file for digest under root, and its path.
+def create_locked(root: Path) -> tuple[int, str]:
+    """A new, exclusively locked temporary file under root, and its path.
 
-    Plain strings rather than pathlib: this runs twice per upload, and two
-    pathlib joins cost more than the open itself.
+    Named at random, not after the blob: an upload whose digest is known only
+    at the end (tus, the S3 API) writes here too, and is renamed into the
+    layout at commit. Plain strings rather than pathlib: this runs twice per
+    upload, and two pathlib joins cost more than the open itself.
     """
     directory = temp_dir(root)
-    path = f"{directory}/{digest.upper}.{secrets.token_hex(16)}{TEMP_SUFFIX}"
+    path = f"{directory}/{secrets.token_hex(16)}{TEMP_SUFFIX}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     try:
         fd = os.open(path, flags, 0o644)

@@ -1,0 +1,76 @@
+"""A request as every handler sees it, whichever way it arrived (uvicorn's ASGI cycle, or stor's fast path)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from starlette.datastructures import Headers
+from starlette.types import Receive
+
+
+class ClientDisconnect(Exception):
+    """The client went away before its request body was whole."""
+
+
+class RequestBody(Protocol):
+    complete: bool  # read to its end
+    received: int  # bytes so far
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body's chunks; ends with ClientDisconnect when the client goes away first."""
+
+
+class AsgiBody:
+    """The body from ASGI http.request messages."""
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.complete = False
+        self.received = 0
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while not self.complete:
+            message = await self.receive()
+            if message["type"] != "http.request":
+                self.complete = True  # nothing more will come
+                raise ClientDisconnect()
+            chunk = message.get("body", b"")
+            self.received += len(chunk)
+            self.complete = not message.get("more_body", False)
+            if chunk:
+                yield chunk
+
+
+class NoBody:
+    """A request without a body (what the fast path takes)."""
+
+    complete = True
+    received = 0
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        return
+        yield b""  # an async generator that yields nothing
+
+
+NO_BODY = NoBody()
+
+
+class Request:
+    __slots__ = ("method", "path", "headers", "body", "started")
+
+    def __init__(self, method: str, path: str, headers: Headers, body: RequestBody = NO_BODY) -> None:
+        self.method = method
+        self.path = path  # percent-decoded, without the query
+        self.headers = headers  # lower-case names
+        self.body = body
+        self.started = time.perf_counter()
+
+    @property
+    def expects_continue(self) -> bool:
+        """The client waits for 100 Continue before it sends the body."""
+        return self.headers.get("expect", "").lower() == "100-continue"
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path}"

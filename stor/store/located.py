@@ -1,0 +1,117 @@
+"""A layer that remembers where blobs are: in this worker (an LRU), then in memcached, shared by all nodes.
+
+A read asks the backend at the remembered storage first (one open instead
+of a probe of every directory), and falls back to a full look-up when the
+blob is not there any more. Only a location is ever remembered, never an
+absence (DESIGN.md invariant 5), so a blob written through another node is
+found at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from stor.cache import LocationCache
+from stor.digest import Digest
+from stor.lru import LRU
+from stor.store.base import (
+    BlobInfo,
+    BlobStore,
+    Health,
+    Layer,
+    Missing,
+    OpenBlob,
+    ServiceState,
+    Stored,
+    Upload,
+    UploadLayer,
+)
+from stor.store.metadata import NO_META, BlobMeta
+
+Found = TypeVar("Found", BlobInfo, OpenBlob)
+
+
+class LocatedStore(Layer):
+    """A layer asking its backend at remembered locations first."""
+
+    def __init__(self, inner: BlobStore, cache: LocationCache, local_size: int) -> None:
+        super().__init__(inner)
+        self.cache = cache
+        self._recent: LRU[str, str] = LRU(local_size)
+
+    async def head(self, digest: Digest, at: str | None = None) -> BlobInfo | Missing:
+        if at is not None:
+            return await self.inner.head(digest, at)
+        return await self._located(digest, lambda where: self.inner.head(digest, where), _info_of_info)
+
+    async def open(
+        self, digest: Digest, span: tuple[int, int] | None = None, at: str | None = None
+    ) -> OpenBlob | Missing:
+        if at is not None:
+            return await self.inner.open(digest, span, at)
+        return await self._located(digest, lambda where: self.inner.open(digest, span, where), _info_of_open)
+
+    async def _located(
+        self,
+        digest: Digest,
+        ask: Callable[[str | None], Awaitable[Found | Missing]],
+        info_of: Callable[[Found], BlobInfo],
+    ) -> Found | Missing:
+        where = self._recent.get(digest.hex)
+        if where is not None:
+            found = await ask(where)
+            if not isinstance(found, Missing):
+                return found
+            self._recent.drop(digest.hex)
+        where = await self.cache.get(digest)
+        if where is not None:
+            found = await ask(where)
+            if not isinstance(found, Missing):
+                self._recent.put(digest.hex, info_of(found).storage)
+                return found
+            await self.cache.delete(digest)
+        found = await ask(None)
+        if isinstance(found, Missing):
+            return found
+        info = info_of(found)
+        self._recent.put(digest.hex, info.storage)
+        await self.cache.set(digest, info.storage)
+        return found
+
+    async def begin(self, expected: Digest | None, length: int | None, meta: BlobMeta = NO_META) -> Upload | Stored:
+        upload = await self.inner.begin(expected, length, meta)
+        if isinstance(upload, Stored):
+            return upload
+        return _RememberingUpload(upload, self)
+
+    async def put(self, expected: Digest, data: bytes, meta: BlobMeta = NO_META) -> Stored:
+        return await self.remember(await self.inner.put(expected, data, meta))
+
+    async def remember(self, stored: Stored) -> Stored:
+        """A blob just written: where it is now is known."""
+        if stored.created and stored.storage is not None:
+            await self.cache.set(stored.digest, stored.storage)
+        return stored
+
+    async def health(self) -> Health:
+        inner = await self.inner.health()
+        servers = await self.cache.health()
+        memcached = tuple(ServiceState("memcached", s.server, s.reachable, s.error) for s in servers)
+        return Health(inner.storages, inner.services + memcached)
+
+class _RememberingUpload(UploadLayer):
+    def __init__(self, upload: Upload, store: LocatedStore) -> None:
+        super().__init__(upload)
+        self.store = store
+
+    async def commit(self) -> Stored:
+        return await self.store.remember(await self.inner.commit())
+
+
+def _info_of_info(info: BlobInfo) -> BlobInfo:
+    return info
+
+
+def _info_of_open(opened: OpenBlob) -> BlobInfo:
+    return opened.info
