@@ -21,7 +21,11 @@ from conftest import AUTH, StorServer, layout_path, pair_config, sha256, tcp_soc
 
 ZERO_SHA = "0" * 64
 
+# Tests marked shared_server only add blobs of their own (distinct bytes, or none) to a default
+# server: they share one per module and fast-path mode (conftest.py). The others start their own.
 
+
+@pytest.mark.shared_server
 def test_original_end_to_end_scenario(client: httpx.Client) -> None:
     """The original Stor's own test: 401 without credentials, 201, round trip, Last-Modified, 404."""
     body = os.urandom(10_000)
@@ -41,12 +45,14 @@ def test_original_end_to_end_scenario(client: httpx.Client) -> None:
     assert missing.text == f"File '{ZERO_SHA}' not found"
 
 
+@pytest.mark.shared_server
 def test_index_names_the_service(client: httpx.Client) -> None:
     r = client.get("/")
     assert r.status_code == 200
     assert r.text.startswith("This is Stor ")
 
 
+@pytest.mark.shared_server
 def test_post_writes_both_mirrors_in_the_original_layout(client: httpx.Client, mirrors: tuple[Path, Path]) -> None:
     body = b"layout check"
     sha = sha256(body)
@@ -60,6 +66,7 @@ def test_post_writes_both_mirrors_in_the_original_layout(client: httpx.Client, m
     assert temp_files(*mirrors) == []
 
 
+@pytest.mark.shared_server
 def test_get_and_head_headers(client: httpx.Client) -> None:
     body = os.urandom(3000)
     sha = sha256(body)
@@ -79,6 +86,7 @@ def test_get_and_head_headers(client: httpx.Client) -> None:
     }
 
 
+@pytest.mark.shared_server
 def test_upper_case_sha_is_the_same_blob(client: httpx.Client, mirrors: tuple[Path, Path]) -> None:
     body = b"case does not matter"
     sha = sha256(body)
@@ -89,6 +97,7 @@ def test_upper_case_sha_is_the_same_blob(client: httpx.Client, mirrors: tuple[Pa
     assert layout_path(mirrors[0], sha).exists()
 
 
+@pytest.mark.shared_server
 def test_blob_placed_by_the_original_is_served(client: httpx.Client, mirrors: tuple[Path, Path]) -> None:
     """A directory written by the Perl Stor is served as it is, from either mirror."""
     for i, mirror in enumerate(mirrors):
@@ -102,6 +111,7 @@ def test_blob_placed_by_the_original_is_served(client: httpx.Client, mirrors: tu
         assert r.content == body
 
 
+@pytest.mark.shared_server
 def test_zero_length_blob(client: httpx.Client) -> None:
     sha = sha256(b"")
     assert client.post(f"/{sha}", content=b"", auth=AUTH).status_code == 201
@@ -109,6 +119,7 @@ def test_zero_length_blob(client: httpx.Client) -> None:
     assert r.status_code == 200 and r.content == b"" and r.headers["content-length"] == "0"
 
 
+@pytest.mark.shared_server
 def test_large_blob_round_trips_in_chunks(client: httpx.Client) -> None:
     body = os.urandom(5 * 1024 * 1024 + 123)
     sha = sha256(body)
@@ -128,10 +139,12 @@ def test_malformed_sha(client: httpx.Client, bad: str, mirrors: tuple[Path, Path
     assert list(mirrors[0].rglob("*.dat")) == []
 
 
+@pytest.mark.shared_server
 def test_malformed_sha_is_checked_before_credentials(client: httpx.Client) -> None:
     assert client.post("/nothex", content=b"x").status_code == 412
 
 
+@pytest.mark.shared_server
 def test_wrong_credentials(client: httpx.Client, mirrors: tuple[Path, Path]) -> None:
     body = b"nope"
     sha = sha256(body)
@@ -145,6 +158,7 @@ def test_wrong_credentials(client: httpx.Client, mirrors: tuple[Path, Path]) -> 
     assert not layout_path(mirrors[0], sha).exists()
 
 
+@pytest.mark.shared_server
 def test_existing_blob_answers_200_with_paths_and_ignores_body(
     client: httpx.Client, mirrors: tuple[Path, Path]
 ) -> None:
@@ -167,6 +181,7 @@ def test_digest_mismatch_412_names_both_hashes(client: httpx.Client, mirrors: tu
     assert list(mirrors[0].rglob("*.dat")) == [] and temp_files(*mirrors) == []
 
 
+@pytest.mark.shared_server
 def test_put_behaves_as_post(client: httpx.Client) -> None:
     body = b"put me"
     sha = sha256(body)
@@ -176,6 +191,7 @@ def test_put_behaves_as_post(client: httpx.Client) -> None:
     assert client.get(f"/{sha}").content == body
 
 
+@pytest.mark.shared_server
 def test_curl_round_trip(server: StorServer, tmp_path: Path) -> None:
     """The users' own client: curl uploads with --data-binary and downloads with -o."""
     src = tmp_path / "sample.bin"
@@ -195,6 +211,7 @@ def test_curl_round_trip(server: StorServer, tmp_path: Path) -> None:
     assert out.read_bytes() == src.read_bytes()
 
 
+@pytest.mark.shared_server
 def test_expect_100_continue_for_existing_blob_sends_no_body(server: StorServer, tmp_path: Path) -> None:
     """curl sends Expect: 100-continue for large bodies; a duplicate is answered before the body."""
     body = os.urandom(2 * 1024 * 1024)
@@ -213,6 +230,7 @@ def test_expect_100_continue_for_existing_blob_sends_no_body(server: StorServer,
     assert int(float(uploaded)) == 0
 
 
+@pytest.mark.shared_server
 def test_no_room_is_refused_before_the_body_from_content_length(server: StorServer) -> None:
     """A Content-Length larger than any pair's free space is refused with 507 before any body byte."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
@@ -242,6 +260,7 @@ def test_max_blob_bytes_413(start_server: object, mirrors: tuple[Path, Path]) ->
     assert temp_files(*mirrors) == []
 
 
+@pytest.mark.shared_server
 @pytest.mark.parametrize("method", ["POST", "PUT"])
 def test_chunked_upload_without_content_length(client: httpx.Client, method: str) -> None:
     parts = [os.urandom(65_537) for _ in range(7)]
@@ -255,6 +274,7 @@ def test_chunked_upload_without_content_length(client: httpx.Client, method: str
 # ---- /status ---------------------------------------------------------------
 
 
+@pytest.mark.shared_server
 def test_status_ok_plain_and_json(client: httpx.Client, mirrors: tuple[Path, Path]) -> None:
     plain = client.get("/status")
     assert plain.status_code == 200 and plain.text == "OK"
@@ -472,6 +492,7 @@ def test_existing_blob_answers_200_even_above_the_size_limit(start_server: objec
     assert again.status_code == 200
 
 
+@pytest.mark.shared_server
 def test_unreadable_copy_is_a_500_not_a_404(client: httpx.Client, mirrors: tuple[Path, Path]) -> None:
     """A storage fault (here a real symlink loop where the blob should be) is never reported as absent."""
     body = b"faulty disk"
@@ -491,6 +512,7 @@ def test_unreadable_copy_is_a_500_not_a_404(client: httpx.Client, mirrors: tuple
         assert r.status_code == 200 and r.content == body
 
 
+@pytest.mark.shared_server
 def test_a_directory_in_place_of_a_blob_is_a_fault(client: httpx.Client, mirrors: tuple[Path, Path]) -> None:
     sha = sha256(b"dir")
     for m in mirrors:
@@ -524,7 +546,8 @@ def test_uvicorn_is_the_only_server(tmp_path: Path, option: list[str]) -> None:
     """granian is gone: `stor serve` has no --server or --runtime-threads any more (refused as
     unknown, before anything starts), and offers --no-fast-path instead."""
     base = [sys.executable, "-m", "stor", "serve"]
-    done = subprocess.run([*base, "--port", "1", *option], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    # --workers 0, so that a stor that still takes the option stops at once all the same (with another message).
+    done = subprocess.run([*base, "--workers", "0", *option], cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2, (done.returncode, done.stderr)
     assert f"unrecognized arguments: {' '.join(option)}" in done.stderr, done.stderr
     usage = subprocess.run([*base, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=30)
