@@ -8,7 +8,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -539,19 +538,6 @@ def test_a_fifo_in_place_of_a_blob_never_stalls_the_server(start_server: Any, mi
         assert c.get(f"/{sha}").content == data
     assert all(layout_path(m, sha).read_bytes() == data for m in mirrors)
     assert "not a regular file" in server.log_text()
-
-
-@pytest.mark.parametrize("option", [["--server", "uvicorn"], ["--server", "granian"], ["--runtime-threads", "2"]])
-def test_uvicorn_is_the_only_server(tmp_path: Path, option: list[str]) -> None:
-    """granian is gone: `stor serve` has no --server or --runtime-threads any more (refused as
-    unknown, before anything starts), and offers --no-fast-path instead."""
-    base = [sys.executable, "-m", "stor", "serve"]
-    # --workers 0, so that a stor that still takes the option stops at once all the same (with another message).
-    done = subprocess.run([*base, "--workers", "0", *option], cwd=tmp_path, capture_output=True, text=True, timeout=30)
-    assert done.returncode == 2, (done.returncode, done.stderr)
-    assert f"unrecognized arguments: {' '.join(option)}" in done.stderr, done.stderr
-    usage = subprocess.run([*base, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=30)
-    assert usage.returncode == 0 and "--no-fast-path" in usage.stdout, usage.stdout
 
 
 @pytest.mark.parametrize("size,read_first", [(200_000, True), (5_000_000, False)])
