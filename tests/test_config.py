@@ -117,6 +117,17 @@ def test_config_file_environment_variable_is_honoured(start_server: object, mirr
     assert r.json()[0].startswith(str(mirrors[0]))
 
 
+def test_a_stor_2_file_still_serves_and_says_once_where_each_key_went(start_server: Any, mirrors: tuple[Path, Path]) -> None:
+    server = start_server(pair_config(mirrors, hot_blobs=0, exists_max_items=1))
+    assert httpx.post(f"{server.url}/exists", json=["a" * 64, "b" * 64]).status_code == 413  # the flat key holds
+    warnings = [line.split("WARNING stor: ", 1)[1] for line in server.log_text().splitlines() if "WARNING stor: config:" in line]
+    assert sorted(warnings) == [
+        'config: "exists_max_items" is now "http.exists_max_items"; the old key still works',
+        'config: "hot_blobs" is now "hot.blobs"; the old key still works',
+        'config: "require_mount_points" is now "storage.require_mount_points"; the old key still works',
+    ]
+
+
 def test_unknown_keys_are_ignored_as_the_original_did(start_server: object, mirrors: tuple[Path, Path]) -> None:
     config = pair_config(mirrors, secret="cookie", log={"whatever": 1}, some_future_key=[1, 2])
     server = start_server(config)  # type: ignore[operator]
