@@ -378,49 +378,50 @@ def _section_block(raw: dict[str, Any], section: str) -> dict[str, Any]:
     return block
 
 
-def _cache(r: _Reader) -> CacheSettings:
+# Each section's defaults are its dataclass's, stated once.
+def _cache(r: _Reader, d: CacheSettings = CacheSettings()) -> CacheSettings:
     return CacheSettings(
-        local_size=r.non_negative_int("local_size", 10_000),
-        memcached_timeout=r.positive_number("memcached_timeout", 0.25),
-        memcached_retry_after=r.positive_number("memcached_retry_after", 5.0),
+        local_size=r.non_negative_int("local_size", d.local_size),
+        memcached_timeout=r.positive_number("memcached_timeout", d.memcached_timeout),
+        memcached_retry_after=r.positive_number("memcached_retry_after", d.memcached_retry_after),
     )
 
 
-def _hot(r: _Reader) -> HotSettings:
+def _hot(r: _Reader, d: HotSettings = HotSettings()) -> HotSettings:
     return HotSettings(
-        blobs=r.non_negative_int("blobs", 256),
-        max_blob_bytes=r.non_negative_int("max_blob_bytes", 1024 * 1024),
-        total_bytes=r.non_negative_int("total_bytes", 16 * 1024 * 1024),
-        seconds=r.positive_number("seconds", 10.0),
+        blobs=r.non_negative_int("blobs", d.blobs),
+        max_blob_bytes=r.non_negative_int("max_blob_bytes", d.max_blob_bytes),
+        total_bytes=r.non_negative_int("total_bytes", d.total_bytes),
+        seconds=r.positive_number("seconds", d.seconds),
     )
 
 
-def _uploads(r: _Reader) -> UploadSettings:
-    limit = r.get("max_blob_bytes", int, None)
+def _uploads(r: _Reader, d: UploadSettings = UploadSettings()) -> UploadSettings:
+    limit = r.get("max_blob_bytes", int, d.max_blob_bytes)
     if limit is not None and limit <= 0:
         raise ConfigError(f"{r.name('max_blob_bytes')}: must be a positive number of bytes")
-    return UploadSettings(max_blob_bytes=limit, tempfile_max_age=r.positive_number("tempfile_max_age", 1800.0))
+    return UploadSettings(max_blob_bytes=limit, tempfile_max_age=r.positive_number("tempfile_max_age", d.tempfile_max_age))
 
 
-def _storage(r: _Reader) -> StorageSettings:
-    threads = r.non_negative_int("io_threads", DEFAULT_THREADS)
+def _storage(r: _Reader, d: StorageSettings = StorageSettings()) -> StorageSettings:
+    threads = r.non_negative_int("io_threads", d.io_threads)
     if threads < 1:
         raise ConfigError(f"{r.name('io_threads')}: must be at least 1")
     return StorageSettings(
-        require_mount_points=r.get("require_mount_points", bool, True),
-        balance_threshold_bytes=r.non_negative_int("balance_threshold_bytes", GB),
+        require_mount_points=r.get("require_mount_points", bool, d.require_mount_points),
+        balance_threshold_bytes=r.non_negative_int("balance_threshold_bytes", d.balance_threshold_bytes),
         io_threads=threads,
     )
 
 
-def _auth(r: _Reader) -> AuthSettings:
-    return AuthSettings(users=tuple(_users(r)), read_auth_required=r.get("read_auth_required", bool, False))
+def _auth(r: _Reader, d: AuthSettings = AuthSettings()) -> AuthSettings:
+    return AuthSettings(users=tuple(_users(r)), read_auth_required=r.get("read_auth_required", bool, d.read_auth_required))
 
 
-def _http(r: _Reader) -> HttpSettings:
+def _http(r: _Reader, d: HttpSettings = HttpSettings()) -> HttpSettings:
     return HttpSettings(
-        fast_path=r.get("fast_path", bool, True),
-        exists_max_items=r.non_negative_int("exists_max_items", 10_000),
+        fast_path=r.get("fast_path", bool, d.fast_path),
+        exists_max_items=r.non_negative_int("exists_max_items", d.exists_max_items),
     )
 
 

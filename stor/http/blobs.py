@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from urllib.parse import unquote
 
 from starlette.datastructures import Headers
@@ -181,7 +182,12 @@ class BlobEndpoint:
 
 def _whole(opened: OpenBlob) -> Reply:
     """200 with the whole blob (headers only, for HEAD): what a read without conditional headers answers."""
-    return Reply(200, full_headers(opened.info), opened.body, opened.delivered, opened.close)
+    return Reply(200, full_headers(opened.info), opened.body, opened.on_delivered, _closer(opened))
+
+
+def _closer(opened: OpenBlob) -> Callable[[], None] | None:
+    """What releases the opened blob once its answer is over; None when nothing needs to (no call then)."""
+    return opened.close if opened.holds_resources else None
 
 
 def _conditional(request: Request, opened: OpenBlob) -> Reply:
@@ -196,7 +202,7 @@ def _conditional(request: Request, opened: OpenBlob) -> Reply:
         headers.append(("content-length", str(answer.length)))
         if request.method != "HEAD":  # a HEAD opened no bytes
             opened.narrow(answer.start, answer.length)
-        return Reply(206, headers, opened.body, opened.delivered, opened.close)
+        return Reply(206, headers, opened.body, opened.on_delivered, _closer(opened))
     opened.close()
     if isinstance(answer, Refused):
         if answer.status == 416:

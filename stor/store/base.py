@@ -18,9 +18,9 @@ the caller's business.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 from stor.digest import Digest
 from stor.store.metadata import BlobMeta, NO_META
@@ -51,8 +51,11 @@ class TooLarge(Exception):
         self.limit = limit
 
 
-@dataclass(frozen=True, slots=True)
-class Lookup:
+# The types made on every read are not frozen dataclasses, which set each field through
+# object.__setattr__ and are several times slower to make; none is changed once handed out.
+
+
+class Lookup(NamedTuple):
     """How a read found its blob (or failed to): the facts the metrics layer reports as the original's events.
 
     source: "hot" (a blob this worker holds in memory), "cache" (a remembered
@@ -69,7 +72,7 @@ HOT = Lookup("hot")
 CACHED = Lookup("cache")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BlobInfo:
     """What is known of a stored blob, without its bytes."""
 
@@ -86,7 +89,7 @@ class BlobInfo:
     from_caches: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Missing:
     """No such blob; how hard it was looked for."""
 
@@ -98,7 +101,8 @@ class FileRegion:
     """Bytes offset..offset+length of an open local file: the kernel can send them (sendfile).
 
     data: those bytes, when they were read ahead (a small blob); the
-    descriptor may then already be closed (fd -1).
+    descriptor may then already be closed (fd -1). A region without a
+    descriptor may be shared between answers (a hot blob's): never change one.
     """
 
     fd: int
@@ -124,35 +128,39 @@ class OpenBlob:
     """A blob opened for reading: what is known of it, and the requested bytes.
 
     close() releases the body (a descriptor, a connection) whatever happened;
-    delivered() is for whoever sends the body to call once it went out whole
-    (the metrics layer reports the original's success events there).
+    on_delivered, if set (the metrics layer reports the original's success
+    events there), is for whoever sends the body to call once it went out whole.
     """
 
     info: BlobInfo
     body: Body
-    on_delivered: list[Callable[[], None]] = field(default_factory=list)
+    on_delivered: Callable[[], None] | None = None
+
+    @property
+    def holds_resources(self) -> bool:
+        """Whether close() has anything to release (a body from memory has not)."""
+        body = self.body
+        return not isinstance(body, FileRegion) or body.fd >= 0
 
     def close(self) -> None:
         body = self.body
         if isinstance(body, FileRegion):
             body.close()
 
-    def delivered(self) -> None:
-        for callback in self.on_delivered:
-            callback()
-
     def narrow(self, offset: int, length: int) -> None:
         """Keep only bytes offset..offset+length of what was opened (a Range decided after the open).
 
-        A local file region narrows in place; a stream body must be made lazily
-        (its request sent when first read) to support this.
+        A local file region is replaced by the narrower one (regions may be
+        shared: a hot blob's); a stream body must be made lazily (its request
+        sent when first read) to support this.
         """
         body = self.body
         if not isinstance(body, FileRegion):
             raise NotImplementedError("only a file region can be narrowed")
-        if body.data is not None:
-            body.data = body.data[offset - body.offset : offset - body.offset + length]
-        body.offset, body.length = offset, length
+        data = body.data
+        if data is not None:
+            data = data[offset - body.offset : offset - body.offset + length]
+        self.body = FileRegion(body.fd, offset, length, data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,15 +218,19 @@ class Health:
 
 
 class BlobStore(Protocol):
-    """One interface for every backend (local mirrored pairs, S3, a tier of both) and every layer around one."""
+    """One interface for every backend (local mirrored pairs, S3, a tier of both) and every layer around one.
 
-    async def head(self, digest: Digest, at: str | None = None) -> BlobInfo | Missing:
+    Each method returns an awaitable: a coroutine, or, in a layer that adds
+    nothing to a call, the inner store's own (no extra frame on the hot path).
+    """
+
+    def head(self, digest: Digest, at: str | None = None) -> Awaitable[BlobInfo | Missing]:
         """What is known of the blob; at: look only in that storage (a remembered location)."""
 
-    async def open(self, digest: Digest, span: tuple[int, int] | None = None, at: str | None = None) -> OpenBlob | Missing:
+    def open(self, digest: Digest, span: tuple[int, int] | None = None, at: str | None = None) -> Awaitable[OpenBlob | Missing]:
         """The blob's bytes: all of them, or span = (offset, length), which must lie within the blob."""
 
-    async def begin(self, expected: Digest | None, length: int | None, meta: BlobMeta = NO_META) -> Upload | Stored:
+    def begin(self, expected: Digest | None, length: int | None, meta: BlobMeta = NO_META) -> Awaitable[Upload | Stored]:
         """Start a write; a Stored at once when the expected blob is already complete (nothing to send).
 
         expected None: the digest is known only at commit (the upload is
@@ -226,55 +238,59 @@ class BlobStore(Protocol):
         byte is taken when length already tells.
         """
 
-    async def put(self, expected: Digest, data: bytes, meta: BlobMeta = NO_META) -> Stored:
+    def put(self, expected: Digest, data: bytes, meta: BlobMeta = NO_META) -> Awaitable[Stored]:
         """A whole body already in memory, stored in one step (a small upload)."""
 
-    async def contains(self, digests: list[Digest]) -> list[bool]:
+    def contains(self, digests: list[Digest]) -> Awaitable[list[bool]]:
         """Whether each blob is stored, in one round trip."""
 
     def iter_digests(self) -> AsyncIterator[Digest]:
         """Every stored blob once, in lexical order of the hex digest."""
 
-    async def health(self) -> Health: ...
+    def health(self) -> Awaitable[Health]: ...
 
-    async def start(self) -> None:
+    def start(self) -> Awaitable[None]:
         """Start background work (sweeps, expiry); once, on the serving event loop."""
 
-    async def close(self) -> None: ...
+    def close(self) -> Awaitable[None]: ...
 
 
 class Layer:
-    """A BlobStore around another (caching, metrics): everything it does not override is passed through."""
+    """A BlobStore around another (caching, metrics): everything it does not override is passed through.
+
+    A pass-through hands back the inner store's awaitable itself, so that a
+    layer costs a call, not a coroutine frame, where it adds nothing.
+    """
 
     def __init__(self, inner: BlobStore) -> None:
         self.inner = inner
 
-    async def head(self, digest: Digest, at: str | None = None) -> BlobInfo | Missing:
-        return await self.inner.head(digest, at)
+    def head(self, digest: Digest, at: str | None = None) -> Awaitable[BlobInfo | Missing]:
+        return self.inner.head(digest, at)
 
-    async def open(self, digest: Digest, span: tuple[int, int] | None = None, at: str | None = None) -> OpenBlob | Missing:
-        return await self.inner.open(digest, span, at)
+    def open(self, digest: Digest, span: tuple[int, int] | None = None, at: str | None = None) -> Awaitable[OpenBlob | Missing]:
+        return self.inner.open(digest, span, at)
 
-    async def begin(self, expected: Digest | None, length: int | None, meta: BlobMeta = NO_META) -> Upload | Stored:
-        return await self.inner.begin(expected, length, meta)
+    def begin(self, expected: Digest | None, length: int | None, meta: BlobMeta = NO_META) -> Awaitable[Upload | Stored]:
+        return self.inner.begin(expected, length, meta)
 
-    async def put(self, expected: Digest, data: bytes, meta: BlobMeta = NO_META) -> Stored:
-        return await self.inner.put(expected, data, meta)
+    def put(self, expected: Digest, data: bytes, meta: BlobMeta = NO_META) -> Awaitable[Stored]:
+        return self.inner.put(expected, data, meta)
 
-    async def contains(self, digests: list[Digest]) -> list[bool]:
-        return await self.inner.contains(digests)
+    def contains(self, digests: list[Digest]) -> Awaitable[list[bool]]:
+        return self.inner.contains(digests)
 
     def iter_digests(self) -> AsyncIterator[Digest]:
         return self.inner.iter_digests()
 
-    async def health(self) -> Health:
-        return await self.inner.health()
+    def health(self) -> Awaitable[Health]:
+        return self.inner.health()
 
-    async def start(self) -> None:
-        await self.inner.start()
+    def start(self) -> Awaitable[None]:
+        return self.inner.start()
 
-    async def close(self) -> None:
-        await self.inner.close()
+    def close(self) -> Awaitable[None]:
+        return self.inner.close()
 
 
 class UploadLayer:

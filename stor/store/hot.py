@@ -45,7 +45,7 @@ from stor.store.local import TIER as LOCAL
 class _Entry:
     fd: int  # held open: its link count tells whether the file still has a name
     info: BlobInfo  # as a hit answers it (lookup HOT)
-    data: bytes
+    whole: FileRegion  # the whole blob's bytes, without a descriptor: shared by every answer in flight
     expires: float
 
 
@@ -83,7 +83,8 @@ class HotBlobs:
         key = info.digest.hex
         if key in self._entries:
             self._drop(key)
-        self._entries[key] = _Entry(fd, dataclasses.replace(info, lookup=HOT), data, time.monotonic() + self.seconds)
+        hit = dataclasses.replace(info, lookup=HOT)
+        self._entries[key] = _Entry(fd, hit, FileRegion(-1, 0, info.size, data), time.monotonic() + self.seconds)
         self.total_bytes += info.size
         while len(self._entries) > self.max_entries or self.total_bytes > self.max_total_bytes:
             self._drop(next(iter(self._entries)))
@@ -122,9 +123,12 @@ class HotStore(Layer):
     ) -> OpenBlob | Missing:
         entry = self.hot.get(digest)
         if entry is not None:
-            offset, length = span if span is not None else (0, entry.info.size)
-            data = entry.data if length == len(entry.data) else entry.data[offset : offset + length]
-            return OpenBlob(entry.info, FileRegion(-1, offset, length, data))
+            if span is None:
+                return OpenBlob(entry.info, entry.whole)
+            offset, length = span
+            data = entry.whole.data
+            assert data is not None
+            return OpenBlob(entry.info, FileRegion(-1, offset, length, data[offset : offset + length]))
         opened = await self.inner.open(digest, span, at)
         if isinstance(opened, OpenBlob) and self.hot.wants(opened.info) and (span is None or span == NO_BYTES):
             self._take_in(opened)

@@ -23,17 +23,18 @@ import re
 import stat
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from stor.aio import in_thread
 from stor.config import StorageSettings, UploadSettings
 from stor.digest import Digest, InvalidDigest
 from stor.store import tempfiles
 from stor.store.base import (
+    CACHED,
     BlobInfo,
     DigestMismatch,
     FileRegion,
@@ -101,24 +102,18 @@ class LocalStore:
 
     # ---- reads -------------------------------------------------------------
 
-    async def head(self, digest: Digest, at: str | None = None) -> BlobInfo | Missing:
-        found = await self._look(digest, None, at, reading=False)
-        return found if isinstance(found, Missing) else found[0]
+    def head(self, digest: Digest, at: str | None = None) -> Awaitable[BlobInfo | Missing]:
+        return self._look(digest, None, at, reading=False)  # type: ignore[return-value]
 
-    async def open(
+    def open(
         self, digest: Digest, span: tuple[int, int] | None = None, at: str | None = None
-    ) -> OpenBlob | Missing:
-        found = await self._look(digest, span, at, reading=True)
-        if isinstance(found, Missing):
-            return found
-        info, region = found
-        assert region is not None
-        return OpenBlob(info, region)
+    ) -> Awaitable[OpenBlob | Missing]:
+        return self._look(digest, span, at, reading=True)  # type: ignore[return-value]
 
     async def _look(
         self, digest: Digest, span: tuple[int, int] | None, at: str | None, reading: bool
-    ) -> tuple[BlobInfo, FileRegion | None] | Missing:
-        """The blob in one storage (at), or found by probing them all in the original's order.
+    ) -> OpenBlob | BlobInfo | Missing:
+        """The blob (opened when reading) in one storage (at), or found by probing them all in the original's order.
 
         Each step is first tried on the event loop with CACHED_ONLY file
         access, and run in a worker thread only when that would wait for the disk.
@@ -128,27 +123,35 @@ class LocalStore:
             directory = self._dir_named.get(at)
             if directory is None:
                 return _NOT_THERE
-            found = await _without_waiting(self._look_in_quietly, directory, digest, span, reading)
-            return _NOT_THERE if found is None else found
+            args = (directory, digest, span, reading, CACHED)
+            there = _from_caches(self._look_in_quietly, args)
+            if there is _WOULD_WAIT:
+                there = await in_thread(self._look_in_quietly, *args, BLOCKING)
+            return _NOT_THERE if there is None else cast("OpenBlob | BlobInfo", there)
         started = time.perf_counter()
-        found, probes = await _without_waiting(self._probe, digest, span, reading)
-        if found is None:
-            return Missing(Lookup("probe", probes, time.perf_counter() - started))
-        info, region = found
+        probed = _from_caches(self._probe, (digest, span, reading))
+        if probed is _WOULD_WAIT:
+            probed = await in_thread(self._probe, digest, span, reading, BLOCKING)
+        found, probes = cast("tuple[OpenBlob | BlobInfo | None, int]", probed)
         lookup = Lookup("probe", probes, time.perf_counter() - started)
-        return _with_lookup(info, lookup), region
+        if found is None:
+            return Missing(lookup)
+        # Just made by this look-up, and not handed out yet.
+        (found.info if isinstance(found, OpenBlob) else found).lookup = lookup
+        return found
 
     def _look_in_quietly(
-        self, directory: Path, digest: Digest, span: tuple[int, int] | None, reading: bool, files: FileAccess
-    ) -> tuple[BlobInfo, FileRegion | None] | None:
+        self, directory: Path, digest: Digest, span: tuple[int, int] | None, reading: bool, lookup: Lookup,
+        files: FileAccess,
+    ) -> OpenBlob | BlobInfo | None:
         try:
-            return self._look_in(directory, digest, span, reading, files)
+            return self._look_in(directory, digest, span, reading, files, lookup)
         except OSError:
             return None  # the full look-up that follows reports the fault, or finds the other mirror
 
     def _probe(
         self, digest: Digest, span: tuple[int, int] | None, reading: bool, files: FileAccess
-    ) -> tuple[tuple[BlobInfo, FileRegion | None] | None, int]:
+    ) -> tuple[OpenBlob | BlobInfo | None, int]:
         probes = 0
         faults: list[str] = []
         for directory in probe_order(self.pairs, self.rng):
@@ -167,8 +170,9 @@ class LocalStore:
         return None, probes
 
     def _look_in(
-        self, directory: Path, digest: Digest, span: tuple[int, int] | None, reading: bool, files: FileAccess
-    ) -> tuple[BlobInfo, FileRegion | None] | None:
+        self, directory: Path, digest: Digest, span: tuple[int, int] | None, reading: bool, files: FileAccess,
+        lookup: Lookup = CACHED,
+    ) -> OpenBlob | BlobInfo | None:
         """The blob in one storage directory (opened when reading); None if it is not there, OSError on a fault."""
         path = f"{directory}/{digest.relative_path}"
         fd = files.open(path)
@@ -179,20 +183,20 @@ class LocalStore:
             if not stat.S_ISREG(st.st_mode):
                 raise OSError(errno.EISDIR, "not a regular file", path)
             meta = read_meta(f"{directory}/{meta_relative_path(digest)}", files)
-            info = BlobInfo(
-                digest, st.st_size, st.st_mtime, meta, TIER, path, str(directory), from_caches=not files.waits
-            )
+            info = BlobInfo(digest, st.st_size, st.st_mtime, meta, TIER, path, str(directory), lookup, not files.waits)
             if not reading:
                 os.close(fd)
-                return info, None
+                return info
             offset, length = span if span is not None else (0, st.st_size)
             region = FileRegion(fd, offset, length)
             if length <= PREFETCH_BYTES:
-                region.data = files.pread(fd, length, offset)
+                region.data = data = files.pread(fd, length, offset)
+                if len(data) < length:
+                    raise StoreError(f"{path} is shorter than its {st.st_size} bytes")
         except BaseException:
             os.close(fd)
             raise
-        return info, region
+        return OpenBlob(info, region)
 
     async def contains(self, digests: list[Digest]) -> list[bool]:
         return await in_thread(self._contains, digests)
@@ -501,12 +505,6 @@ def _nothing() -> None:
 _NOT_THERE = Missing(Lookup("cache"))
 
 
-def _with_lookup(info: BlobInfo, lookup: Lookup) -> BlobInfo:
-    return BlobInfo(
-        info.digest, info.size, info.mtime, info.meta, info.tier, info.location, info.storage, lookup, info.from_caches
-    )
-
-
 class _MirrorWriter:
     """Temporary files on each target mirror, fed the same bytes, hashed once.
 
@@ -657,12 +655,17 @@ def _fsync_dir(directory: str | Path) -> None:
         os.close(fd)
 
 
-async def _without_waiting(step: Callable[..., T], *args: Any) -> T:
-    """step(*args, files) on the loop if the kernel's caches can answer it, else in a thread."""
+_WOULD_WAIT = object()
+
+
+def _from_caches(step: Callable[..., T], args: tuple[Any, ...]) -> T | object:
+    """step(*args, CACHED_ONLY): what the kernel's caches answer at once; _WOULD_WAIT when the disk
+    would have to (the caller then runs step(*args, BLOCKING) in a thread). Not a coroutine: this is
+    on every read, and a coroutine frame costs more than the call."""
     try:
         return step(*args, CACHED_ONLY)
     except WouldBlock:
-        return await in_thread(step, *args, BLOCKING)
+        return _WOULD_WAIT
 
 
 class _KeyedLock:

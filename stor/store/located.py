@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from stor.cache import LocationCache
+from stor.cache import LocationCache, NoLocationCache
 from stor.digest import Digest
 from stor.lru import LRU
 from stor.store.base import (
@@ -38,19 +38,21 @@ class LocatedStore(Layer):
     def __init__(self, inner: BlobStore, cache: LocationCache, local_size: int) -> None:
         super().__init__(inner)
         self.cache = cache
+        # None when there is no shared cache: a miss then costs no call to one that knows nothing.
+        self._shared = None if isinstance(cache, NoLocationCache) else cache
         self._recent: LRU[str, str] = LRU(local_size)
 
-    async def head(self, digest: Digest, at: str | None = None) -> BlobInfo | Missing:
+    def head(self, digest: Digest, at: str | None = None) -> Awaitable[BlobInfo | Missing]:
         if at is not None:
-            return await self.inner.head(digest, at)
-        return await self._located(digest, lambda where: self.inner.head(digest, where), _info_of_info)
+            return self.inner.head(digest, at)
+        return self._located(digest, lambda where: self.inner.head(digest, where), _info_of_info)
 
-    async def open(
+    def open(
         self, digest: Digest, span: tuple[int, int] | None = None, at: str | None = None
-    ) -> OpenBlob | Missing:
+    ) -> Awaitable[OpenBlob | Missing]:
         if at is not None:
-            return await self.inner.open(digest, span, at)
-        return await self._located(digest, lambda where: self.inner.open(digest, span, where), _info_of_open)
+            return self.inner.open(digest, span, at)
+        return self._located(digest, lambda where: self.inner.open(digest, span, where), _info_of_open)
 
     async def _located(
         self,
@@ -64,19 +66,21 @@ class LocatedStore(Layer):
             if not isinstance(found, Missing):
                 return found
             self._recent.drop(digest.hex)
-        where = await self.cache.get(digest)
+        shared = self._shared
+        where = await shared.get(digest) if shared is not None else None
         if where is not None:
             found = await ask(where)
             if not isinstance(found, Missing):
                 self._recent.put(digest.hex, info_of(found).storage)
                 return found
-            await self.cache.delete(digest)
+            await shared.delete(digest)  # type: ignore[union-attr]
         found = await ask(None)
         if isinstance(found, Missing):
             return found
         info = info_of(found)
         self._recent.put(digest.hex, info.storage)
-        await self.cache.set(digest, info.storage)
+        if shared is not None:
+            await shared.set(digest, info.storage)
         return found
 
     async def begin(self, expected: Digest | None, length: int | None, meta: BlobMeta = NO_META) -> Upload | Stored:
@@ -90,8 +94,8 @@ class LocatedStore(Layer):
 
     async def remember(self, stored: Stored) -> Stored:
         """A blob just written: where it is now is known."""
-        if stored.created and stored.storage is not None:
-            await self.cache.set(stored.digest, stored.storage)
+        if stored.created and stored.storage is not None and self._shared is not None:
+            await self._shared.set(stored.digest, stored.storage)
         return stored
 
     async def health(self) -> Health:

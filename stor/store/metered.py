@@ -44,11 +44,14 @@ class MeteredStore(Layer):
         # statsd only: the clock is not read otherwise.
         self._cache_time = metrics.wanted("timing", "cache.time")
         self._lookup_time = metrics.wanted("timing", "lookup.time")
+        # Whether timings are recorded at all, else the clock is never read (a sink that takes
+        # timings, statsd's, takes all of them).
+        self._timed = self._cache_time
         # Per storage: the original's names for a read served from it, and whether any sink records them.
         self._success: dict[str, tuple[str, str, str, bool]] = {}
 
     async def head(self, digest: Digest, at: str | None = None) -> BlobInfo | Missing:
-        started = time.perf_counter()
+        started = time.perf_counter() if self._timed else 0.0
         try:
             found = await self.inner.head(digest, at)
         except Exception:
@@ -60,7 +63,7 @@ class MeteredStore(Layer):
     async def open(
         self, digest: Digest, span: tuple[int, int] | None = None, at: str | None = None
     ) -> OpenBlob | Missing:
-        started = time.perf_counter()
+        started = time.perf_counter() if self._timed else 0.0
         try:
             opened = await self.inner.open(digest, span, at)
         except Exception:
@@ -73,7 +76,8 @@ class MeteredStore(Layer):
         self._looked_up(opened.info.lookup, started)
         delivered = self._on_delivered(opened.info, started)
         if delivered is not None:
-            opened.on_delivered.append(delivered)
+            inner = opened.on_delivered
+            opened.on_delivered = delivered if inner is None else _both(inner, delivered)
         return opened
 
     def _looked_up(self, lookup: Lookup, started: float) -> None:
@@ -138,6 +142,14 @@ class MeteredStore(Layer):
             self.metrics.incr("error.post.no_space.count")
         elif not isinstance(error, TooLarge):  # the client's doing, and answered 413
             self.metrics.incr("error.post.unknown.count")
+
+def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    def both() -> None:
+        first()
+        second()
+
+    return both
+
 
 class _MeteredUpload(UploadLayer):
     def __init__(self, upload: Upload, store: MeteredStore) -> None:
