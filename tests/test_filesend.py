@@ -31,6 +31,8 @@ def test_a_send_cancelled_while_its_thread_copies_closes_the_descriptors_once_th
     file = os.open(path, os.O_RDONLY)
 
     async def scenario() -> None:
+        # Not a fake: filesend's own kind of pool, with one real thread instead of the configured
+        # number, so that the send's copy can be held queued behind a busy thread deterministically.
         pool = ThreadPool(1)
         monkeypatch.setattr(filesend, "_pool", pool)
         gate = threading.Event()

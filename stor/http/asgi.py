@@ -78,12 +78,11 @@ class _ClientGone(Exception):
 async def write(reply: Reply, head_only: bool, send: Send, receive: Receive) -> int:
     """The reply as ASGI messages; the body bytes sent. Raises _ClientGone if the client left first."""
     await send({"type": "http.response.start", "status": reply.status, "headers": as_bytes(reply.headers)})
-    body = reply.body
-    data = reply.in_memory()
-    if head_only or data is not None:
-        data = b"" if head_only or data is None else data
+    data = b"" if head_only else reply.in_memory()
+    if data is not None:
         await send({"type": "http.response.body", "body": data})
         return len(data)
+    body = reply.body
     # A body that takes a while: a client that leaves meanwhile is noticed between chunks.
     gone = asyncio.ensure_future(_disconnected(receive))
     try:

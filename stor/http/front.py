@@ -270,11 +270,11 @@ class StorHttpProtocol(HttpToolsProtocol):
     async def _send(self, reply: Reply, read: _Read) -> int:
         """The reply's head and body; the body bytes sent."""
         head = self._head(reply, read.keep_alive)
-        body = b"" if read.request.method == "HEAD" else reply.body
-        data = reply.in_memory() if body else b""
+        data = b"" if read.request.method == "HEAD" else reply.in_memory()
         if data is not None:
             self._write(head, data)
             return len(data)
+        body = reply.body
         if isinstance(body, FileRegion):
             # Nothing else may reach the socket while the thread writes to it (a 400 for a
             # malformed request pipelined behind this one): reading resumes once it is done.
@@ -282,7 +282,7 @@ class StorHttpProtocol(HttpToolsProtocol):
             socket = self.transport.get_extra_info("socket").fileno()
             return await filesend.send(socket, head, body.fd, body.offset, body.length)
         assert not isinstance(body, bytes)
-        chunked = not any(name == "content-length" for name, _ in reply.headers)
+        chunked = _chunked(reply)
         self.transport.write(head)
         sent = 0
         async for chunk in body:
@@ -320,12 +320,10 @@ class StorHttpProtocol(HttpToolsProtocol):
 
     def _head(self, reply: Reply, keep_alive: bool) -> bytes:
         """The status line and headers as uvicorn writes them (its default headers first)."""
-        chunked = b""
-        if not isinstance(reply.body, (bytes, FileRegion)) and not any(n == "content-length" for n, _ in reply.headers):
-            chunked = b"transfer-encoding: chunked\r\n"
         return b"".join(
             (STATUS_LINE[reply.status], _default_lines(self.server_state.default_headers), _encode(reply.headers),
-             chunked, b"\r\n" if keep_alive else b"connection: close\r\n\r\n")
+             b"transfer-encoding: chunked\r\n" if _chunked(reply) else b"",
+             b"\r\n" if keep_alive else b"connection: close\r\n\r\n")
         )
 
     def _finished(self, service: HttpService, read: _Read, reply: Reply, status: int, sent: int) -> None:
@@ -340,6 +338,11 @@ class StorHttpProtocol(HttpToolsProtocol):
                 read.version,
                 status,
             )
+
+
+def _chunked(reply: Reply) -> bool:
+    """Whether the body goes out in chunked framing: a stream of unknown length (as uvicorn frames it)."""
+    return not isinstance(reply.body, (bytes, FileRegion)) and not any(n == "content-length" for n, _ in reply.headers)
 
 
 def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:

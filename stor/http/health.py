@@ -29,17 +29,7 @@ class HealthEndpoint:
                 code,
                 {
                     "status": "failing" if not healthy else "ok" if services_ok else "degraded",
-                    "storages": [
-                        {
-                            "path": s.path,
-                            "pair": s.pair,
-                            "writable": s.writable,
-                            "ok": s.ok,
-                            "problems": list(s.problems),
-                            "free_bytes": s.free_bytes,
-                        }
-                        for s in health.storages
-                    ],
+                    "storages": [_storage(s) for s in health.storages],
                     "cache": [
                         {"server": s.name, "reachable": s.reachable, "error": s.error}
                         for s in health.services
@@ -54,16 +44,17 @@ class HealthEndpoint:
     async def storages(self, request: Request) -> Reply:
         """The original's documented "list of storages and disk usage", as JSON (always 200: /status judges)."""
         health = await self.store.health()
-        return replies.json_reply(200, {"storages": [_storage(s) for s in health.storages]})
+        storages = [{**_storage(s), "total_bytes": s.total_bytes} for s in health.storages]
+        return replies.json_reply(200, {"storages": storages})
 
 
 def _storage(state: StorageState) -> dict[str, Any]:
+    """A storage as /status reports it."""
     return {
         "path": state.path,
         "pair": state.pair,
         "writable": state.writable,
         "ok": state.ok,
         "problems": list(state.problems),
-        "total_bytes": state.total_bytes,
         "free_bytes": state.free_bytes,  # available to stor (statvfs f_bavail), as placement counts it
     }
