@@ -6,12 +6,10 @@ import argparse
 import logging
 import os
 import resource
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-from stor import __version__
+from stor import __version__, metricsdir
 from stor.config import CONFIG_ENV, CREDENTIALS_ENV, NO_FAST_PATH_ENV, ConfigError, load_settings, with_fast_path
 from stor.http.auth import generate_credentials
 
@@ -39,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         "--limit-concurrency",
         type=int,
         default=None,
-        help="per worker: open connections and requests in progress beyond it get 503",
+        help="per worker: connections beyond this many open ones are refused with 503 "
+        "(default: http.max_connections, else a quarter of the open file limit, at most 16384)",
     )
     serve.add_argument(
         "--no-fast-path",
@@ -96,20 +95,21 @@ def _serve(args: argparse.Namespace) -> int:
     metrics_dir = None
     if settings.metrics.prometheus.enabled and args.workers > 1 and not os.environ.get(PROMETHEUS_MULTIPROC_ENV):
         # Workers each count into files here; /metrics sums them (prometheus-client's multiprocess mode).
-        metrics_dir = tempfile.mkdtemp(prefix="stor-metrics-")
-        os.environ[PROMETHEUS_MULTIPROC_ENV] = metrics_dir
+        # Gone however the service ends, a kill -9 included (stor/metricsdir.py says how).
+        metrics_dir = metricsdir.create()
+        os.environ[PROMETHEUS_MULTIPROC_ENV] = str(metrics_dir.path)
 
     log.info("serving http://%s:%d, %d worker(s), fast path %s", args.host, args.port, args.workers,
              "on" if settings.http.fast_path else "off")
     try:
-        return _run_uvicorn(args, settings.http.fast_path)
+        return _run_uvicorn(args)
     finally:
         if metrics_dir is not None:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+            metrics_dir.release()  # the workers have stopped: it is removed
 
 
 ASGI_FACTORY = "stor.http.app:create_app_from_env"
-FAST_PATH_PROTOCOL = "stor.http.front:StorHttpProtocol"
+PROTOCOL = "stor.http.front:StorHttpProtocol"
 
 
 def _raise_open_file_limit() -> None:
@@ -122,7 +122,7 @@ def _raise_open_file_limit() -> None:
             log.warning("cannot raise the open file limit from %d: %s", soft, e)
 
 
-def _run_uvicorn(args: argparse.Namespace, fast_path: bool) -> int:
+def _run_uvicorn(args: argparse.Namespace) -> int:
     import uvicorn
 
     from stor import workers
@@ -130,8 +130,9 @@ def _run_uvicorn(args: argparse.Namespace, fast_path: bool) -> int:
     config = dict(
         app=ASGI_FACTORY,
         factory=True,
-        # uvicorn's httptools protocol, answering blob reads itself (stor/http/front.py), or as it is.
-        http=FAST_PATH_PROTOCOL if fast_path else "httptools",
+        # uvicorn's httptools protocol with stor's limits, answering blob reads itself unless
+        # the fast path is off (stor/http/front.py).
+        http=PROTOCOL,
         loop="uvloop",
         limit_concurrency=args.limit_concurrency,
         log_level=args.log_level,

@@ -121,11 +121,17 @@ class AuthSettings:
     """Section "auth": more users than the original's one writer, with bcrypt hashes.
 
     Users come from the config ("users") and from htpasswd files
-    ("htpasswd_files"); reads need a user only when asked to.
+    ("htpasswd_files"); reads need a user only when asked to. bcrypt costs
+    CPU on purpose, so checks are bounded (stor.http.auth): so many at once
+    per worker, and per client address a budget of failed ones (a burst, then
+    so many a minute, per worker); beyond either, 429 without a check.
     """
 
     users: tuple[User, ...] = ()
     read_auth_required: bool = False
+    max_concurrent_checks: int = 2  # bcrypt checks a worker runs at once
+    failed_checks_per_minute: float = 30.0  # per client address, per worker, once the burst is spent
+    failed_checks_burst: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +142,31 @@ class HttpSettings:
     # application; `stor serve --no-fast-path` turns it off (with_fast_path).
     fast_path: bool = True
     exists_max_items: int = 10_000  # most shas in one POST /exists
+    # Limits on what a client may make a worker hold (stor.http.front): a request's line and
+    # headers in bytes and in count (431 beyond), seconds for a whole request head from the
+    # connection's start or its previous answer, the longest gap between body bytes while the
+    # body is awaited (408), how long a download may take nothing before it is cut, how long an
+    # idle keep-alive connection stays open, and open connections per worker (None: derived from
+    # the descriptor limit, see max_connections_for).
+    max_head_bytes: int = 64 * 1024
+    max_headers: int = 100
+    head_timeout: float = 20.0
+    body_timeout: float = 60.0
+    send_timeout: float = 60.0
+    keep_alive_timeout: float = 5.0
+    max_connections: int | None = None
+
+
+def max_connections_for(settings: HttpSettings, open_files: int) -> int:
+    """The per-worker connection cap: as configured, else a quarter of the descriptor limit.
+
+    A connection can hold up to four descriptors (its socket, a blob, and
+    their copies while sendfile runs), so a quarter keeps EMFILE away from
+    files and uploads; 16384 bounds the memory of idle ones.
+    """
+    if settings.max_connections is not None:
+        return settings.max_connections
+    return max(64, min(16384, (open_files - 256) // 4))
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,8 +224,14 @@ _SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "hot": ("blobs", "max_blob_bytes", "total_bytes", "seconds"),
     "uploads": ("max_blob_bytes", "tempfile_max_age"),
     "storage": ("require_mount_points", "balance_threshold_bytes", "io_threads"),
-    "auth": ("users", "htpasswd_files", "read_auth_required"),
-    "http": ("fast_path", "exists_max_items"),
+    "auth": (
+        "users", "htpasswd_files", "read_auth_required",
+        "max_concurrent_checks", "failed_checks_per_minute", "failed_checks_burst",
+    ),
+    "http": (
+        "fast_path", "exists_max_items", "max_head_bytes", "max_headers", "head_timeout", "body_timeout",
+        "send_timeout", "keep_alive_timeout", "max_connections",
+    ),
     "metrics": ("prometheus",),
 }
 
@@ -415,13 +452,38 @@ def _storage(r: _Reader, d: StorageSettings = StorageSettings()) -> StorageSetti
 
 
 def _auth(r: _Reader, d: AuthSettings = AuthSettings()) -> AuthSettings:
-    return AuthSettings(users=tuple(_users(r)), read_auth_required=r.get("read_auth_required", bool, d.read_auth_required))
+    return AuthSettings(
+        users=tuple(_users(r)),
+        read_auth_required=r.get("read_auth_required", bool, d.read_auth_required),
+        max_concurrent_checks=_at_least_one(r, "max_concurrent_checks", d.max_concurrent_checks),
+        failed_checks_per_minute=r.positive_number("failed_checks_per_minute", d.failed_checks_per_minute),
+        failed_checks_burst=_at_least_one(r, "failed_checks_burst", d.failed_checks_burst),
+    )
+
+
+def _at_least_one(r: _Reader, key: str, default: int) -> int:
+    """A count where 0 would refuse every check, right passwords too."""
+    return _at_least(r, key, default, 1)
+
+
+def _at_least(r: _Reader, key: str, default: int, least: int) -> int:
+    value = r.non_negative_int(key, default)
+    if value < least:
+        raise ConfigError(f"{r.name(key)}: must be at least {least}")
+    return value
 
 
 def _http(r: _Reader, d: HttpSettings = HttpSettings()) -> HttpSettings:
     return HttpSettings(
         fast_path=r.get("fast_path", bool, d.fast_path),
         exists_max_items=r.non_negative_int("exists_max_items", d.exists_max_items),
+        max_head_bytes=_at_least(r, "max_head_bytes", d.max_head_bytes, 1024),
+        max_headers=_at_least(r, "max_headers", d.max_headers, 1),
+        head_timeout=r.positive_number("head_timeout", d.head_timeout),
+        body_timeout=r.positive_number("body_timeout", d.body_timeout),
+        send_timeout=r.positive_number("send_timeout", d.send_timeout),
+        keep_alive_timeout=r.positive_number("keep_alive_timeout", d.keep_alive_timeout),
+        max_connections=None if r.raw("max_connections") is None else _at_least(r, "max_connections", 0, 1),
     )
 
 

@@ -28,6 +28,8 @@ import socket
 import time
 from typing import Any
 
+from stor import metricsdir
+
 log = logging.getLogger("stor")
 
 DEATH_WINDOW_SECONDS = 60.0
@@ -125,8 +127,24 @@ def _serve(config: dict[str, Any], host: str, port: int, supervisor: int) -> Non
     # A supervisor killed outright (SIGKILL, the OOM killer) takes its workers with it (SIGTERM,
     # a graceful stop), rather than leaving them serving on a port nobody may then take.
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != supervisor:
-        return  # it died before the request above
-    sock = bound_socket(host, port)
-    sock.listen(BACKLOG)
-    uvicorn.Server(uvicorn.Config(**config)).run(sockets=[sock])
+    # Held before the check below: a worker that finds its supervisor dead may be the last one
+    # to let go of the metrics directory, which it then removes (stor/metricsdir.py).
+    held = metricsdir.Held(os.environ.get(metricsdir.ENV))
+    if held.fd is not None:
+        # uvicorn stops on SIGTERM, then raises it again with this handler back in place:
+        # the directory is let go of, and the worker still ends by SIGTERM.
+        signal.signal(signal.SIGTERM, lambda signum, frame: _end_by(signum, held))
+    try:
+        if os.getppid() != supervisor:
+            return  # it died before the request above
+        sock = bound_socket(host, port)
+        sock.listen(BACKLOG)
+        uvicorn.Server(uvicorn.Config(**config)).run(sockets=[sock])
+    finally:
+        held.release()
+
+
+def _end_by(signum: int, held: metricsdir.Held) -> None:
+    held.release()
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)

@@ -49,6 +49,9 @@ def auth_config(mirrors: tuple[Path, Path], tmp_path: Path, **extra: Any) -> dic
         "read": str(htpasswd_file(tmp_path / "readers.htpasswd", HT_READER)),
         "write": str(htpasswd_file(tmp_path / "writers.htpasswd", HT_WRITER)),
     }
+    # These servers see many wrong passwords from 127.0.0.1 on purpose: a budget that never runs out here
+    # (the budget itself is tested in test_auth_limits.py).
+    extra.setdefault("auth", {"failed_checks_burst": 10_000})
     return pair_config(mirrors, users=users, htpasswd_files=files, **extra)
 
 

@@ -148,7 +148,10 @@ SECTIONS = {
     "hot": ["blobs", "max_blob_bytes", "total_bytes", "seconds"],
     "uploads": ["max_blob_bytes", "tempfile_max_age"],
     "storage": ["require_mount_points", "balance_threshold_bytes", "io_threads"],
-    "auth": ["users", "htpasswd_files", "read_auth_required"],
+    "auth": [
+        "users", "htpasswd_files", "read_auth_required",
+        "max_concurrent_checks", "failed_checks_per_minute", "failed_checks_burst",
+    ],
     "http": ["fast_path", "exists_max_items"],
     "metrics": ["prometheus"],
 }

@@ -171,22 +171,21 @@ def test_a_client_that_does_not_read_holds_back_only_its_own_answers(
             assert reader.response()[::2] == (200, HOT)
 
 
-def test_the_concurrency_limit_holds_for_blob_reads_too(start_server: Any, mirrors: tuple[Path, Path]) -> None:
-    """--limit-concurrency 2 under uvicorn counts open connections, the asking one included: with
-    one connection open, a read on a second is refused with 503, as uvicorn refuses any other
-    request, rather than answered by the fast path."""
+def test_the_connection_cap_holds_for_blob_reads_too(start_server: Any, mirrors: tuple[Path, Path]) -> None:
+    """--limit-concurrency 2 caps open connections at two: both are served (by the fast path),
+    and a third is answered 503 and closed at once, before it could send anything."""
     server: StorServer = start_server(pair_config(mirrors), args=["--limit-concurrency", "2"])
     _store(server, SMALL)
     small = sha256(SMALL)
     wait_for(lambda: not tcp_sockets(server.port), what="the upload's connection to be gone")
-    held = [socket.create_connection(("127.0.0.1", server.port), timeout=30)]
+    held = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(2)]
     try:
         for sock in held:  # open and served
             sock.sendall(_request("GET", f"/{small}"))
             assert _Reader(sock).response()[::2] == (200, SMALL)
-        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as second:
-            second.sendall(_request("GET", f"/{small}"))
-            assert _Reader(second).response()[0] == 503
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as third:
+            assert _Reader(third).response()[0] == 503
+            assert third.recv(1) == b""  # closed after it
     finally:
         for sock in held:
             sock.close()

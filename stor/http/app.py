@@ -34,8 +34,7 @@ log = logging.getLogger("stor")
 def create_app(settings: Settings) -> AsgiApp:
     """The ASGI application for uvicorn; with the fast path on, this worker's protocol answers blob reads too."""
     app = Application(settings)
-    if settings.http.fast_path:
-        front.install(app.service)
+    front.install(app.service if settings.http.fast_path else None, settings.http)
     return app.asgi
 
 
@@ -91,11 +90,11 @@ class Application:
         routes.add_blob(route(BLOB_ROUTE, get=blobs.read, post=blobs.write, put=blobs.write, fast=True))
 
         self.service = HttpService(routes, traffic)
-        self.asgi = AsgiApp(self.service, self.startup, self.shutdown)
+        self.asgi = AsgiApp(self.service, self.startup, self.shutdown, settings.http.body_timeout)
 
     async def startup(self) -> None:
         aio.configure(self.settings.storage.io_threads)
-        filesend.configure(self.settings.storage.io_threads)
+        filesend.configure(self.settings.storage.io_threads, self.settings.http.send_timeout)
         await self.store.start()
         if self.settings.metrics.prometheus.enabled:
             self._background.append(asyncio.create_task(prometheus.DEFERRED.flush_forever()))

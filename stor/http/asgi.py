@@ -24,11 +24,13 @@ READ_CHUNK = 1 << 20  # a file's bytes in chunks of this size (the original stre
 
 class AsgiApp:
     def __init__(
-        self, service: HttpService, startup: Callable[[], Awaitable[None]], shutdown: Callable[[], Awaitable[None]]
+        self, service: HttpService, startup: Callable[[], Awaitable[None]], shutdown: Callable[[], Awaitable[None]],
+        body_timeout: float,
     ) -> None:
         self.service = service
         self.startup = startup
         self.shutdown = shutdown
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -39,7 +41,8 @@ class AsgiApp:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         service = self.service
-        request = Request(scope["method"], scope["path"], Headers(scope=scope), AsgiBody(receive))
+        client = scope.get("client")
+        request = Request(scope["method"], scope["path"], Headers(scope=scope), AsgiBody(receive, self.body_timeout), client[0] if client else "")
         route = service.route(request.path)
         reply = await service.answer(request, route)
         status, sent = reply.status, 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from collections.abc import Callable
 from urllib.parse import unquote
 
@@ -15,11 +16,28 @@ from stor.http import reply as replies
 from stor.http.auth import Authenticator, refusal
 from stor.http.conditional import CONDITIONAL_HEADERS, Full, NotModified, Partial, Refused, decide
 from stor.http.reply import Reply
-from stor.http.representation import DEFAULT_TYPE, full_headers, representation_headers, validator_headers
-from stor.http.request import ClientDisconnect, Request
+from stor.http.representation import (
+    DEFAULT_TYPE,
+    ascii_filename,
+    full_headers,
+    representation_headers,
+    validator_headers,
+)
+from stor.http.request import BodyTimeout, ClientDisconnect, Request
 from stor.http.text import is_decimal, shown
 from stor.metrics import Metrics
-from stor.store.base import NO_BYTES, BlobStore, DigestMismatch, Missing, NoSpace, OpenBlob, Stored, TooLarge
+from stor.store.base import (
+    NO_BYTES,
+    BlobStore,
+    DigestMismatch,
+    Missing,
+    NoSpace,
+    NoWritableStorage,
+    OpenBlob,
+    Stored,
+    TooLarge,
+    Unavailable,
+)
 from stor.store.metadata import BlobMeta
 
 log = logging.getLogger("stor.http")
@@ -47,16 +65,38 @@ def upload_meta(headers: Headers) -> BlobMeta:
             raise ValueError(f"Bad Content-Type '{shown(content_type)}': expected type/subtype")
     filename = headers.get("x-filename")
     if filename is not None:
-        decoded = _decoded(filename)
-        if (
-            decoded is None
-            or not decoded
-            or len(decoded.encode()) > 255
-            or "/" in decoded
-            or any(ord(c) < 32 or ord(c) == 127 for c in decoded)
-        ):
-            raise ValueError(f"Bad X-Filename '{shown(filename)}': a file name without '/' or control characters")
+        filename = _filename(filename)
     return BlobMeta(content_type, filename)
+
+
+# Not in a file name: controls (C0, DEL, C1), the invisible format characters (bidi overrides,
+# isolates and marks, which make "\u202efdp.exe" read as "exe.pdf"; zero-width ones), line and
+# paragraph separators.
+_NOT_IN_A_NAME = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def _filename(header: str) -> str:
+    """X-Filename as it is kept and given back: non-ASCII percent-encoded; ValueError with a one-line reason."""
+    # A header value arrives as latin-1 text (HTTP's own encoding, what Starlette decodes with):
+    # a name sent as raw UTF-8 is those bytes again, decoded as UTF-8.
+    try:
+        text = header.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise ValueError(f"Bad X-Filename '{shown(header)}': not UTF-8 (percent-encode the name)") from None
+    decoded = _decoded(text)
+    if (
+        decoded is None
+        or not decoded
+        or len(decoded.encode()) > 255
+        or "/" in decoded
+        or any(unicodedata.category(c) in _NOT_IN_A_NAME for c in decoded)
+    ):
+        raise ValueError(
+            f"Bad X-Filename '{shown(text)}': a file name without '/', control or invisible format characters"
+        )
+    # Kept in the spelling the README documents, ASCII, so that it is a valid header again on GET:
+    # a name sent as raw UTF-8 and the same name percent-encoded are one name, in the sidecar too.
+    return ascii_filename(text)
 
 
 def _decoded(text: str) -> str | None:
@@ -95,7 +135,7 @@ class BlobEndpoint:
     async def read(self, request: Request) -> Reply:
         self.metrics.incr("request.get.count")
         if self.auth.read_required:
-            refused = await refusal(self.auth, request.headers, need_write=False)
+            refused = await refusal(self.auth, request, need_write=False)
             if refused is not None:
                 return refused
         sha = request.path[1:]
@@ -107,6 +147,9 @@ class BlobEndpoint:
             return replies.text(404, f"Given hash '{shown(sha)}' isn't SHA256")
         try:
             opened = await self.store.open(digest, NO_BYTES if request.method == "HEAD" else None)
+        except Unavailable as e:
+            log.error("GET %s: %s", digest, e)
+            return replies.unavailable(str(e))
         except Exception:
             log.exception("GET %s failed", digest)
             return replies.text(500, "Internal error reading the blob")
@@ -127,7 +170,7 @@ class BlobEndpoint:
         except InvalidDigest:
             self.metrics.incr("error.post.malformed_sha.count")
             return replies.text(412, f"Given hash '{shown(sha)}' isn't sha256")
-        refused = await refusal(self.auth, request.headers, need_write=True)
+        refused = await refusal(self.auth, request, need_write=True)
         if refused is not None:
             return refused
         try:
@@ -147,12 +190,18 @@ class BlobEndpoint:
             return replies.text(412, str(e))
         except NoSpace as e:
             log.warning("POST %s: %s", digest, e)
-            return replies.text(507, "Not enough space on storages")
+            return replies.text(507, str(e) if isinstance(e, NoWritableStorage) else "Not enough space on storages")
+        except Unavailable as e:
+            log.error("POST %s: %s", digest, e)
+            return replies.unavailable(str(e))
         except TooLarge as e:
             return replies.text(413, str(e))
         except ClientDisconnect:
             log.info("POST %s: client disconnected mid-upload; nothing kept", digest)
             return replies.text(400, "Client disconnected")
+        except BodyTimeout as e:
+            log.info("POST %s: %s; nothing kept", digest, e)
+            return replies.body_timed_out(e)
         except Exception:
             log.exception("POST %s failed", digest)
             return replies.text(500, "Internal error storing the blob")

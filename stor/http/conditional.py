@@ -91,14 +91,14 @@ def parse_range(header: str, size: int) -> Answer:
     if not first:
         suffix = int(last)
         if suffix == 0 or size == 0:
-            return Refused(416, f"Range {spec} is not satisfiable for a blob of {size} bytes")
+            return Refused(416, f"Range {shown(spec)} is not satisfiable for a blob of {size} bytes")
         return Partial(max(0, size - suffix), size - 1)
     start = int(first)
     end = int(last) if last else size - 1
     if last and end < start:
         return Refused(400, f"Malformed Range header '{shown(header)}': the end comes before the start")
     if start >= size:
-        return Refused(416, f"Range {spec} is not satisfiable for a blob of {size} bytes")
+        return Refused(416, f"Range {shown(spec)} is not satisfiable for a blob of {size} bytes")
     return Partial(start, min(end, size - 1))
 
 

@@ -8,7 +8,7 @@ from stor.digest import Digest, InvalidDigest
 from stor.http import reply as replies
 from stor.http.auth import Authenticator, refusal
 from stor.http.reply import Reply
-from stor.http.request import ClientDisconnect, Request
+from stor.http.request import BodyTimeout, ClientDisconnect, Request
 from stor.http.text import is_decimal
 from stor.store.base import BlobStore
 
@@ -25,7 +25,7 @@ class ExistsEndpoint:
 
     async def exists(self, request: Request) -> Reply:
         if self.auth.read_required:
-            refused = await refusal(self.auth, request.headers, need_write=False)
+            refused = await refusal(self.auth, request, need_write=False)
             if refused is not None:
                 return refused
         too_large = replies.text(413, f"Too many shas: at most {self.max_items} per request")
@@ -40,6 +40,8 @@ class ExistsEndpoint:
                     return too_large
         except ClientDisconnect:
             return replies.text(400, "Client disconnected")
+        except BodyTimeout as e:
+            return replies.body_timed_out(e)
         try:
             items = json.loads(body)
         except ValueError as e:

@@ -5,8 +5,8 @@ Python, as nginx does it. The copying runs in a thread because the file side
 of sendfile may wait for the disk, which the event loop must never do. The
 socket stays non-blocking (it is the event loop's): when it is full the
 thread returns and the event loop waits for room, so a slow client holds no
-thread while it reads, and one that takes nothing for STALL_SECONDS is given
-up on.
+thread while it reads, and one that takes nothing for the send timeout is
+given up on (stor.http.tcp tells taking little from taking nothing).
 
 Its own small pool, not the I/O pool: copying a large file out must not hold
 up other requests' disk work.
@@ -16,21 +16,27 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 
 from stor.aio import ThreadPool
+from stor.http import tcp
 from stor.store.base import StoreError
 
-STALL_SECONDS = 60.0
 CHUNK = 1 << 24  # per sendfile call
+# While the socket is full, the client's progress is looked at this often.
+CHECK_SECONDS = 5.0
 
 _pool: ThreadPool | None = None
 _threads = 32
+_send_timeout = 60.0
 
 
-def configure(threads: int) -> None:
-    """How many files may be copied out at once per worker (more wait for a thread); before the first send."""
-    global _threads
+def configure(threads: int, send_timeout: float) -> None:
+    """Before the first send: how many files may be copied out at once per worker (more wait for a
+    thread), and how long a client may take nothing before it is given up on."""
+    global _threads, _send_timeout
     _threads = threads
+    _send_timeout = send_timeout
 
 
 async def send(sock: int, head: bytes, file: int, offset: int, length: int) -> int:
@@ -55,6 +61,7 @@ async def send(sock: int, head: bytes, file: int, offset: int, length: int) -> i
     total = len(head) + length
     done = 0
     loop = asyncio.get_running_loop()
+    progress = tcp.Progress(_send_timeout)
     try:
         while True:
             copying = _pool.submit(_send_some, sock, head, file, offset, total, done)
@@ -68,7 +75,7 @@ async def send(sock: int, head: bytes, file: int, offset: int, length: int) -> i
                 raise
             if done == total:
                 return length
-            await _writable(loop, sock)
+            await _writable(loop, sock, progress)
     finally:
         _close(owned)
 
@@ -78,13 +85,19 @@ def _close(fds: tuple[int, ...]) -> None:
         os.close(fd)
 
 
-async def _writable(loop: asyncio.AbstractEventLoop, sock: int) -> None:
+async def _writable(loop: asyncio.AbstractEventLoop, sock: int, progress: tcp.Progress) -> None:
+    """Until the socket has room; TimeoutError once the client has taken nothing for the send timeout."""
     room: asyncio.Future[None] = loop.create_future()
     loop.add_writer(sock, lambda: room.done() or room.set_result(None))
     try:
-        await asyncio.wait_for(room, STALL_SECONDS)
-    except asyncio.TimeoutError:
-        raise TimeoutError(f"the client took nothing for {STALL_SECONDS:.0f} s") from None
+        while True:
+            done, _ = await asyncio.wait((room,), timeout=CHECK_SECONDS)
+            if done:
+                progress.reset()
+                return
+            with socket.socket(fileno=os.dup(sock)) as peer:
+                if progress.stalled(peer, loop.time()):
+                    raise TimeoutError(f"the client took nothing for {progress.limit:.0f} s")
     finally:
         loop.remove_writer(sock)
 

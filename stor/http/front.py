@@ -28,14 +28,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import resource
+import time
 from collections.abc import Awaitable, Coroutine
 from typing import Any
 
+import httptools
 from starlette.datastructures import Headers
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.utils import get_client_addr
 
-from stor.http import filesend
+from stor.config import HttpSettings, max_connections_for
+from stor.http import filesend, tcp
 from stor.http import reply as replies
 from stor.http.reply import Reply
 from stor.http.request import Request
@@ -50,13 +54,46 @@ _PLAIN_URL = re.compile(rb"/[!-$&->@-~]*")  # no "%" (0x25), no "?" (0x3f)
 _READS = {b"GET": "GET", b"HEAD": "HEAD"}
 _JOIN_BYTES = 64 * 1024  # a body up to this is joined to its head: one write, one segment
 
+# A connection busy with a request looks at its client's progress this often.
+_CHECK_SECONDS = 5.0
+# How long a connection whose request was refused stays open to drop what the client still sends.
+LINGER_SECONDS = 5.0
+
 _service: HttpService | None = None
+_limits = HttpSettings()
+_max_connections = max_connections_for(_limits, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 
 
-def install(service: HttpService) -> None:
-    """The service this worker's connections answer fast routes for (uvicorn makes one application per worker)."""
-    global _service
+def install(service: HttpService | None, limits: HttpSettings) -> None:
+    """This worker's limits, and the service its connections answer fast routes for (None: no fast path).
+
+    uvicorn makes one application per worker, before the first connection.
+    """
+    global _service, _limits, _max_connections
     _service = service
+    _limits = limits
+    _max_connections = max_connections_for(limits, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
+class _TooManyHeaders(Exception):
+    """Raised from a parser callback: the head has more headers than the limit."""
+
+
+_cap_logged_at = -1e9
+
+
+def _over_cap(cap: int) -> None:
+    """Log a refused connection, at most once every ten seconds (a flood would flood the log)."""
+    global _cap_logged_at
+    now = time.monotonic()
+    if now - _cap_logged_at >= 10.0:
+        _cap_logged_at = now
+        log.warning("%d connections open on this worker: new ones are refused with 503 "
+                    "(http.max_connections)", cap)
+
+
+def _peer(client: tuple[str, int] | None) -> str:
+    return "%s:%d" % client if client else "a client"
 
 
 class _NoWaiter:
@@ -92,7 +129,33 @@ class _Read:
 
 
 class StorHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, answering GET and HEAD of /<sha> itself."""
+    """uvicorn's httptools protocol, with stor's limits on every connection, answering GET and HEAD of /<sha> itself.
+
+    The limits (stor.config.HttpSettings) hold with the fast path off too:
+    this protocol serves both ways, and only the fast answers depend on it.
+    Each connection has one timer (uvicorn's keep-alive handle, reused; see
+    _on_timer) instead of one per request and per limit.
+    """
+
+    # Since when a request head is awaited (the connection was made or its last answer given);
+    # None while a request is under way.
+    _waiting_since: float | None = None
+    # Whether the bytes now arriving belong to a request head, and how many have come.
+    _in_head = True
+    _head_bytes = 0
+    _headers_seen = 0
+    _heads = 0  # request heads completed on this connection
+    _client_eof = False  # the client has half-closed: answer what it asked, then close
+    _refused = False  # an answer refusing the request was given: what follows is dropped
+    _progress: tcp.Progress | None = None  # what the client has taken of a buffered answer
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # `stor serve --limit-concurrency` is this connection cap, checked when a connection is
+        # made, rather than uvicorn's 503 to requests made beyond it.
+        self._max_connections = self.limit_concurrency or _max_connections
+        self.limit_concurrency = None
+        self.timeout_keep_alive = _limits.keep_alive_timeout
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -100,40 +163,77 @@ class StorHttpProtocol(HttpToolsProtocol):
         # a file goes out by sendfile only behind an empty buffer, and a client that does not read
         # makes the next answer wait instead of piling up in memory.
         transport.set_write_buffer_limits(high=0)
-
-    # When the connection last went idle (its answers all given); None while a request is under way.
-    _idle_since: float | None = None
+        if len(self.connections) > self._max_connections:
+            _over_cap(self._max_connections)
+            self._refused = True
+            transport.write(self._refusal(503, "Service Unavailable: too many connections"))
+            transport.close()  # at once: lingering would hold the descriptor the cap protects
+            return
+        self._waiting_since = self.loop.time()
+        self._arm(_limits.head_timeout)
 
     def _unset_keepalive_if_required(self) -> None:
-        # uvicorn cancels its keep-alive timer here and arms a new one after every answer: over a
-        # microsecond a request, a tenth of a small one. Here the connection is marked busy, and the
-        # one timer, when it fires, closes it only if it has been idle for the whole timeout.
-        self._idle_since = None
+        """uvicorn's, made a no-op: _on_timer looks at the connection's state when it fires."""
+
+    def _arm(self, delay: float) -> None:
+        """The timer due in delay seconds at the latest (one already due sooner stays)."""
+        due = self.loop.time() + delay
+        timer = self.timeout_keep_alive_task
+        if timer is not None:
+            if timer.when() <= due:
+                return
+            timer.cancel()
+        self.timeout_keep_alive_task = self.loop.call_at(due, self._on_timer)
+
+    def _on_timer(self) -> None:
+        """The connection's deadlines: keep-alive, the request head's, and a client that takes nothing."""
+        self.timeout_keep_alive_task = None
+        transport = self.transport
+        if transport.is_closing():
+            return
+        now = self.loop.time()
+        since = self._waiting_since
+        if since is not None:
+            silent = self._head_bytes == 0
+            # Silent after an answer: keep-alive's limit; anything else must bring a whole head in time.
+            due = since + (self.timeout_keep_alive if silent and self._heads else _limits.head_timeout)
+            if now < due:
+                self.timeout_keep_alive_task = self.loop.call_at(due, self._on_timer)
+                return
+            if not silent or not self._heads:
+                log.info("%s: no whole request head within %.0f s; connection closed", _peer(self.client),
+                         _limits.head_timeout)
+            transport.close()
+            return
+        if transport.get_write_buffer_size():
+            # An answer waits in the buffer: the client must keep taking it.
+            progress = self._progress
+            if progress is None:
+                progress = self._progress = tcp.Progress(_limits.send_timeout)
+            if progress.stalled(transport.get_extra_info("socket"), now):
+                log.info("%s: the client took nothing for %.0f s; connection closed", _peer(self.client),
+                         _limits.send_timeout)
+                transport.abort()
+                return
+        elif self._progress is not None:
+            self._progress.reset()
+        self.timeout_keep_alive_task = self.loop.call_at(now + _CHECK_SECONDS, self._on_timer)
 
     def on_response_complete(self) -> None:
-        # uvicorn's, but for the keep-alive timer.
+        # uvicorn's, but for the connection's one timer and a client that has half-closed.
         self.server_state.total_requests += 1
         if self.transport.is_closing():
             return
-        self._idle_since = None
         self.flow.resume_reading()
         if self.pipeline:
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
             return
-        self._idle_since = self.loop.time()
-        if self.timeout_keep_alive_task is None:
-            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self._keep_alive_expired)
-
-    def _keep_alive_expired(self) -> None:
-        self.timeout_keep_alive_task = None
-        if self._idle_since is None:
-            return  # busy: the end of its answer arms the timer again
-        left = self._idle_since + self.timeout_keep_alive - self.loop.time()
-        if left > 0:
-            self.timeout_keep_alive_task = self.loop.call_later(left, self._keep_alive_expired)
-        else:
-            self.timeout_keep_alive_handler()
+        if self._client_eof:
+            self.transport.close()  # it asked all it will ask
+            return
+        self._waiting_since = self.loop.time()
+        self._arm(self.timeout_keep_alive)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -141,10 +241,98 @@ class StorHttpProtocol(HttpToolsProtocol):
             self.timeout_keep_alive_task.cancel()  # a closed connection is not kept by the loop for the timeout
             self.timeout_keep_alive_task = None
 
+    def eof_received(self) -> bool:
+        """The client half-closed: answer the request it has sent (True keeps our side open), or close.
+
+        asyncio closes the transport when this returns false; uvicorn's did
+        so even with a whole request still being answered, whose answer was
+        then lost.
+        """
+        cycle = self.cycle
+        if self.pipeline or (cycle is not None and not cycle.response_complete and not cycle.more_body):
+            self._client_eof = True
+            return True
+        return False  # idle, or a request it can no longer finish: connection_lost follows
+
+    def data_received(self, data: bytes) -> None:
+        # uvicorn's, with the limits on a request head: bytes in all (431 once over, before the rest
+        # is parsed) and, in on_header, the number of headers. Bytes after a message's end that
+        # came in the same read are not counted towards the next head: a head can exceed the
+        # limit by at most one read before it is refused.
+        if self._refused:
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+            over = self._head_bytes - _limits.max_head_bytes
+            if over > 0:
+                heads = self._heads
+                if len(data) > over:
+                    self._feed(memoryview(data)[:-over])  # the head may end within the limit
+                if self._heads == heads:
+                    if not self.transport.is_closing():
+                        self._refuse_head(f"more than {_limits.max_head_bytes} bytes")
+                    return
+                data = memoryview(data)[-over:]  # type: ignore[assignment]
+        self._feed(data)
+
+    def _feed(self, data: bytes | memoryview) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            if isinstance(e.__context__, _TooManyHeaders):
+                self._refuse_head(f"more than {_limits.max_headers} headers")
+                return
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers_seen += 1
+        if self._headers_seen > _limits.max_headers:
+            raise _TooManyHeaders()
+        super().on_header(name, value)
+
+    def on_message_complete(self) -> None:
+        self._in_head = True
+        self._head_bytes = 0
+        super().on_message_complete()
+
+    def _refuse_head(self, why: str) -> None:
+        """431 for a request head over the limits; the rest of the request is dropped, never parsed.
+
+        The connection lingers (reading and dropping) for up to LINGER_SECONDS
+        or until the client closes, so that it reads the answer rather than a
+        reset caused by unread bytes. Behind an unfinished answer it is simply closed.
+        """
+        self._refused = True
+        transport = self.transport
+        log.info("%s: request head refused: %s", _peer(self.client), why)
+        if self.cycle is not None and not self.cycle.response_complete:
+            transport.close()
+            return
+        transport.write(self._refusal(431, f"Request Header Fields Too Large: {why}"))
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.flow.resume_reading()
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+        self.timeout_keep_alive_task = self.loop.call_later(LINGER_SECONDS, transport.close)
+
+    def _refusal(self, status: int, reason: str) -> bytes:
+        """A whole plain-text answer that closes the connection."""
+        reply = replies.text(status, reason)
+        return self._head(reply, False) + (reply.in_memory() or b"")
+
     def on_headers_complete(self) -> None:
-        # A request parsed in the same chunk as an answer given at once finds the connection marked
-        # idle by that answer (uvicorn answers only after feed_data returns, and never sees this).
-        self._unset_keepalive_if_required()
+        self._waiting_since = None
+        self._in_head = False
+        self._headers_seen = 0
+        self._heads += 1
         if self.transport.is_closing():
             return  # pipelined behind an answer that closes the connection: never answered
         service = _service
@@ -156,7 +344,6 @@ class StorHttpProtocol(HttpToolsProtocol):
             or not _PLAIN_URL.fullmatch(url)
             or self.parser.should_upgrade()
             or _has_body(self.headers)
-            or self._over_limit()
         ):
             super().on_headers_complete()
             return
@@ -167,7 +354,7 @@ class StorHttpProtocol(HttpToolsProtocol):
             return
         version = self.parser.get_http_version()
         keep_alive = version != "1.0" and self.parser.should_keep_alive()
-        read = _Read(Request(method, path, Headers(raw=self.headers)), route, url, version, keep_alive)
+        read = _Read(Request(method, path, Headers(raw=self.headers), client=self.client[0] if self.client else ""), route, url, version, keep_alive)
         idle = self.cycle is None or self.cycle.response_complete
         self.cycle = read  # type: ignore[assignment]
         if idle:
@@ -185,10 +372,6 @@ class StorHttpProtocol(HttpToolsProtocol):
             self.loop.call_soon(self._answer, app, cycle)
         else:
             super()._start_asgi_task(cycle, app)
-
-    def _over_limit(self) -> bool:
-        limit = self.limit_concurrency
-        return limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit)
 
     def _answer(self, service: HttpService, read: _Read) -> None:
         """Answer at once when the handler finishes without waiting and the reply is in memory; else in a task."""

@@ -18,13 +18,14 @@ class HealthEndpoint:
 
     async def status(self, request: Request) -> Reply:
         health = await self.store.health()
-        healthy = all(s.ok for s in health.storages)
+        some_unwritable, none_writable = _writability(health.storages)
+        healthy = all(s.ok for s in health.storages) and not none_writable
         if healthy:
             self.metrics.incr("healthcheck.count")  # as the original: counts healthy answers only
         code = 200 if healthy else 503
         if "application/json" in request.headers.get("accept", ""):
             # A cache only speeds reads up: without it the service is degraded, not failing.
-            services_ok = all(s.reachable for s in health.services)
+            services_ok = all(s.reachable for s in health.services) and not some_unwritable
             return replies.json_reply(
                 code,
                 {
@@ -39,7 +40,9 @@ class HealthEndpoint:
             )
         if healthy:
             return replies.text(200, "OK")
-        return replies.text(code, "\n".join(p for s in health.storages for p in s.problems))
+        problems = [p for s in health.storages for p in s.problems]
+        problems += [f"Storage {s.path} cannot be written: {s.write_fault}" for s in health.storages if s.write_fault]
+        return replies.text(code, "\n".join(problems))
 
     async def storages(self, request: Request) -> Reply:
         """The original's documented "list of storages and disk usage", as JSON (always 200: /status judges)."""
@@ -48,12 +51,24 @@ class HealthEndpoint:
         return replies.json_reply(200, {"storages": storages})
 
 
+def _writability(storages: tuple[StorageState, ...]) -> tuple[bool, bool]:
+    """Whether a storage meant for writes cannot be written now, and whether no pair meant for writes can be.
+
+    A node whose pairs are all read-only by configuration (writable_pairs_regex)
+    takes no writes by design: that is not a fault.
+    """
+    meant = {s.pair for s in storages if s.writable or s.write_fault}
+    able = {p for p in meant if all(s.writable for s in storages if s.pair == p)}
+    return any(s.write_fault for s in storages), bool(meant) and not able
+
+
 def _storage(state: StorageState) -> dict[str, Any]:
     """A storage as /status reports it."""
     return {
         "path": state.path,
         "pair": state.pair,
         "writable": state.writable,
+        "write_fault": state.write_fault,
         "ok": state.ok,
         "problems": list(state.problems),
         "free_bytes": state.free_bytes,  # available to stor (statvfs f_bavail), as placement counts it

@@ -85,3 +85,13 @@ def as_bytes(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
 
 
 INTERNAL_ERROR = "Internal error"
+
+
+def body_timed_out(e: Exception) -> Reply:
+    """408 for a body that stopped arriving; the connection closes, the rest of the body is not read."""
+    return text(408, f"Request Timeout: {e}", [("connection", "close")])
+
+
+def unavailable(reason: str) -> Reply:
+    """503 for a fault that passes (out of descriptors, say): the client may retry shortly."""
+    return text(503, f"Service Unavailable: {reason}", [("retry-after", "1")])

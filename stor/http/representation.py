@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from email.utils import formatdate
 from urllib.parse import quote, unquote
 
@@ -40,9 +41,28 @@ def http_date(mtime: float) -> str:
 def representation_headers(meta: BlobMeta) -> list[tuple[str, str]]:
     headers = [("content-type", meta.content_type or DEFAULT_TYPE)]
     if meta.filename is not None:
-        headers.append(("x-filename", meta.filename))
-        headers.append(("content-disposition", f"attachment; filename*=UTF-8''{quote(unquote(meta.filename))}"))
+        name = meta.filename if meta.filename.isascii() else _unmangled(meta.filename)
+        headers.append(("x-filename", name))
+        headers.append(("content-disposition", f"attachment; filename*=UTF-8''{quote(unquote(name))}"))
     return headers
+
+
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+
+
+def ascii_filename(name: str) -> str:
+    """A file name as X-Filename spells it, kept and given back: ASCII, the rest percent-encoded UTF-8."""
+    return _NON_ASCII.sub(lambda m: quote(m.group()), name)
+
+
+def _unmangled(name: str) -> str:
+    """A non-ASCII name from a sidecar written before uploads decoded raw UTF-8 names (kept as the
+    latin-1 text the header arrived as): the UTF-8 it was, if it is UTF-8; spelled as X-Filename is."""
+    try:
+        name = name.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        pass
+    return ascii_filename(name)
 
 
 _full: dict[str, tuple[int, float, BlobMeta, list[tuple[str, str]]]] = {}

@@ -34,6 +34,14 @@ class NoSpace(StoreError):
     """No writable pair can hold the blob, before or during the write."""
 
 
+class NoWritableStorage(NoSpace):
+    """No pair can be written now (read-only, refused, failing); the message names each and why."""
+
+
+class Unavailable(StoreError):
+    """A passing shortage (no file descriptor left): the service answers 503, the client may retry."""
+
+
 class DigestMismatch(Exception):
     """The uploaded bytes do not hash to the digest they were posted under."""
 
@@ -195,6 +203,9 @@ class StorageState:
     problems: tuple[str, ...]
     free_bytes: int | None
     total_bytes: int | None
+    # Why a storage meant for writes cannot be written now (writable is then false); not a
+    # problem of the node while another pair takes the writes.
+    write_fault: str | None = None
 
     @property
     def ok(self) -> bool:

@@ -6,6 +6,17 @@ place, so no reader ever sees a partial or unverified blob. Blocking file
 system calls run in worker threads, or on the event loop only when the
 kernel's caches can answer them without waiting (stor.store.fileaccess).
 
+Symlinks below a storage directory are never followed: a link at a layout
+path (to /etc/shadow, to ../../..) or a linked AA directory would otherwise
+serve or report files from outside the tree. Reads open, list and check
+presence through stor.store.fileaccess (no symlink in any component; such an
+entry is absent, logged once), and writes refuse to create or rename into a
+linked AA/BB/CC directory (StoreError). A storage directory that is itself a
+link (a common mount trick) keeps working: each is resolved once, at start,
+and opened beneath the resolved path; clients and /status still see the
+configured one. A later mount on that path is seen, as the resolved path is
+the mount point itself; re-pointing a root link takes a restart.
+
 Caching of locations and of hot blobs, and metrics, are layers around this
 backend (stor.store.located, stor.store.hot, stor.store.metered).
 """
@@ -42,11 +53,13 @@ from stor.store.base import (
     Lookup,
     Missing,
     NoSpace,
+    NoWritableStorage,
     OpenBlob,
     StorageState,
     Stored,
     StoreError,
     TooLarge,
+    Unavailable,
 )
 from stor.store.fileaccess import BLOCKING, CACHED_ONLY, FileAccess, WouldBlock
 from stor.store.metadata import NO_META, BlobMeta, meta_relative_path, read_meta
@@ -73,6 +86,12 @@ PARALLEL_WRITE_BYTES = 256 * 1024
 _MIRROR_WRITERS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="stor-mirror")
 
 _NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# A temporary file cannot be made in a storage: it takes no writes, the next pair does.
+_UNWRITABLE_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, *_NO_SPACE_ERRNOS)
+_OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
+# A storage found unwritable is skipped by placement, and reported by /status, for this long; then
+# it is tried again (a remount read-write is noticed without a restart).
+WRITE_FAULT_SECONDS = 5.0
 
 _HEX2 = re.compile(r"[0-9A-F]{2}")
 _BLOB_NAME = re.compile(r"([0-9A-F]{64})\.dat")
@@ -97,7 +116,15 @@ class LocalStore:
         self.rng = rng or random.Random()
         self.dirs = tuple(d for pair in self.pairs for d in pair.dirs)
         self._dir_named = {str(d): d for d in self.dirs}
-        self._locks = _KeyedLock()
+        # Where each storage directory is opened: resolved once, so that a root that is a symlink works
+        # while nothing below it may be one (fileaccess). What clients see stays the configured path.
+        self._real = {d: os.path.realpath(d) for d in self.dirs}
+        for d, real in self._real.items():
+            if real != str(d):
+                log.info("storage %s is read as %s (its resolved path)", d, real)
+        # Storages found unwritable (read-only, refused, failing): when, and why.
+        self._write_faults: dict[Path, tuple[float, str]] = {}
+        self._probed: dict[Path, float] = {}  # when a write probe last succeeded
         self._sweeping: asyncio.Task[None] | None = None
 
     # ---- reads -------------------------------------------------------------
@@ -159,6 +186,8 @@ class LocalStore:
             try:
                 found = self._look_in(directory, digest, span, reading, files)
             except OSError as e:
+                if e.errno in _OUT_OF_DESCRIPTORS:
+                    raise Unavailable("out of file descriptors") from e
                 # A failing disk must not hide the other mirror's copy, nor pass for "not found".
                 log.error("cannot read %s: %s", directory / digest.relative_path, e)
                 faults.append(f"{directory}: {e.strerror or e}")
@@ -174,7 +203,8 @@ class LocalStore:
         lookup: Lookup = CACHED,
     ) -> OpenBlob | BlobInfo | None:
         """The blob in one storage directory (opened when reading); None if it is not there, OSError on a fault."""
-        path = f"{directory}/{digest.relative_path}"
+        real = self._real[directory]
+        path = f"{real}/{digest.relative_path}"
         fd = files.open(path)
         if fd is None:
             return None
@@ -182,7 +212,7 @@ class LocalStore:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise OSError(errno.EISDIR, "not a regular file", path)
-            meta = read_meta(f"{directory}/{meta_relative_path(digest)}", files)
+            meta = read_meta(f"{real}/{meta_relative_path(digest)}", files)
             info = BlobInfo(digest, st.st_size, st.st_mtime, meta, TIER, path, str(directory), lookup, not files.waits)
             if not reading:
                 os.close(fd)
@@ -202,7 +232,8 @@ class LocalStore:
         return await in_thread(self._contains, digests)
 
     def _contains(self, digests: list[Digest]) -> list[bool]:
-        return [any(os.path.isfile(d / digest.relative_path) for d in self.dirs) for digest in digests]
+        reals = self._real.values()
+        return [any(BLOCKING.is_file(f"{real}/{digest.relative_path}") for real in reals) for digest in digests]
 
     async def iter_digests(self) -> AsyncIterator[Digest]:
         """Every blob once, in lexical order, merged over all storages (one directory listing per thread hop)."""
@@ -214,20 +245,20 @@ class LocalStore:
 
     def _subdirs(self, parents: tuple[str, ...]) -> list[str]:
         names: set[str] = set()
-        for root in self.dirs:
-            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                names.update(n for n in os.listdir(os.path.join(root, *parents)) if _HEX2.fullmatch(n))
+        for root in self._real.values():
+            names.update(
+                e.name for e in _entries(root, parents) if _HEX2.fullmatch(e.name) and e.is_dir(follow_symlinks=False)
+            )
         return sorted(names)
 
     def _blobs_in(self, parents: tuple[str, ...]) -> list[Digest]:
         prefix = "".join(parents)
         shas: set[str] = set()
-        for root in self.dirs:
-            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                for name in os.listdir(os.path.join(root, *parents)):
-                    match = _BLOB_NAME.fullmatch(name)
-                    if match is not None and match.group(1).startswith(prefix):
-                        shas.add(match.group(1))
+        for root in self._real.values():
+            for entry in _entries(root, parents):
+                match = _BLOB_NAME.fullmatch(entry.name)
+                if match is not None and match.group(1).startswith(prefix) and entry.is_file(follow_symlinks=False):
+                    shas.add(match.group(1))
         digests = []
         for sha in sorted(shas):
             with contextlib.suppress(InvalidDigest):
@@ -257,7 +288,10 @@ class LocalStore:
                         free, total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
                     except OSError as e:
                         problems.append(f"Storage {d} cannot be read: {e.strerror}")
-                states.append(StorageState(str(d), pair.index, pair.writable, tuple(problems), free, total))
+                fault = self._probe_writable(d, time.monotonic()) if pair.writable and not problems else None
+                states.append(
+                    StorageState(str(d), pair.index, pair.writable and fault is None, tuple(problems), free, total, fault)
+                )
         return states
 
     async def start(self) -> None:
@@ -282,26 +316,18 @@ class LocalStore:
     # ---- writes ------------------------------------------------------------
 
     async def begin(self, expected: Digest | None, length: int | None, meta: BlobMeta = NO_META) -> LocalUpload | Stored:
-        # One upload per digest at a time in this process: a second one waits and then finds
-        # the blob complete without reading its body. (An upload whose digest is known only at
-        # the end, or one on another worker or node, is not serialised: whichever renames
-        # last replaces an identical file. A tus upload resumed through another worker will
-        # need a lock all workers see, a flock on a file under the storage, for its own state.)
-        release = await self._locks.acquire(expected.hex) if expected is not None else _nothing
-        try:
-            if expected is not None:
-                stored = self._stored_per_caches(expected)
-                if stored is not None:
-                    release()
-                    return stored
-            plan = await in_thread(self._plan_write, expected, length, meta)
-        except BaseException:
-            release()
-            raise
+        # Uploads of one digest run side by side, each into temporary files of its own, and meet
+        # only at commit, under a lock that every worker and node sharing the storage sees
+        # (_commit_blocking): none ever waits for another's body, which a stalled or slow client
+        # would hold for as long as it likes, and the blob ends up on one pair.
+        if expected is not None:
+            stored = self._stored_per_caches(expected)
+            if stored is not None:
+                return stored
+        plan = await _kept(in_thread(self._plan_write, expected, length, meta))
         if isinstance(plan, Stored):
-            release()
             return plan
-        return LocalUpload(self, expected, plan, release)
+        return LocalUpload(self, expected, plan)
 
     async def put(self, expected: Digest, data: bytes, meta: BlobMeta = NO_META) -> Stored:
         """A small body already in memory: the disks consulted, both mirrors written and flushed, in one thread hop.
@@ -310,20 +336,16 @@ class LocalStore:
         A blob already complete is answered with no hop at all when the
         kernel's caches hold its directory entries.
         """
-        release = await self._locks.acquire(expected.hex)
-        try:
-            stored = self._stored_per_caches(expected)
-            if stored is not None:
-                return stored
-            return await in_thread(self._put_whole, expected, data, meta)
-        finally:
-            release()
+        stored = self._stored_per_caches(expected)
+        if stored is not None:
+            return stored
+        return await in_thread(self._put_whole, expected, data, meta)
 
     def _put_whole(self, expected: Digest, data: bytes, meta: BlobMeta) -> Stored:
         plan = self._plan_write(expected, len(data), meta)
         if isinstance(plan, Stored):
             return plan
-        writer = _MirrorWriter(plan.targets, plan.meta)
+        writer = _MirrorWriter(plan)
         try:
             writer.absorb(data)
             return self._commit_blocking(writer, expected, plan)
@@ -336,7 +358,8 @@ class LocalStore:
     def _presence(self, digest: Digest, files: FileAccess) -> list[tuple[StoragePair, list[bool]]]:
         """Each pair, and which of its mirrors hold the blob."""
         rel = digest.relative_path
-        return [(pair, [files.is_file(f"{d}/{rel}") for d in pair.dirs]) for pair in self.pairs]
+        real = self._real
+        return [(pair, [files.is_file(f"{real[d]}/{rel}") for d in pair.dirs]) for pair in self.pairs]
 
     def _stored_per_caches(self, digest: Digest) -> Stored | None:
         """The Stored of a blob already complete on a pair, when the kernel's caches can tell at once.
@@ -369,30 +392,95 @@ class LocalStore:
                 # Present on one mirror only: complete the pair from the verified upload, with the
                 # metadata the existing copy has (else the mirrors would disagree, and reads flap).
                 assert expected is not None
+                missing = [d for d, h in zip(pair.dirs, have) if not h]
+                files = self._open_temporaries(missing)
+                if files is None:
+                    break  # that mirror cannot be written now: the blob goes to a pair that can
                 log.warning("blob %s is on one mirror only of pair %d; completing it", expected, pair.index)
                 existing = next(d for d, h in zip(pair.dirs, have) if h)
-                kept = read_meta(f"{existing}/{meta_relative_path(expected)}", BLOCKING)
-                return _Plan(pair, [d for d, h in zip(pair.dirs, have) if not h], kept)
-        free = [pair_free_bytes(pair, length or 0) for pair in self.pairs]
-        index = choose_pair(free, self.storage.balance_threshold_bytes, self.rng)
-        if index is None:
-            raise NoSpace("Not enough space on storages")
-        pair = self.pairs[index]
-        return _Plan(pair, list(pair.dirs), meta)
+                kept = read_meta(f"{self._real[existing]}/{meta_relative_path(expected)}", BLOCKING)
+                return _Plan(pair, missing, kept, files)
+        now = time.monotonic()
+        free = [
+            0 if any(self._write_fault(d, now) for d in pair.dirs) else pair_free_bytes(pair, length or 0)
+            for pair in self.pairs
+        ]
+        while True:
+            index = choose_pair(free, self.storage.balance_threshold_bytes, self.rng)
+            if index is None:
+                faults = [f"{d}: {fault}" for d in self.dirs if (fault := self._write_fault(d, now))]
+                if faults:
+                    raise NoWritableStorage(f"No storage pair can be written now: {'; '.join(faults)}")
+                raise NoSpace("Not enough space on storages")
+            pair = self.pairs[index]
+            files = self._open_temporaries(list(pair.dirs))
+            if files is not None:
+                return _Plan(pair, list(pair.dirs), meta, files)
+            free[index] = 0  # try the next pair
+
+    def _open_temporaries(self, targets: list[Path]) -> list[tuple[int, str]] | None:
+        """A locked temporary file on each target; None when one of them cannot be written (it is noted)."""
+        files: list[tuple[int, str]] = []
+        for root in targets:
+            try:
+                files.append(tempfiles.create_locked(root))
+            except OSError as e:
+                _discard(files)
+                if e.errno in _OUT_OF_DESCRIPTORS:
+                    raise Unavailable("out of file descriptors") from e
+                if e.errno not in _UNWRITABLE_ERRNOS:
+                    raise
+                self._note_write_fault(root, f"cannot write {tempfiles.temp_dir(root)}: {e.strerror}")
+                return None
+        return files
+
+    def _note_write_fault(self, root: Path, reason: str) -> None:
+        now = time.monotonic()
+        if self._write_fault(root, now) is None:
+            log.error("storage %s %s; it takes no writes for now", root, reason.removeprefix(f"storage {root} "))
+        self._write_faults[root] = (now, reason)
+
+    def _write_fault(self, root: Path, now: float) -> str | None:
+        """Why root could not be written, if it could not within the last WRITE_FAULT_SECONDS."""
+        fault = self._write_faults.get(root)
+        if fault is None or now - fault[0] >= WRITE_FAULT_SECONDS:
+            return None
+        return fault[1]
+
+    def _probe_writable(self, root: Path, now: float) -> str | None:
+        """Why root cannot be written (a temporary file created and removed), at most every WRITE_FAULT_SECONDS."""
+        fault = self._write_faults.get(root)
+        if fault is not None and now - fault[0] < WRITE_FAULT_SECONDS:
+            return fault[1]
+        probed = self._probed.get(root)
+        if probed is not None and now - probed < WRITE_FAULT_SECONDS:
+            return None
+        files = self._open_temporaries([root])
+        if files is None:
+            return self._write_fault(root, now)
+        _discard(files)
+        self._probed[root] = now
+        return None
 
     def _commit_blocking(self, writer: _MirrorWriter, expected: Digest | None, plan: _Plan) -> Stored:
-        """Verify what the writer took and rename it into place (blocking); the caller aborts on failure."""
+        """Verify what the writer took and rename it into place (blocking); the caller aborts on failure.
+
+        The data is flushed first, then, under the digest's lock, the blob is
+        looked for once more: an upload of the same blob that committed
+        meanwhile (through any worker or node) wins, and this one is dropped,
+        so the blob is on one pair only and never written twice.
+        """
         actual = writer.finish()
         if expected is not None and actual != expected.hex:
             raise DigestMismatch(expected, actual)
         digest = expected if expected is not None else Digest.parse(actual)
-        if expected is None:
-            # Known only now: a blob already complete is not written twice.
+        writer.flush()
+        with tempfiles.digest_lock([self._real[d] for d in self.dirs], digest.hex):
             stored = _stored(self._presence(digest, BLOCKING), digest)
             if stored is not None:
                 writer.abort()
                 return stored
-        writer.publish(digest)
+            writer.publish(digest)
         rel = digest.relative_path
         return Stored(digest, True, tuple(f"{d}/{rel}" for d in plan.pair.dirs), str(plan.pair.dirs[0]))
 
@@ -402,6 +490,7 @@ class _Plan:
     pair: StoragePair
     targets: list[Path]
     meta: BlobMeta
+    files: list[tuple[int, str]]  # a temporary file on each target: (descriptor, path)
 
 
 class LocalUpload:
@@ -411,18 +500,16 @@ class LocalUpload:
     in the thread while the next arrives: bounded memory, overlapped work.
     """
 
-    def __init__(self, store: LocalStore, expected: Digest | None, plan: _Plan, release: Callable[[], None]) -> None:
+    def __init__(self, store: LocalStore, expected: Digest | None, plan: _Plan) -> None:
         self.store = store
         self.expected = expected
         self.plan = plan
-        self.release = release
-        self.writer = _MirrorWriter(plan.targets, plan.meta)
+        self.writer = _MirrorWriter(plan)
         self.limit = store.uploads.max_blob_bytes
         self.buffer = bytearray()
         self.received = 0
         self.pending: asyncio.Future[None] | None = None
         self.last_handoff = time.monotonic()
-        self.finished = False
 
     async def write(self, chunk: bytes) -> None:
         self.received += len(chunk)
@@ -457,8 +544,6 @@ class LocalUpload:
         except BaseException:
             await self.abort()
             raise
-        finally:
-            self._finish()
 
     def _absorb_and_commit(self, tail: bytes) -> Stored:
         self.writer.absorb(tail)
@@ -473,12 +558,6 @@ class LocalUpload:
         # thread; it runs to the end even if this task is cancelled.
         with contextlib.suppress(asyncio.CancelledError):
             await in_thread(self.writer.abort)
-        self._finish()
-
-    def _finish(self) -> None:
-        if not self.finished:
-            self.finished = True
-            self.release()
 
 
 def _stored(presence: list[tuple[StoragePair, list[bool]]], digest: Digest) -> Stored | None:
@@ -498,8 +577,27 @@ def _storage_error(e: OSError, digest: Digest | None, targets: Sequence[Path]) -
     return StoreError(f"writing {what} to {', '.join(map(str, targets))}: {e}")
 
 
-def _nothing() -> None:
-    """Nothing to release."""
+def _discard(files: list[tuple[int, str]]) -> None:
+    """Close and remove temporary files nothing was written to yet."""
+    for fd, path in files:
+        os.close(fd)
+        tempfiles.remove(path)
+
+
+async def _kept(planning: asyncio.Future[Stored | _Plan]) -> Stored | _Plan:
+    """The plan of a write; if the awaiting task is cancelled meanwhile, its temporary files are discarded."""
+    try:
+        return await asyncio.shield(planning)
+    except asyncio.CancelledError:
+        planning.add_done_callback(_discard_plan)
+        raise
+
+
+def _discard_plan(planning: asyncio.Future[Stored | _Plan]) -> None:
+    if not planning.cancelled() and planning.exception() is None:
+        plan = planning.result()
+        if isinstance(plan, _Plan):
+            _discard(plan.files)
 
 
 _NOT_THERE = Missing(Lookup("cache"))
@@ -512,24 +610,18 @@ class _MirrorWriter:
     races a write still running in another thread.
     """
 
-    def __init__(self, targets: Sequence[Path], meta: BlobMeta) -> None:
-        self.targets = list(targets)
-        self.meta = meta
+    def __init__(self, plan: _Plan) -> None:
+        self.targets = plan.targets
+        self.meta = plan.meta
         self.hasher = hashlib.sha256()
-        self.files: list[tuple[int, str]] = []
+        self.files = plan.files  # opened by the plan, in the same thread call that chose the pair
         self.lock = threading.Lock()
         self.done = False
-
-    def _open_files(self) -> None:
-        """Create the temporary files on first use, in the first thread call: no extra thread hop."""
-        for root in self.targets[len(self.files) :]:
-            self.files.append(tempfiles.create_locked(root))
 
     def absorb(self, data: bytes) -> None:
         with self.lock:
             if self.done:
                 raise StoreError("upload already finished")
-            self._open_files()
             if len(data) < PARALLEL_WRITE_BYTES:
                 self.hasher.update(data)
                 for fd, _ in self.files:
@@ -546,15 +638,18 @@ class _MirrorWriter:
     def finish(self) -> str:
         """The hex digest of everything absorbed."""
         with self.lock:
-            self._open_files()  # an empty body still gets its files
             return self.hasher.hexdigest()
 
-    def publish(self, digest: Digest) -> None:
-        """Flush the temporary files and rename them into place as digest's blob."""
+    def flush(self) -> None:
+        """The temporary files' data to disk (before the digest's lock is taken: it can take a while)."""
         with self.lock:
-            finals = [f"{root}/{digest.relative_path}" for root in self.targets]
             for fd, _ in self.files:
                 os.fsync(fd)
+
+    def publish(self, digest: Digest) -> None:
+        """Rename the flushed temporary files into place as digest's blob."""
+        with self.lock:
+            finals = [f"{root}/{digest.relative_path}" for root in self.targets]
             # Everything that can fail for lack of room happens before the first rename,
             # so a refused upload never leaves the blob visible on one mirror.
             for root, final in zip(self.targets, finals):
@@ -633,18 +728,41 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _make_dirs_durably(directory: str, root: str) -> None:
-    """Create directory and its missing parents below root, flushing each new entry."""
-    missing: list[str] = []
-    d = directory
-    while d != root and not os.path.isdir(d):
-        missing.append(d)
-        d = os.path.dirname(d)
-    for d in reversed(missing):
+    """Create directory and its missing parents below root, flushing each new entry.
+
+    None of them may be a symlink (lstat): a blob renamed into a linked AA/BB/CC
+    would land outside the storage tree. That is a fault of the storage, not of
+    the upload: a StoreError naming the link (the service answers 500 and logs it).
+    """
+    d = root.rstrip("/")
+    if not directory.startswith(d + "/"):
+        raise StoreError(f"{directory} is not below the storage {root}")
+    for name in directory[len(d) + 1 :].split("/"):
+        d = f"{d}/{name}"
         try:
-            os.mkdir(d)
-        except FileExistsError:
-            continue  # another upload made it
-        _fsync_dir(os.path.dirname(d))
+            mode = os.lstat(d).st_mode
+        except FileNotFoundError:
+            try:
+                os.mkdir(d)
+            except FileExistsError:
+                mode = os.lstat(d).st_mode  # another upload made it (or something else did: checked)
+            else:
+                _fsync_dir(os.path.dirname(d))
+                continue
+        if stat.S_ISLNK(mode):
+            raise StoreError(f"{d} is a symbolic link in the storage tree: no blob is written through it")
+
+
+def _entries(root: str, parents: tuple[str, ...]) -> list[os.DirEntry[str]]:
+    """The entries of root/parents, reached through no symlink; none if it is not a directory there."""
+    fd = BLOCKING.open_directory("/".join((root, *parents)))
+    if fd is None:
+        return []
+    try:
+        with os.scandir(fd) as listing:
+            return list(listing)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(directory: str | Path) -> None:
@@ -666,33 +784,3 @@ def _from_caches(step: Callable[..., T], args: tuple[Any, ...]) -> T | object:
         return step(*args, CACHED_ONLY)
     except WouldBlock:
         return _WOULD_WAIT
-
-
-class _KeyedLock:
-    """asyncio locks by key, kept only while someone holds or waits for them."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    async def acquire(self, key: str) -> Callable[[], None]:
-        """Wait for the key's lock; the function that releases it (call it once)."""
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            await lock.acquire()
-        except BaseException:
-            self._leave(key)
-            raise
-
-        def release() -> None:
-            lock.release()
-            self._leave(key)
-
-        return release
-
-    def _leave(self, key: str) -> None:
-        lock, users = self._locks[key]
-        if users == 1:
-            del self._locks[key]
-        else:
-            self._locks[key] = (lock, users - 1)

@@ -50,7 +50,7 @@ def meta_relative_path(digest: Digest) -> str:
 
 
 def read_meta(path: str, files: FileAccess) -> BlobMeta:
-    """The sidecar at path, or empty metadata when there is none."""
+    """The sidecar at path, or empty metadata when there is none (or only a symlink: see stor.store.fileaccess)."""
     fd = files.open(path)
     if fd is None:
         return NO_META

@@ -5,7 +5,9 @@ blobs, so a finished upload is renamed into place atomically. A writer holds
 an exclusive flock on its temporary file for as long as it writes; the sweep
 skips locked files (an upload in progress on this host) and files touched
 within `max_age` (an upload in progress on another node sharing the storage,
-where a lock may not be visible).
+where a lock may not be visible). The commit of a digest takes a lock file
+here too (digest_lock), so that uploads of one blob through several workers
+or nodes end with it on one pair.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
@@ -39,15 +41,8 @@ def create_locked(root: Path) -> tuple[int, str]:
     layout at commit. Plain strings rather than pathlib: this runs twice per
     upload, and two pathlib joins cost more than the open itself.
     """
-    directory = temp_dir(root)
-    path = f"{directory}/{secrets.token_hex(16)}{TEMP_SUFFIX}"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags, 0o644)
-    except FileNotFoundError:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(directory)  # the first upload to this storage
-        fd = os.open(path, flags, 0o644)
+    path = f"{temp_dir(root)}/{secrets.token_hex(16)}{TEMP_SUFFIX}"
+    fd = _open_creating(path, os.O_WRONLY | os.O_EXCL)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BaseException:
@@ -55,6 +50,64 @@ def create_locked(root: Path) -> tuple[int, str]:
         remove(path)
         raise
     return fd, path
+
+
+LOCK_SUFFIX = ".lock"
+
+
+@contextlib.contextmanager
+def digest_lock(roots: Iterable[str], hex_digest: str) -> Iterator[None]:
+    """Exclusive, across threads, workers and nodes sharing the storage, for one digest's commit.
+
+    A flock on `<root>/.stor-tmp/<sha>.lock` in the first storage that can
+    be written (the same one for every node with the same configuration); the
+    kernel releases it when its holder dies, and Linux's NFS client maps it to
+    a lock the server arbitrates. The file is removed by its holder, so a
+    waiter that then gets the lock on the removed file tries again on the
+    current one. Blocking: it is held only for a commit's renames.
+    """
+    fd, path = _lock_file(list(roots), hex_digest)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def _lock_file(roots: list[str], hex_digest: str) -> tuple[int, str]:
+    failure: OSError | None = None
+    for root in roots:
+        path = f"{temp_dir(Path(root))}/{hex_digest}{LOCK_SUFFIX}"
+        try:
+            while True:
+                fd = _open_creating(path, os.O_RDWR)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                        return fd, path
+                except FileNotFoundError:
+                    pass  # removed by the holder we waited for: take the current file
+                except BaseException:
+                    os.close(fd)
+                    raise
+                os.close(fd)
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                raise
+            failure = e  # this storage cannot be written: the next one
+    raise failure or OSError(errno.ENOENT, "no storage to lock in")
+
+
+def _open_creating(path: str, mode: int) -> int:
+    """Open or create path, and its temporary directory if this is the storage's first use."""
+    flags = mode | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        return os.open(path, flags, 0o644)
+    except FileNotFoundError:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(os.path.dirname(path))
+        return os.open(path, flags, 0o644)
 
 
 def remove(path: str) -> None:
