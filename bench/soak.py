@@ -206,6 +206,7 @@ async def client_main(spec: dict) -> dict:
     async def one_connection(i: int) -> None:
         next_at = t0 + random.random() * interval
         r = w = None
+        fresh = False
         try:
             while True:
                 now = time.perf_counter()
@@ -222,13 +223,14 @@ async def client_main(spec: dict) -> dict:
                     c0 = time.perf_counter()
                     try:
                         async with asyncio.timeout(timeout):
-                            r, w = await asyncio.open_connection(HOST, port)
+                            r, w = await asyncio.open_connection(HOST, port, local_addr=(spec["addr"], 0))
                     except Exception as e:  # noqa: BLE001 - every failure is a figure
                         error("connect_" + err_kind(e), c0)
                         if not interval:
                             await asyncio.sleep(0.05)
                         continue
                     connects.append(time.perf_counter() - c0)
+                    fresh = True
                 s0 = time.perf_counter()
                 try:
                     async with asyncio.timeout(timeout):
@@ -236,10 +238,13 @@ async def client_main(spec: dict) -> dict:
                         status, headers = await read_head(r)
                         n = await read_body(r, headers)
                 except Exception as e:  # noqa: BLE001
-                    error(err_kind(e), s0)
+                    # On a new connection, a timeout is often a connection the kernel completed that no
+                    # worker has accepted (the accept queue): told apart from one on a used connection.
+                    error(err_kind(e) + ("_new_conn" if fresh else ""), s0)
                     w.close()
                     r = w = None
                     continue
+                fresh = False
                 took = time.perf_counter() - s0
                 statuses[status] += 1
                 if status != 200:
@@ -345,7 +350,7 @@ async def attack_main(spec: dict) -> dict:
         async with connecting:
             try:
                 async with asyncio.timeout(max(0.1, min(10.0, left()))):
-                    return await asyncio.open_connection(HOST, port)
+                    return await asyncio.open_connection(HOST, port, local_addr=(spec["addr"], 0))
             except Exception as e:  # noqa: BLE001
                 a.connect_errors[err_kind(e)] += 1
                 return None
@@ -600,6 +605,28 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def port_sockets(port: int) -> tuple[int, int]:
+    """From /proc/net/tcp: connections established to `port`, and those no worker has accepted yet.
+
+    A listening socket's rx_queue is its accept queue: connections the kernel has completed (the
+    client's connect() returned, its request may be sent) that no worker has taken.
+    """
+    established = queued = 0
+    suffix = f":{port:04X}"
+    with contextlib.suppress(OSError):
+        with open("/proc/net/tcp") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if not fields[1].endswith(suffix):
+                    continue
+                if fields[3] == "0A":
+                    queued += int(fields[4].split(":")[1], 16)
+                elif fields[3] == "01":
+                    established += 1
+    return established, queued
+
+
 def workers_of(pid: int) -> list[int]:
     return sorted(c for c in children(pid) if "resource_tracker" not in cmdline(c)) or [pid]
 
@@ -735,7 +762,8 @@ class Soak:
 
     def client_spec(self, phase: str, t_start: float, seconds: float) -> dict:
         a = self.args
-        return {"phase": phase, "port": self.port, "sha": self.sha, "connections": a.get_connections,
+        return {"phase": phase, "port": self.port, "sha": self.sha, "addr": a.client_addr,
+                "connections": a.get_connections,
                 "rate": a.get_rate, "timeout": a.get_timeout, "t_start": t_start, "t_end": t_start + seconds}
 
     def watch_server(self, t_start: float, t_end: float) -> dict:
@@ -745,19 +773,32 @@ class Soak:
         pids = workers_of(self.proc.pid)
         cpu0, w0 = cpu_seconds(pids), time.monotonic()
         rss_max = 0.0
+        timeline = []
+        last_cpu, last_t = cpu0, w0
         while time.time() < t_end and self.proc.poll() is None:
             rss = 0
             for pid in pids:
                 with contextlib.suppress(Exception):
                     rss += proc_status(pid, "VmRSS")
             rss_max = max(rss_max, rss / MiB)
+            established, queued = port_sockets(self.port)
+            now_cpu, now_t = cpu_seconds(pids), time.monotonic()
+            timeline.append({"t": round(now_t - w0, 1), "established": established, "accept_queue": queued,
+                             "rss_mib": round(rss / MiB, 1),
+                             "cores": round((now_cpu - last_cpu) / (now_t - last_t), 2) if now_t > last_t else None})
+            last_cpu, last_t = now_cpu, now_t
             time.sleep(min(1.0, max(0.0, t_end - time.time())))
         cpu = cpu_seconds(pids) - cpu0
         wall = time.monotonic() - w0
         now = workers_of(self.proc.pid) if self.proc.poll() is None else []
         return {"cpu_s": round(cpu, 2), "cores": round(cpu / wall, 2) if wall else None,
                 "rss_sum_max_mib": round(rss_max, 1), "workers_before": pids, "workers_after": now,
-                "workers_replaced": sorted(set(pids) - set(now)), "server_exited": self.proc.poll()}
+                "workers_replaced": sorted(set(pids) - set(now)), "server_exited": self.proc.poll(),
+                "established_max": max((x["established"] for x in timeline), default=None),
+                "accept_queue_max": max((x["accept_queue"] for x in timeline), default=None),
+                "accept_queue_median": quantile(sorted(x["accept_queue"] for x in timeline), 0.5),
+                "accept_queue_end": timeline[-1]["accept_queue"] if timeline else None,
+                "timeline": timeline}
 
     def baseline(self) -> dict:
         t_start = time.time() + 1.0  # the client process's start-up (imports) before its clock starts
@@ -774,7 +815,8 @@ class Soak:
         t_client = t_attack + a.ramp
         t_end = t_client + a.seconds
         spec = {
-            "port": self.port, "sha": self.sha, "t_start": t_attack, "t_end": t_end + 0.5, "ramp": a.ramp,
+            "port": self.port, "sha": self.sha, "addr": a.attacker_addr, "t_start": t_attack, "t_end": t_end + 0.5,
+            "ramp": a.ramp,
             "attackers": a.attackers, "reopen_delay": a.reopen_delay, "connect_concurrency": a.connect_concurrency,
             "slowloris": a.slowloris, "slowloris_interval": a.slowloris_interval, "silent": a.silent,
             "huge_mib": a.huge_mib, "huge_timeout": a.huge_timeout, "huge_pause": a.huge_pause,
@@ -865,6 +907,12 @@ def report(args: argparse.Namespace, base: dict, under: dict | None, attack: dic
                  f"{base['new_connections']} ({fmt(base['connect_ms']['p99'])} / {fmt(base['connect_ms']['max'])})",
                  f"{u['new_connections']} ({fmt(u['connect_ms']['p99'])} / {fmt(u['connect_ms']['max'])})"
                  if under else "-", ""])
+    def conns(s: dict) -> str:
+        return (f"{fmt(s['established_max'])}; {fmt(s['accept_queue_max'])} / {fmt(s['accept_queue_median'])} / "
+                f"{fmt(s['accept_queue_end'])}")
+
+    rows.append(["TCP connections to stor: established, max; not accepted by a worker, max / median / at end",
+                 conns(base["server"]), conns(u["server"]) if under else "-", ""])
     rows.append(["stor workers' CPU (cores) / RSS of all (MiB, max)",
                  f"{fmt(base['server']['cores'])} / {fmt(base['server']['rss_sum_max_mib'])}",
                  f"{fmt(u['server']['cores'])} / {fmt(u['server']['rss_sum_max_mib'])}" if under else "-", ""])
@@ -961,6 +1009,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reopen-delay", type=float, default=0.5,
                    help="seconds an attacker waits before reopening a closed connection (default 0.5)")
     p.add_argument("--connect-concurrency", type=int, default=200, help="attackers' connects in flight at most")
+    p.add_argument("--client-addr", default="127.0.0.1",
+                   help="source address of the well-behaved client (default 127.0.0.1)")
+    p.add_argument("--attacker-addr", default="127.0.0.2",
+                   help="source address of every attacker (default 127.0.0.2: another client than the "
+                        "well-behaved one, for limits kept per address; the same address tests sharing one)")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--tmpdir", help="where to make the temporary directory (default: the system temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (config, logs)")
@@ -1026,6 +1079,10 @@ def main(argv: list[str] | None = None) -> int:
             "attack_phase_cores": round((under["process_cpu_s"] + attack["process_cpu_s"] + main_attack_cpu)
                                         / attack_wall, 3),
         }
+        if soak_cpu["attack_phase_cores"] > 0.25:
+            soak.note(f"the soak itself used {soak_cpu['attack_phase_cores']:.2f} cores during the attack "
+                      f"(the flood answered at {attack['attackers'].get('flood', {}).get('answers_per_s', '-')}/s): "
+                      "it competes with stor for the CPU; --flood-rate caps the flood")
         text = report(args, base, under, attack, soak_cpu, after, slog)
         print()
         print(text, flush=True)
@@ -1042,6 +1099,7 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {k: v for k, v in vars(args).items() if k not in ("role", "spec", "out")},
             "config": {k: v for k, v in soak.config.items() if k != "auth"} | {"auth": "(one bcrypt user)"},
             "bcrypt_hash_ms_here": round(soak.bcrypt_ms, 1),
+            "sha": soak.sha,
             "checks": checks,
             "baseline": base,
             "attack_client": under,

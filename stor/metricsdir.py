@@ -21,7 +21,6 @@ supervisor holds it too, so no worker removes the directory while the supervisor
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import shutil
@@ -39,9 +38,12 @@ class Held:
         self.path = path
         self.fd = fd
         if fd is None and path is not None:
-            with contextlib.suppress(OSError):  # no LOCK: not ours, or removed already
-                self.fd = os.open(os.path.join(path, LOCK), os.O_RDONLY | os.O_CLOEXEC)
-                fcntl.flock(self.fd, fcntl.LOCK_SH)
+            try:
+                fd = os.open(os.path.join(path, LOCK), os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return  # no LOCK: not a directory stor made, or removed already
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            self.fd = fd
 
     def release(self) -> None:
         """Let go; the last holder removes the directory. Once, then a no-op."""

@@ -58,6 +58,42 @@ def final_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*.dat")]
 
 
+class HttpReader:
+    """HTTP/1.1 responses read off a raw socket, one at a time."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(1 << 20)
+        self.buf += data
+        return bool(data)
+
+    def response(self, head_only: bool = False) -> tuple[int, dict[str, str], bytes]:
+        while b"\r\n\r\n" not in self.buf:
+            assert self._fill(), f"connection closed before a response head: {self.buf[:200]!r}"
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        length = 0 if head_only else int(headers["content-length"])
+        while len(self.buf) < length:
+            assert self._fill(), "connection closed inside a body"
+        body, self.buf = self.buf[:length], self.buf[length:]
+        return status, headers, body
+
+    def closed(self) -> bool:
+        """The server closed the connection after what was read (nothing more comes)."""
+        return not self.buf and not self._fill()
+
+
+def http_request(method: str, path: str, *extra: str, body: bytes = b"", version: str = "1.1") -> bytes:
+    """A request's bytes as a raw socket sends them."""
+    lines = [f"{method} {path} HTTP/{version}", "Host: stor", *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
 @dataclass
 class StorServer:
     """A `stor serve` child process, as an operator would start it."""

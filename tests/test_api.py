@@ -492,13 +492,20 @@ def test_existing_blob_answers_200_even_above_the_size_limit(start_server: objec
 
 
 @pytest.mark.shared_server
-def test_unreadable_copy_is_a_500_not_a_404(client: httpx.Client, mirrors: tuple[Path, Path]) -> None:
-    """A storage fault (here a real symlink loop where the blob should be) is never reported as absent."""
+def test_unreadable_copy_is_a_500_not_a_404(
+    client: httpx.Client, mirrors: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A storage fault (here a Unix socket where the blob should be) is never reported as absent.
+
+    (A symlink is no fault: it reads as absent, tests/test_symlinks.py.)
+    """
     body = b"faulty disk"
     sha = sha256(body)
     bad = layout_path(mirrors[0], sha)
     bad.parent.mkdir(parents=True)
-    bad.symlink_to(bad)  # open() fails with ELOOP
+    monkeypatch.chdir(bad.parent)  # a socket's address is at most 108 bytes: bind it by its name
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(bad.name)  # open() fails with ENXIO
     r = client.get(f"/{sha}")
     assert r.status_code == 500
     assert "not found" not in r.text

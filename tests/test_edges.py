@@ -117,7 +117,9 @@ def test_header_text_in_a_reason_is_shown_escaped_and_cut(start_server: Any, mir
 # 2. X-Filename: raw UTF-8, not UTF-8, invisible format characters
 
 
-def test_a_raw_utf8_filename_is_kept_as_its_percent_encoded_equal(start_server: Any, mirrors: tuple[Path, Path]) -> None:
+def test_a_raw_utf8_filename_is_kept_as_its_percent_encoded_equal(
+    start_server: Any, mirrors: tuple[Path, Path]
+) -> None:
     server = start_server(pair_config(mirrors))
     raw, encoded = b"raw bytes", b"percent-encoded"
     status, _, body = post(server, raw, "X-Filename: résumé 100%.pdf".encode())
@@ -160,7 +162,9 @@ def test_a_filename_that_is_not_utf8_is_refused(start_server: Any, mirrors: tupl
     assert not list(mirrors[0].rglob("*.dat"))
 
 
-def test_bidi_controls_and_invisible_format_characters_are_refused(start_server: Any, mirrors: tuple[Path, Path]) -> None:
+def test_bidi_controls_and_invisible_format_characters_are_refused(
+    start_server: Any, mirrors: tuple[Path, Path]
+) -> None:
     server = start_server(pair_config(mirrors))
     refused = [
         ("X-Filename: \u202efdp.exe".encode(), r"\u202efdp.exe"),  # right-to-left override, raw UTF-8
@@ -187,7 +191,9 @@ def test_bidi_controls_and_invisible_format_characters_are_refused(start_server:
 # 3. The routes health probes and scrapers take
 
 
-def test_head_of_the_index_and_of_status_answers_200_without_a_body(start_server: Any, mirrors: tuple[Path, Path]) -> None:
+def test_head_of_the_index_and_of_status_answers_200_without_a_body(
+    start_server: Any, mirrors: tuple[Path, Path]
+) -> None:
     server = start_server(pair_config(mirrors))
     for path in (b"/", b"/status"):
         got = get(server, path)
@@ -232,7 +238,9 @@ def _metrics_dir_of(server: StorServer) -> tuple[Path, list[int]]:
     return Path(env[PROMETHEUS_MULTIPROC_ENV.encode()].decode()), workers
 
 
-def test_a_supervisor_killed_outright_leaves_no_metrics_directory(start_server: Any, mirrors: tuple[Path, Path]) -> None:
+def test_a_supervisor_killed_outright_leaves_no_metrics_directory(
+    start_server: Any, mirrors: tuple[Path, Path]
+) -> None:
     server = start_server(pair_config(mirrors), workers=2)
     assert httpx.get(f"{server.url}/metrics").status_code == 200
     metrics_dir, workers = _metrics_dir_of(server)

@@ -33,6 +33,7 @@ def test_storages_names_a_missing_directory(start_server: Any, mirrors: tuple[Pa
     assert storages[1] == {
         "path": str(mirrors[1]), "pair": 0, "writable": True, "ok": False,
         "problems": [f"Storage {mirrors[1]} isn't a directory"], "total_bytes": None, "free_bytes": None,
+        "write_fault": None,
     }
     assert storages[0]["ok"] is True
 

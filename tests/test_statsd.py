@@ -15,12 +15,14 @@ import base64
 import http.client
 import os
 import shutil
+import socket
 import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from conftest import AUTH, layout_path, pair_config, sha256
 from realservers import (  # noqa: F401  (fixtures)
@@ -154,7 +156,7 @@ def test_cache_error_for_a_failed_call_and_while_memcached_is_marked_down(
 
 
 def test_get_500_on_a_real_read_fault(
-    start_server: Any, mirrors: tuple[Path, Path], statsd_rx: StatsdReceiver
+    start_server: Any, mirrors: tuple[Path, Path], statsd_rx: StatsdReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a, b = mirrors
     server = start_server(pair_config(mirrors, statsite=statsd_rx.config()))
@@ -162,7 +164,11 @@ def test_get_500_on_a_real_read_fault(
     for d in (a, b):
         path = layout_path(d, sha)
         path.parent.mkdir(parents=True)
-        path.symlink_to(path.name)  # a symlink to itself: open() fails with ELOOP
+        # A Unix socket where the blob should be: open() fails with ENXIO (a symlink would read as
+        # absent). Bound by its name, as a socket's address is at most 108 bytes.
+        monkeypatch.chdir(path.parent)
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(path.name)
     with httpx.Client(base_url=server.url) as c:
         r = c.get(f"/{sha}")
         assert r.status_code == 500, r.text

@@ -36,7 +36,7 @@ from stor.store.base import (
     OpenBlob,
     Stored,
     TooLarge,
-    Unavailable,
+    is_unavailable,
 )
 from stor.store.metadata import BlobMeta
 
@@ -147,10 +147,10 @@ class BlobEndpoint:
             return replies.text(404, f"Given hash '{shown(sha)}' isn't SHA256")
         try:
             opened = await self.store.open(digest, NO_BYTES if request.method == "HEAD" else None)
-        except Unavailable as e:
-            log.error("GET %s: %s", digest, e)
-            return replies.unavailable(str(e))
-        except Exception:
+        except Exception as e:
+            if is_unavailable(e):
+                log.error("GET %s: out of file descriptors: %s", digest, e)
+                return replies.unavailable("out of file descriptors")
             log.exception("GET %s failed", digest)
             return replies.text(500, "Internal error reading the blob")
         if isinstance(opened, Missing):
@@ -191,9 +191,6 @@ class BlobEndpoint:
         except NoSpace as e:
             log.warning("POST %s: %s", digest, e)
             return replies.text(507, str(e) if isinstance(e, NoWritableStorage) else "Not enough space on storages")
-        except Unavailable as e:
-            log.error("POST %s: %s", digest, e)
-            return replies.unavailable(str(e))
         except TooLarge as e:
             return replies.text(413, str(e))
         except ClientDisconnect:
@@ -202,7 +199,10 @@ class BlobEndpoint:
         except BodyTimeout as e:
             log.info("POST %s: %s; nothing kept", digest, e)
             return replies.body_timed_out(e)
-        except Exception:
+        except Exception as e:
+            if is_unavailable(e):
+                log.error("POST %s: out of file descriptors: %s", digest, e)
+                return replies.unavailable("out of file descriptors")
             log.exception("POST %s failed", digest)
             return replies.text(500, "Internal error storing the blob")
         return replies.json_reply(201 if stored.created else 200, list(stored.locations))

@@ -23,7 +23,7 @@ from stor.http import tcp
 from stor.store.base import StoreError
 
 CHUNK = 1 << 24  # per sendfile call
-# While the socket is full, the client's progress is looked at this often.
+# While the socket is full, the client's progress is looked at this often (at most).
 CHECK_SECONDS = 5.0
 
 _pool: ThreadPool | None = None
@@ -91,7 +91,7 @@ async def _writable(loop: asyncio.AbstractEventLoop, sock: int, progress: tcp.Pr
     loop.add_writer(sock, lambda: room.done() or room.set_result(None))
     try:
         while True:
-            done, _ = await asyncio.wait((room,), timeout=CHECK_SECONDS)
+            done, _ = await asyncio.wait((room,), timeout=min(CHECK_SECONDS, progress.limit / 4))
             if done:
                 progress.reset()
                 return

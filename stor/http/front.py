@@ -92,6 +92,11 @@ def _over_cap(cap: int) -> None:
                     "(http.max_connections)", cap)
 
 
+def _check_seconds() -> float:
+    """How often a client's progress is looked at while an answer waits for it."""
+    return min(_CHECK_SECONDS, _limits.send_timeout / 4)
+
+
 def _peer(client: tuple[str, int] | None) -> str:
     return "%s:%d" % client if client else "a client"
 
@@ -186,25 +191,12 @@ class StorHttpProtocol(HttpToolsProtocol):
         self.timeout_keep_alive_task = self.loop.call_at(due, self._on_timer)
 
     def _on_timer(self) -> None:
-        """The connection's deadlines: keep-alive, the request head's, and a client that takes nothing."""
+        """The connection's deadlines: a client that takes nothing, keep-alive, and the request head's."""
         self.timeout_keep_alive_task = None
         transport = self.transport
         if transport.is_closing():
             return
         now = self.loop.time()
-        since = self._waiting_since
-        if since is not None:
-            silent = self._head_bytes == 0
-            # Silent after an answer: keep-alive's limit; anything else must bring a whole head in time.
-            due = since + (self.timeout_keep_alive if silent and self._heads else _limits.head_timeout)
-            if now < due:
-                self.timeout_keep_alive_task = self.loop.call_at(due, self._on_timer)
-                return
-            if not silent or not self._heads:
-                log.info("%s: no whole request head within %.0f s; connection closed", _peer(self.client),
-                         _limits.head_timeout)
-            transport.close()
-            return
         if transport.get_write_buffer_size():
             # An answer waits in the buffer: the client must keep taking it.
             progress = self._progress
@@ -214,10 +206,29 @@ class StorHttpProtocol(HttpToolsProtocol):
                 log.info("%s: the client took nothing for %.0f s; connection closed", _peer(self.client),
                          _limits.send_timeout)
                 transport.abort()
-                return
-        elif self._progress is not None:
+            else:
+                self.timeout_keep_alive_task = self.loop.call_at(now + _check_seconds(), self._on_timer)
+            return
+        if self._progress is not None:
             self._progress.reset()
-        self.timeout_keep_alive_task = self.loop.call_at(now + _CHECK_SECONDS, self._on_timer)
+        since = self._waiting_since
+        if since is None:
+            return  # the server is at work on a request: the end of its answer arms the timer again
+        silent = self._head_bytes == 0
+        # Silent after an answer: keep-alive's limit; anything else must bring a whole head in time.
+        due = since + (self.timeout_keep_alive if silent and self._heads else _limits.head_timeout)
+        if now < due:
+            self.timeout_keep_alive_task = self.loop.call_at(due, self._on_timer)
+            return
+        if not silent or not self._heads:
+            log.info("%s: no whole request head within %.0f s; connection closed", _peer(self.client),
+                     _limits.head_timeout)
+        transport.close()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        # Something waits in the buffer: from now on the client must keep taking it (_on_timer).
+        self._arm(_check_seconds())
 
     def on_response_complete(self) -> None:
         # uvicorn's, but for the connection's one timer and a client that has half-closed.

@@ -10,6 +10,8 @@ from typing import Protocol
 from starlette.datastructures import Headers
 from starlette.types import Receive
 
+from stor.http.text import shown
+
 
 class ClientDisconnect(Exception):
     """The client went away before its request body was whole."""
@@ -93,4 +95,4 @@ class Request:
         return self.headers.get("expect", "").lower() == "100-continue"
 
     def __str__(self) -> str:
-        return f"{self.method} {self.path}"
+        return f"{self.method} {shown(self.path)}"  # for logs: a crafted path cannot forge a line

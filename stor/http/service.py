@@ -16,6 +16,7 @@ from stor.http.reply import Reply
 from stor.http.request import Request
 from stor.http.routes import Route, Routes
 from stor.prometheus import HttpTraffic
+from stor.store.base import is_unavailable
 
 log = logging.getLogger("stor.http")
 
@@ -38,7 +39,10 @@ class HttpService:
             return replies.text(405, f"Method {request.method} not allowed", [("allow", route.allowed)])
         try:
             return await handler(request)
-        except Exception:
+        except Exception as e:
+            if is_unavailable(e):
+                log.error("%s: out of file descriptors: %s", request, e)
+                return replies.unavailable("out of file descriptors")
             # Handlers answer the faults they expect themselves: this is a bug, still answered.
             log.exception("%s failed", request)
             return replies.text(500, replies.INTERNAL_ERROR)

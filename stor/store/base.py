@@ -17,6 +17,8 @@ the caller's business.
 
 from __future__ import annotations
 
+import errno
+
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -40,6 +42,16 @@ class NoWritableStorage(NoSpace):
 
 class Unavailable(StoreError):
     """A passing shortage (no file descriptor left): the service answers 503, the client may retry."""
+
+
+def is_unavailable(e: BaseException) -> bool:
+    """Whether e is, or was caused by, a passing shortage (Unavailable, or EMFILE/ENFILE wherever it arose)."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, Unavailable) or (isinstance(seen, OSError) and seen.errno in (errno.EMFILE, errno.ENFILE)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class DigestMismatch(Exception):
