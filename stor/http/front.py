@@ -15,12 +15,17 @@ The front consults the application's one route table (stor.http.routes)
 and calls the same handler through the same HttpService as the ASGI path;
 only routes marked fast are taken here. Everything else takes uvicorn's
 ordinary ASGI path: uploads, /status, a read with a body, a query or
-percent-escapes in its path, with an Upgrade header, or over the concurrency
-limit (uvicorn answers 503). So what is special here is only how a reply is
-written; `stor serve --no-fast-path` turns it off, and the answers are the
-same byte for byte. This is the one module that depends on uvicorn's
-internals (its cycle, pipeline queue and keep-alive timer), which is why
-uvicorn is pinned to a minor version.
+percent-escapes in its path, or with an Upgrade header. So what is special
+here is only how a reply is written; `stor serve --no-fast-path` turns it
+off, and the answers are the same byte for byte.
+
+The protocol also holds every connection to stor's limits, whether the fast
+path is on or off (stor.config.HttpSettings): the size and number of a
+request's headers, the time a request head may take, a connection cap per
+worker, clients that stop taking their answer, and clients that half-close.
+This is the one module that depends on uvicorn's internals (its cycle,
+pipeline queue, parser callbacks and keep-alive timer), which is why uvicorn
+is pinned to a minor version.
 """
 
 from __future__ import annotations
