@@ -152,7 +152,10 @@ SECTIONS = {
         "users", "htpasswd_files", "read_auth_required",
         "max_concurrent_checks", "failed_checks_per_minute", "failed_checks_burst",
     ],
-    "http": ["fast_path", "exists_max_items"],
+    "http": [
+        "fast_path", "exists_max_items", "max_head_bytes", "max_headers", "head_timeout", "body_timeout",
+        "send_timeout", "keep_alive_timeout", "max_connections",
+    ],
     "metrics": ["prometheus"],
 }
 ORIGINAL_KEYS = [
@@ -311,7 +314,8 @@ def test_parse_key_given_both_ways_is_an_error(extra: dict[str, Any], message: s
     [
         ({"hot": {"blob": 1}}, "hot.blob: unknown key; the keys of hot are blobs, max_blob_bytes, total_bytes, seconds"),
         ({"hot": {"hot_blobs": 1}}, "hot.hot_blobs: unknown key; the keys of hot are blobs, max_blob_bytes, total_bytes, seconds"),
-        ({"http": {"fastpath": False}}, "http.fastpath: unknown key; the keys of http are fast_path, exists_max_items"),
+        ({"http": {"fastpath": False}}, "http.fastpath: unknown key; the keys of http are fast_path, exists_max_items, max_head_bytes, "
+         "max_headers, head_timeout, body_timeout, send_timeout, keep_alive_timeout, max_connections"),
         (
             {"metrics": {"prometheus": {"enable": False}}},
             "metrics.prometheus.enable: unknown key; the keys of metrics.prometheus are enabled, path",
@@ -350,6 +354,11 @@ def test_parse_legacy_prometheus_still_ignores_keys_it_does_not_know() -> None:
         ({"io_threads": 0}, "io_threads: must be at least 1"),
         ({"storage": {"require_mount_points": "yes"}}, 'storage.require_mount_points: expected true or false, got str "yes"'),
         ({"http": {"fast_path": 1}}, "http.fast_path: expected true or false, got int 1"),
+        ({"http": {"max_head_bytes": 100}}, "http.max_head_bytes: must be at least 1024"),
+        ({"http": {"max_headers": 0}}, "http.max_headers: must be at least 1"),
+        ({"http": {"head_timeout": 0}}, "http.head_timeout: expected a positive number, got 0"),
+        ({"http": {"send_timeout": "60"}}, "http.send_timeout: expected a positive number, got '60'"),
+        ({"http": {"max_connections": 0}}, "http.max_connections: must be at least 1"),
         ({"auth": {"users": [{"name": "x", "password_hash": BCRYPT}]}}, 'auth.users[0].role: expected "read" or "write", got None'),
         ({"auth": {"htpasswd_files": {"admin": "/x"}}}, 'auth.htpasswd_files: expected an object like {"read": "/path", "write": "/path"}'),
     ],
