@@ -36,6 +36,7 @@ import secrets
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -163,7 +164,7 @@ def latency_summary(values: list[float]) -> dict:
 
 def seconds_summary(values: list[float]) -> dict:
     v = sorted(values)
-    return {"n": len(v), "median": round(quantile(v, 0.5), 3) if v else None,
+    return {"n": len(v), "median": round(statistics.median(v), 3) if v else None,
             "max": round(v[-1], 3) if v else None}
 
 
@@ -348,7 +349,7 @@ async def attack_main(spec: dict) -> dict:
 
     # A timeout armed for left() seconds may fire a little early by this clock (uvloop's clock is
     # in milliseconds, read once per loop iteration): within this margin it is the soak's end.
-    ENDING = 0.05  # noqa: N806
+    ending = 0.05
 
     async def connect(a: Attacker):
         async with connecting:
@@ -467,7 +468,7 @@ async def attack_main(spec: dict) -> dict:
                 a.answers[str(status)] += 1
                 a.answer_s.append(time.perf_counter() - since)
             except TimeoutError:
-                outcome = "no_answer_in_time" if left() > ENDING else "open_at_end"
+                outcome = "no_answer_in_time" if left() > ending else "open_at_end"
             except Exception as e:  # noqa: BLE001
                 outcome = err_kind(e)
             took = time.perf_counter() - since
@@ -527,7 +528,7 @@ async def attack_main(spec: dict) -> dict:
                         status, headers = await read_head(r)
                         await read_body(r, headers)
                 except TimeoutError:
-                    ended = ("open_at_end", True) if left() <= ENDING else ("no_answer_in_time", False)
+                    ended = ("open_at_end", True) if left() <= ending else ("no_answer_in_time", False)
                     break
                 except Exception as e:  # noqa: BLE001
                     ended = (err_kind(e), False)
@@ -609,13 +610,15 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def port_sockets(port: int) -> tuple[int, int]:
-    """From /proc/net/tcp: connections established to `port`, and those no worker has accepted yet.
+def port_sockets(port: int) -> tuple[int, list[int]]:
+    """From /proc/net/tcp: connections established to `port`, and per listening socket those not accepted yet.
 
     A listening socket's rx_queue is its accept queue: connections the kernel has completed (the
-    client's connect() returned, its request may be sent) that no worker has taken.
+    client's connect() returned, its request may be sent) that no worker has taken. Each worker
+    has a listening socket of its own (stor/workers.py).
     """
-    established = queued = 0
+    established = 0
+    queued = []
     suffix = f":{port:04X}"
     with contextlib.suppress(OSError):
         with open("/proc/net/tcp") as f:
@@ -625,7 +628,7 @@ def port_sockets(port: int) -> tuple[int, int]:
                 if not fields[1].endswith(suffix):
                     continue
                 if fields[3] == "0A":
-                    queued += int(fields[4].split(":")[1], 16)
+                    queued.append(int(fields[4].split(":")[1], 16))
                 elif fields[3] == "01":
                     established += 1
     return established, queued
@@ -787,7 +790,8 @@ class Soak:
             rss_max = max(rss_max, rss / MiB)
             established, queued = port_sockets(self.port)
             now_cpu, now_t = cpu_seconds(pids), time.monotonic()
-            timeline.append({"t": round(now_t - w0, 1), "established": established, "accept_queue": queued,
+            timeline.append({"t": round(now_t - w0, 1), "established": established, "accept_queue": sum(queued),
+                             "accept_queues": queued,
                              "rss_mib": round(rss / MiB, 1),
                              "cores": round((now_cpu - last_cpu) / (now_t - last_t), 2) if now_t > last_t else None})
             last_cpu, last_t = now_cpu, now_t

@@ -388,3 +388,35 @@ def test_a_read_only_mirror_is_skipped_and_shown(start_server: Any, tmpfs: Any) 
         wait_for(lambda: c.post(f"/{sha256(body)}", content=body, auth=AUTH).status_code == 201, timeout=15,
                  what="writes to resume")
     assert "Traceback" not in server.log_text()
+
+
+def test_progress_is_what_the_peer_acknowledged() -> None:
+    """tcp.Progress on a real loopback connection: a reader that takes bytes is never stalled,
+    one that takes nothing is once the limit has passed since the last progress."""
+    from stor.http import tcp
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        with client, server:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            server.setblocking(False)
+            progress = tcp.Progress(10.0)
+
+            def fill() -> None:
+                try:
+                    while True:
+                        server.send(b"x" * 65536)
+                except BlockingIOError:
+                    pass
+
+            fill()
+            assert not progress.stalled(server, 0.0)  # the first look starts the clock
+            assert not progress.stalled(server, 9.0)
+            assert progress.stalled(server, 10.0)  # nothing taken for 10 s
+            wait_for(lambda: client.recv(65536) and (fill() or True) and not progress.stalled(server, 11.0),
+                     what="the reader's bytes to be acknowledged")
+            assert not progress.stalled(server, 20.0)  # 9 s after the last progress
+            assert progress.stalled(server, 21.0)
+            progress.reset()
+            assert not progress.stalled(server, 100.0)

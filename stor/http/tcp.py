@@ -53,9 +53,7 @@ class Progress:
 
     def stalled(self, sock: HasSockopt, now: float) -> bool:
         acked = bytes_acked(sock)
-        if self.since is None or acked is None or acked != self.acked:
-            if self.since is None or acked is not None:
-                self.since = now
-            self.acked = acked
+        if self.since is None or (acked is not None and acked != self.acked):
+            self.since, self.acked = now, acked
             return False
         return now - self.since >= self.limit
