@@ -138,6 +138,9 @@ def _run_uvicorn(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         access_log=args.access_log,
         server_header=False,
+        # The client's address is the peer's, on both paths (the fast path never reads
+        # X-Forwarded-For): limits kept per address must not be dodged by a forged header.
+        proxy_headers=False,
     )
     if args.workers > 1:
         # A listening socket per worker (stor/workers.py), not uvicorn's one shared socket.

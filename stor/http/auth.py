@@ -40,6 +40,7 @@ from stor.http.request import Request
 log = logging.getLogger("stor.http")
 
 GENERATED_USER = "stor"
+THROTTLED_ANSWER_DELAY = 1.0  # seconds a 429 for a refused check waits before it is sent
 REMEMBER_SECONDS = 60.0
 REMEMBER_MAX = 10_000
 
@@ -176,6 +177,9 @@ async def refusal(auth: Authenticator, request: Request, need_write: bool) -> Re
     """401 or 403 when the request's credentials do not allow it, 429 when they cannot be checked now; None when they allow it."""
     identity = await auth.identify(request.headers.get("authorization"), request.client)
     if isinstance(identity, Throttled):
+        # Held back a moment: a client guessing in a loop gets one answer a second per connection,
+        # instead of as many as a worker can write (a timer costs nothing, answering does).
+        await asyncio.sleep(THROTTLED_ANSWER_DELAY)
         return replies.text(429, identity.reason, [("retry-after", str(identity.retry_after))])
     if identity is None:
         return replies.text(401, "Authentication required!", [("www-authenticate", 'Basic realm="stor"')])

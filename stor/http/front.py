@@ -370,7 +370,8 @@ class StorHttpProtocol(HttpToolsProtocol):
             return
         version = self.parser.get_http_version()
         keep_alive = version != "1.0" and self.parser.should_keep_alive()
-        read = _Read(Request(method, path, Headers(raw=self.headers), client=self.client[0] if self.client else ""), route, url, version, keep_alive)
+        request = Request(method, path, Headers(raw=self.headers), client=self.client[0] if self.client else "")
+        read = _Read(request, route, url, version, keep_alive)
         idle = self.cycle is None or self.cycle.response_complete
         self.cycle = read  # type: ignore[assignment]
         if idle:
