@@ -284,9 +284,10 @@ class StorHttpProtocol(HttpToolsProtocol):
                 heads = self._heads
                 if len(data) > over:
                     self._feed(memoryview(data)[:-over])  # the head may end within the limit
+                    if self._refused or self.transport.is_closing():
+                        return  # refused or answered 400 by what was fed
                 if self._heads == heads:
-                    if not self.transport.is_closing():
-                        self._refuse_head(f"more than {_limits.max_head_bytes} bytes")
+                    self._refuse_head(f"more than {_limits.max_head_bytes} bytes")
                     return
                 data = memoryview(data)[-over:]  # type: ignore[assignment]
         self._feed(data)
