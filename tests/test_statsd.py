@@ -246,7 +246,9 @@ def test_post_names(
     one(stats, "error.post.no_space.count", "c", 1)
 
 
-def test_post_unknown_on_a_real_write_fault(start_server: Any, tmpfs: Any, statsd_rx: StatsdReceiver) -> None:
+def test_post_to_read_only_storage_is_507_no_space(start_server: Any, tmpfs: Any, statsd_rx: StatsdReceiver) -> None:
+    """Both mirrors remounted read-only: no pair can take the upload, which is 507 (as a full disk),
+    counted as the original counted a 507."""
     a, b = tmpfs("ro1", "4m"), tmpfs("ro2", "4m")
     server = start_server(pair_config((a, b), statsite=statsd_rx.config()))
     for d in (a, b):
@@ -254,8 +256,28 @@ def test_post_unknown_on_a_real_write_fault(start_server: Any, tmpfs: Any, stats
     data = os.urandom(1000)
     with httpx.Client(base_url=server.url) as c:
         r = c.post(f"/{sha256(data)}", content=data, auth=AUTH)
+        assert r.status_code == 507, r.text
+        stats = window(statsd_rx, c)
+    one(stats, "request.post.count", "c", 1)
+    one(stats, "error.post.no_space.count", "c", 1)
+    absent(stats, "error.post.unknown.count", "success.post.write.count")
+
+
+def test_post_unknown_on_a_real_write_fault(start_server: Any, mirrors: tuple[Path, Path], statsd_rx: StatsdReceiver,
+                                            tmp_path: Path) -> None:
+    """A layout directory that is a symlink out of the storage: the write is refused as a storage
+    fault (500), counted as unknown."""
+    data = os.urandom(1000)
+    sha = sha256(data)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (mirrors[0] / sha[:2].upper()).symlink_to(elsewhere)
+    server = start_server(pair_config(mirrors, statsite=statsd_rx.config()))
+    with httpx.Client(base_url=server.url) as c:
+        r = c.post(f"/{sha}", content=data, auth=AUTH)
         assert r.status_code == 500, r.text
         stats = window(statsd_rx, c)
     one(stats, "request.post.count", "c", 1)
     one(stats, "error.post.unknown.count", "c", 1)
     absent(stats, "error.post.no_space.count", "success.post.write.count")
+    assert not any(elsewhere.rglob("*"))
