@@ -432,3 +432,27 @@ def test_too_many_headers_in_a_head_over_64_kib_get_one_431(server: StorServer) 
         assert (status, body) == (431, b"Request Header Fields Too Large: more than 100 headers")
         assert reader.closed()
     assert "Error" not in server.log_text()  # a second refusal would write after the end
+
+
+@pytest.mark.parametrize("fast_path", [True], ids=["fast"], indirect=True)  # storage behaviour: one mode is enough
+def test_a_symlinked_temporary_directory_is_never_written_through(start_server: Any, tmp_path: Path) -> None:
+    """A storage whose .stor-tmp is a link elsewhere is not written (its pair is skipped and
+    /status says why), and the sweep removes nothing where the link points."""
+    dirs = [tmp_path / n for n in ("a1", "b1", "a2", "b2")]
+    for d in dirs:
+        d.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    stale = elsewhere / ("0" * 32 + ".part")
+    stale.write_bytes(b"not stor's")
+    os.utime(stale, (0, 0))
+    (dirs[0] / ".stor-tmp").symlink_to(elsewhere)
+    server: StorServer = start_server(pair_config((dirs[0], dirs[1]), (dirs[2], dirs[3])))
+    with httpx.Client(base_url=server.url, timeout=10) as c:
+        for _ in range(5):
+            body = os.urandom(5000)
+            assert c.post(f"/{sha256(body)}", content=body, auth=AUTH).status_code == 201
+            assert layout_path(dirs[2], sha256(body)).exists()
+        storages = {s["path"]: s for s in c.get("/status", headers={"accept": "application/json"}).json()["storages"]}
+        assert "symbolic link" in storages[str(dirs[0])]["write_fault"]
+    assert stale.exists() and os.listdir(elsewhere) == [stale.name]

@@ -87,7 +87,7 @@ _MIRROR_WRITERS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="stor-mi
 
 _NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # A temporary file cannot be made in a storage: it takes no writes, the next pair does.
-_UNWRITABLE_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, *_NO_SPACE_ERRNOS)
+_UNWRITABLE_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ELOOP, *_NO_SPACE_ERRNOS)
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 # A storage found unwritable is skipped by placement, and reported by /status, for this long; then
 # it is tried again (a remount read-write is noticed without a restart).

@@ -18,6 +18,7 @@ import fcntl
 import logging
 import os
 import secrets
+import stat
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -100,14 +101,25 @@ def _lock_file(roots: list[str], hex_digest: str) -> tuple[int, str]:
 
 
 def _open_creating(path: str, mode: int) -> int:
-    """Open or create path, and its temporary directory if this is the storage's first use."""
+    """Open or create path, and its temporary directory if this is the storage's first use.
+
+    Neither may be a symlink: uploads would be written, and the sweep would
+    remove files, wherever it points (ELOOP, and placement skips the storage).
+    """
     flags = mode | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+    directory = os.path.dirname(path)
     try:
-        return os.open(path, flags, 0o644)
+        _check_not_a_link(directory)
     except FileNotFoundError:
         with contextlib.suppress(FileExistsError):
-            os.mkdir(os.path.dirname(path))
-        return os.open(path, flags, 0o644)
+            os.mkdir(directory)
+        _check_not_a_link(directory)
+    return os.open(path, flags, 0o644)
+
+
+def _check_not_a_link(directory: str) -> None:
+    if stat.S_ISLNK(os.lstat(directory).st_mode):
+        raise OSError(errno.ELOOP, "a symbolic link, not followed", directory)
 
 
 def remove(path: str) -> None:
@@ -122,6 +134,7 @@ def sweep(roots: Iterable[Path], max_age: float, now: float | None = None) -> in
     removed = 0
     for root in roots:
         try:
+            _check_not_a_link(temp_dir(root))
             entries = list(os.scandir(temp_dir(root)))
         except FileNotFoundError:
             continue
