@@ -153,7 +153,6 @@ class StorHttpProtocol(HttpToolsProtocol):
     # Whether the bytes now arriving belong to a request head, and how many have come.
     _in_head = True
     _head_bytes = 0
-    _headers_seen = 0
     _heads = 0  # request heads completed on this connection
     _client_eof = False  # the client has half-closed: answer what it asked, then close
     _refused = False  # an answer refusing the request was given: what follows is dropped
@@ -272,7 +271,7 @@ class StorHttpProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         # uvicorn's, with the limits on a request head: bytes in all (431 once over, before the rest
-        # is parsed) and, in on_header, the number of headers. Bytes after a message's end that
+        # is parsed) and, in on_headers_complete, the number of headers. Bytes after a message's end that
         # came in the same read are not counted towards the next head: a head can exceed the
         # limit by at most one read before it is refused.
         if self._refused:
@@ -308,12 +307,6 @@ class StorHttpProtocol(HttpToolsProtocol):
             else:
                 self._unsupported_upgrade_warning()
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers_seen += 1
-        if self._headers_seen > _limits.max_headers:
-            raise _TooManyHeaders()
-        super().on_header(name, value)
-
     def on_message_complete(self) -> None:
         self._in_head = True
         self._head_bytes = 0
@@ -348,8 +341,11 @@ class StorHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._waiting_since = None
         self._in_head = False
-        self._headers_seen = 0
         self._heads += 1
+        if len(self.headers) > _limits.max_headers:
+            # Counted once the head is whole (max_head_bytes bounds what that takes), and raised
+            # so that the parser stops here: data_received answers 431.
+            raise _TooManyHeaders()
         if self.transport.is_closing():
             return  # pipelined behind an answer that closes the connection: never answered
         service = _service
