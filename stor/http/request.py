@@ -38,7 +38,9 @@ class AsgiBody:
     A gap of more than `timeout` seconds between chunks ends it with
     BodyTimeout: a client that stalls cannot hold an upload (its temporary
     files, a thread's attention) for ever. The clock runs only while the body
-    is awaited, so a server busy elsewhere never times its client out.
+    is awaited, so a server busy elsewhere never times its client out. One
+    timer per body, looking at when the wait began, rather than one per chunk:
+    a chunk then costs a clock read.
     """
 
     def __init__(self, receive: Receive, timeout: float) -> None:
@@ -46,22 +48,49 @@ class AsgiBody:
         self.timeout = timeout
         self.complete = False
         self.received = 0
+        self._waiting_since: float | None = None  # when the wait for the next chunk began
+        self._timed_out = False
+        self._timer: asyncio.TimerHandle | None = None
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        while not self.complete:
-            try:
-                async with asyncio.timeout(self.timeout):
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self._timer = loop.call_at(loop.time() + self.timeout, self._check, loop, task)
+        try:
+            while not self.complete:
+                self._waiting_since = loop.time()
+                try:
                     message = await self.receive()
-            except TimeoutError:
-                raise BodyTimeout(self.timeout) from None
-            if message["type"] != "http.request":
-                self.complete = True  # nothing more will come
-                raise ClientDisconnect()
-            chunk = message.get("body", b"")
-            self.received += len(chunk)
-            self.complete = not message.get("more_body", False)
-            if chunk:
-                yield chunk
+                except asyncio.CancelledError:
+                    if not self._timed_out:
+                        raise
+                    task.uncancel()  # the cancellation was this timer's, and is answered here
+                    raise BodyTimeout(self.timeout) from None
+                finally:
+                    self._waiting_since = None
+                if message["type"] != "http.request":
+                    self.complete = True  # nothing more will come
+                    raise ClientDisconnect()
+                chunk = message.get("body", b"")
+                self.received += len(chunk)
+                self.complete = not message.get("more_body", False)
+                if chunk:
+                    yield chunk
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+
+    def _check(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[object]) -> None:
+        if task.done():
+            return  # the request is over (its handler stopped reading early)
+        now = loop.time()
+        since = self._waiting_since
+        if since is not None and now - since >= self.timeout:
+            self._timed_out = True
+            task.cancel()
+            return
+        self._timer = loop.call_at((since if since is not None else now) + self.timeout, self._check, loop, task)
 
 
 class NoBody:

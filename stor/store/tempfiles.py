@@ -53,46 +53,39 @@ def create_locked(root: Path) -> tuple[int, str]:
     return fd, path
 
 
-LOCK_SUFFIX = ".lock"
+LOCKS_DIR_NAME = "locks"
+# A commit locks one of this many files per storage, by the sha's first hex digits.
+_LOCK_PREFIX_DIGITS = 3
 
 
 @contextlib.contextmanager
 def digest_lock(roots: Iterable[str], hex_digest: str) -> Iterator[None]:
     """Exclusive, across threads, workers and nodes sharing the storage, for one digest's commit.
 
-    A flock on `<root>/.stor-tmp/<sha>.lock` in the first storage that can
-    be written (the same one for every node with the same configuration); the
-    kernel releases it when its holder dies, and Linux's NFS client maps it to
-    a lock the server arbitrates. The file is removed by its holder, so a
-    waiter that then gets the lock on the removed file tries again on the
-    current one. Blocking: it is held only for a commit's renames.
+    A flock on `<root>/.stor-tmp/locks/<first 3 hex digits>.lock` in the
+    first storage that can be written (the same one for every node with the
+    same configuration); the kernel releases it when its holder dies, and
+    Linux's NFS client maps it to a lock the server arbitrates. The 4096 lock
+    files are made on first use and kept: creating and removing one per
+    upload cost the filesystem's journal as much as a small upload's own
+    metadata. Commits of shas that share a file wait for each other's
+    renames, which take milliseconds. Blocking: call it in a thread.
     """
-    fd, path = _lock_file(list(roots), hex_digest)
+    fd = _lock_file(list(roots), hex_digest[:_LOCK_PREFIX_DIGITS].upper())
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        os.close(fd)
+        os.close(fd)  # releases the lock
 
 
-def _lock_file(roots: list[str], hex_digest: str) -> tuple[int, str]:
+def _lock_file(roots: list[str], name: str) -> int:
     failure: OSError | None = None
     for root in roots:
-        path = f"{temp_dir(Path(root))}/{hex_digest}{LOCK_SUFFIX}"
+        locks = f"{temp_dir(Path(root))}/{LOCKS_DIR_NAME}"
         try:
-            while True:
-                fd = _open_creating(path, os.O_RDWR)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                    if os.fstat(fd).st_ino == os.stat(path).st_ino:
-                        return fd, path
-                except FileNotFoundError:
-                    pass  # removed by the holder we waited for: take the current file
-                except BaseException:
-                    os.close(fd)
-                    raise
-                os.close(fd)
+            _ensure_dir(temp_dir(Path(root)))
+            return _open_creating(f"{locks}/{name}.lock", os.O_RDWR)
         except OSError as e:
             if e.errno in (errno.EMFILE, errno.ENFILE):
                 raise
@@ -106,15 +99,18 @@ def _open_creating(path: str, mode: int) -> int:
     Neither may be a symlink: uploads would be written, and the sweep would
     remove files, wherever it points (ELOOP, and placement skips the storage).
     """
-    flags = mode | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-    directory = os.path.dirname(path)
+    _ensure_dir(os.path.dirname(path))
+    return os.open(path, mode | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+
+
+def _ensure_dir(directory: str) -> None:
+    """directory exists (made if missing; its parent must exist) and is not a symlink."""
     try:
         _check_not_a_link(directory)
     except FileNotFoundError:
         with contextlib.suppress(FileExistsError):
             os.mkdir(directory)
         _check_not_a_link(directory)
-    return os.open(path, flags, 0o644)
 
 
 def _check_not_a_link(directory: str) -> None:
