@@ -53,8 +53,14 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
 
 
 def all_files(root: Path) -> list[Path]:
-    """Every regular file under a storage root, temporary ones included."""
-    return sorted(p for p in root.rglob("*") if p.is_file())
+    """Every regular file under a storage root, temporary ones included; not the commit locks.
+
+    The commit locks (`.stor-tmp/locks/<3 hex>.lock`) are empty files kept for good: each is
+    checked to be empty here, so that no blob data can hide among them.
+    """
+    locks = root / ".stor-tmp" / "locks"
+    assert all(p.stat().st_size == 0 for p in locks.glob("*")), "a commit lock holds data"
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.parent != locks)
 
 
 def nothing_left(*roots: Path) -> bool:

@@ -387,7 +387,10 @@ def test_a_read_only_mirror_is_skipped_and_shown(start_server: Any, tmpfs: Any) 
         body = os.urandom(10_000)
         wait_for(lambda: c.post(f"/{sha256(body)}", content=body, auth=AUTH).status_code == 201, timeout=15,
                  what="writes to resume")
-    assert "Traceback" not in server.log_text()
+    log = server.log_text()
+    assert "Traceback" not in log
+    assert log.count(f"storage {b1}: cannot write") == 1  # once per outage, not per upload
+    assert f"storage {b1} can be written again" in log
 
 
 def test_progress_is_what_the_peer_acknowledged() -> None:

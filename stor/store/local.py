@@ -424,6 +424,8 @@ class LocalStore:
         for root in targets:
             try:
                 files.append(tempfiles.create_locked(root))
+                if root in self._write_faults and self._write_faults.pop(root, None) is not None:
+                    log.warning("storage %s can be written again", root)
             except OSError as e:
                 _discard(files)
                 if e.errno in _OUT_OF_DESCRIPTORS:
@@ -435,10 +437,9 @@ class LocalStore:
         return files
 
     def _note_write_fault(self, root: Path, reason: str) -> None:
-        now = time.monotonic()
-        if self._write_fault(root, now) is None:
-            log.error("storage %s %s; it takes no writes for now", root, reason.removeprefix(f"storage {root} "))
-        self._write_faults[root] = (now, reason)
+        if root not in self._write_faults:  # logged when it starts, not at every failed try
+            log.error("storage %s: %s; it takes no writes until it can be written again", root, reason)
+        self._write_faults[root] = (time.monotonic(), reason)
 
     def _write_fault(self, root: Path, now: float) -> str | None:
         """Why root could not be written, if it could not within the last WRITE_FAULT_SECONDS."""
@@ -449,9 +450,9 @@ class LocalStore:
 
     def _probe_writable(self, root: Path, now: float) -> str | None:
         """Why root cannot be written (a temporary file created and removed), at most every WRITE_FAULT_SECONDS."""
-        fault = self._write_faults.get(root)
-        if fault is not None and now - fault[0] < WRITE_FAULT_SECONDS:
-            return fault[1]
+        fault = self._write_fault(root, now)
+        if fault is not None:
+            return fault
         probed = self._probed.get(root)
         if probed is not None and now - probed < WRITE_FAULT_SECONDS:
             return None
