@@ -56,7 +56,7 @@ def opened_path(mirror: Path, sha: str) -> str:
     return str(layout_path(Path(os.path.realpath(mirror)), sha))
 
 
-KINDS = ["absolute", "relative", "etc-hostname", "dir-AA", "dir-CC"]
+KINDS = ["absolute", "relative", "etc-passwd", "dir-AA", "dir-CC"]
 
 
 def plant(kind: str, mirror: Path, sha: str, outside: Path) -> tuple[Path, Path, bytes]:
@@ -73,14 +73,13 @@ def plant(kind: str, mirror: Path, sha: str, outside: Path) -> tuple[Path, Path,
         blob.parent.mkdir(parents=True)
         blob.symlink_to(target if kind == "absolute" else os.path.relpath(target, blob.parent))
         link = blob
-    elif kind == "etc-hostname":
-        hostname = Path("/etc/hostname")
-        if not hostname.is_file():
-            pytest.skip("no /etc/hostname")
-        secret = hostname.read_bytes()
+    elif kind == "etc-passwd":
+        # A real system file, by a relative link climbing out of the tree (the issue used
+        # /etc/hostname, which containers need not have; /etc/passwd every Debian has).
+        secret = Path("/etc/passwd").read_bytes()
         blob.parent.mkdir(parents=True)
         depth = len(blob.parent.parts) - 1
-        blob.symlink_to("../" * depth + "etc/hostname")  # ../../../../../../../../etc/hostname
+        blob.symlink_to("../" * depth + "etc/passwd")  # ../../../../../../../../etc/passwd
         link = blob
     elif kind == "dir-AA":
         tree = outside / "tree"
@@ -332,6 +331,8 @@ def blocking(request: pytest.FixtureRequest) -> fileaccess.FileAccess:
     if request.param == "openat2":
         access = fileaccess._Blocking()
         if not access.available:
+            # Not a pass: on a kernel (or seccomp profile) without openat2 this access does not
+            # exist, and stor uses the by-components fallback, which the other parameter tests.
             pytest.skip("kernel without openat2")
         return access
     return fileaccess._BlockingByComponents()
