@@ -44,11 +44,15 @@ class Unavailable(StoreError):
     """A passing shortage (no file descriptor left): the service answers 503, the client may retry."""
 
 
+# Out of file descriptors, in the process or the system: a passing shortage, not a fault.
+OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
+
+
 def is_unavailable(e: BaseException) -> bool:
     """Whether e is, or was caused by, a passing shortage (Unavailable, or EMFILE/ENFILE wherever it arose)."""
     seen: BaseException | None = e
     while seen is not None:
-        if isinstance(seen, Unavailable) or (isinstance(seen, OSError) and seen.errno in (errno.EMFILE, errno.ENFILE)):
+        if isinstance(seen, Unavailable) or (isinstance(seen, OSError) and seen.errno in OUT_OF_DESCRIPTORS):
             return True
         seen = seen.__cause__ or seen.__context__
     return False

@@ -53,6 +53,7 @@ from stor.store.base import (
     Lookup,
     Missing,
     NoSpace,
+    OUT_OF_DESCRIPTORS,
     NoWritableStorage,
     OpenBlob,
     StorageState,
@@ -88,7 +89,6 @@ _MIRROR_WRITERS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="stor-mi
 _NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # A temporary file cannot be made in a storage: it takes no writes, the next pair does.
 _UNWRITABLE_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ELOOP, *_NO_SPACE_ERRNOS)
-_OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 # A storage found unwritable is skipped by placement, and reported by /status, for this long; then
 # it is tried again (a remount read-write is noticed without a restart).
 WRITE_FAULT_SECONDS = 5.0
@@ -186,7 +186,7 @@ class LocalStore:
             try:
                 found = self._look_in(directory, digest, span, reading, files)
             except OSError as e:
-                if e.errno in _OUT_OF_DESCRIPTORS:
+                if e.errno in OUT_OF_DESCRIPTORS:
                     raise Unavailable("out of file descriptors") from e
                 # A failing disk must not hide the other mirror's copy, nor pass for "not found".
                 log.error("cannot read %s: %s", directory / digest.relative_path, e)
@@ -428,7 +428,7 @@ class LocalStore:
                     log.warning("storage %s can be written again", root)
             except OSError as e:
                 _discard(files)
-                if e.errno in _OUT_OF_DESCRIPTORS:
+                if e.errno in OUT_OF_DESCRIPTORS:
                     raise Unavailable("out of file descriptors") from e
                 if e.errno not in _UNWRITABLE_ERRNOS:
                     raise

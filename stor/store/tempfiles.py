@@ -23,6 +23,8 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from stor.store.base import OUT_OF_DESCRIPTORS
+
 
 TEMP_DIR_NAME = ".stor-tmp"
 TEMP_SUFFIX = ".part"
@@ -82,12 +84,12 @@ def digest_lock(roots: Iterable[str], hex_digest: str) -> Iterator[None]:
 def _lock_file(roots: list[str], name: str) -> int:
     failure: OSError | None = None
     for root in roots:
-        locks = f"{temp_dir(Path(root))}/{LOCKS_DIR_NAME}"
+        directory = temp_dir(Path(root))
         try:
-            _ensure_dir(temp_dir(Path(root)))
-            return _open_creating(f"{locks}/{name}.lock", os.O_RDWR)
+            _ensure_dir(directory)
+            return _open_creating(f"{directory}/{LOCKS_DIR_NAME}/{name}.lock", os.O_RDWR)
         except OSError as e:
-            if e.errno in (errno.EMFILE, errno.ENFILE):
+            if e.errno in OUT_OF_DESCRIPTORS:
                 raise
             failure = e  # this storage cannot be written: the next one
     raise failure or OSError(errno.ENOENT, "no storage to lock in")
