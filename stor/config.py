@@ -62,11 +62,54 @@ class PrometheusSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class S3Settings:
+class S3Credentials:
+    """The original's s3_credentials: who to be, and where (host, with a port if not 80)."""
+
     access_key: str
     secret_key: str
     host: str
+    bucket: str | None = None  # stor 2.0's addition; s3.bucket is its place now
+
+    def __repr__(self) -> str:
+        return f"S3Credentials(access_key={self.access_key!r}, host={self.host!r})"  # never the secret
+
+
+READ_ORDERS = ("s3-first", "local-first")
+WRITE_MODES = ("local", "local+s3", "s3")
+ADDRESSING_STYLES = ("path", "virtual")
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class S3Settings:
+    """Section "s3": what the original hard-coded about its bucket, and the tier stor adds (stor.store.tier).
+
+    Used only with s3_enabled and s3_credentials. endpoint None: the
+    original's plain http://<s3_credentials.host>. Reads: read_order, each
+    request falling through to the other tier on a miss or a fault; after a
+    fault S3 is skipped for retry_after seconds (an outage costs one timeout,
+    not one per request). Writes: write_mode. Uploads to S3 go in parts of
+    part_bytes, parts_in_flight at once (memory per upload: about their
+    product); copies queued by local+s3 are retried from copy_retry_min,
+    doubling, up to copy_retry_max seconds apart, copy_concurrency at once.
+    """
+
+    endpoint: str | None = None
     bucket: str = "samples"
+    region: str = "us-east-1"
+    addressing_style: str = "path"
+    read_order: str = "s3-first"
+    write_mode: str = "local"
+    verify_reads: bool = False
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0  # the original's timeout
+    max_connections: int = 32
+    retry_after: float = 5.0
+    part_bytes: int = 8 * MIB
+    parts_in_flight: int = 4
+    copy_concurrency: int = 2
+    copy_retry_min: float = 1.0
+    copy_retry_max: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +228,7 @@ class Settings:
     memcached_servers: tuple[str, ...] = ()
     statsite: StatsiteSettings | None = None
     s3_enabled: bool = False
-    s3_credentials: S3Settings | None = None
+    s3_credentials: S3Credentials | None = None
     rabbitmq_uri: str | None = None
     # Seconds between sweeps of stale upload temporary files.
     cleanup_tempdir_period: float = 1800.0
@@ -197,6 +240,7 @@ class Settings:
     auth: AuthSettings = AuthSettings()
     http: HttpSettings = HttpSettings()
     metrics: MetricsSettings = MetricsSettings()
+    s3: S3Settings = S3Settings()
     # Where the settings came from, for the start-up log line.
     source: str = "embedded default"
     # One line per legacy flat key read, for the CLI to log at start: the file
@@ -206,6 +250,18 @@ class Settings:
     @property
     def has_writer(self) -> bool:
         return self.basic_auth is not None or any(u.role == "write" for u in self.auth.users)
+
+    @property
+    def s3_tier(self) -> bool:
+        """Whether the S3 tier is on (the original's switch, with its credentials)."""
+        return self.s3_enabled and self.s3_credentials is not None
+
+    @property
+    def s3_endpoint(self) -> str | None:
+        """The S3 endpoint URL: s3.endpoint, else the original's plain http://<host>."""
+        if self.s3_credentials is None:
+            return None
+        return self.s3.endpoint or f"http://{self.s3_credentials.host}"
 
     @property
     def storage_dirs(self) -> tuple[Path, ...]:
@@ -233,6 +289,11 @@ _SECTION_KEYS: dict[str, tuple[str, ...]] = {
         "send_timeout", "keep_alive_timeout", "max_connections",
     ),
     "metrics": ("prometheus",),
+    "s3": (
+        "endpoint", "bucket", "region", "addressing_style", "read_order", "write_mode", "verify_reads",
+        "connect_timeout", "read_timeout", "max_connections", "retry_after", "part_bytes", "parts_in_flight",
+        "copy_concurrency", "copy_retry_min", "copy_retry_max",
+    ),
 }
 
 # stor 2.0's flat keys and their place now: still read, with a warning.
@@ -311,14 +372,16 @@ def parse(raw: dict[str, Any], source: str = "config") -> Settings:
     def section(name: str) -> _Reader:
         return _section(raw, name, warnings)
 
+    credentials = _s3_credentials(raw)
+    s3 = _s3(section("s3"), credentials)
     settings = Settings(
-        storage_pairs=_storage_pairs(raw),
+        storage_pairs=_storage_pairs(raw, allow_none=s3.write_mode == "s3"),
         writable_pairs_regex=writable,
         basic_auth=basic_auth,
         memcached_servers=tuple(_memcached_servers(raw)),
         statsite=_statsite(raw),
         s3_enabled=r.get("s3_enabled", bool, False),
-        s3_credentials=_s3(raw),
+        s3_credentials=credentials,
         rabbitmq_uri=r.get("rabbitmq_uri", str, None),
         cleanup_tempdir_period=r.positive_number("cleanup_tempdir_period", 1800.0),
         cache=_cache(section("cache")),
@@ -328,11 +391,14 @@ def parse(raw: dict[str, Any], source: str = "config") -> Settings:
         auth=_auth(section("auth")),
         http=_http(section("http")),
         metrics=_metrics(section("metrics")),
+        s3=s3,
         source=source,
         warnings=tuple(warnings),
     )
     if settings.s3_enabled and settings.s3_credentials is None:
         raise ConfigError("s3_credentials: required when s3_enabled is true")
+    if s3.write_mode != "local" and not settings.s3_tier:
+        raise ConfigError(f"s3.write_mode: {s3.write_mode!r} needs s3_enabled and s3_credentials")
     return settings
 
 
@@ -494,12 +560,16 @@ def _metrics(r: _Reader) -> MetricsSettings:
     return MetricsSettings(prometheus=_prometheus(r.raw("prometheus"), r.name("prometheus"), strict))
 
 
-def _storage_pairs(raw: dict[str, Any]) -> tuple[tuple[Path, Path], ...]:
-    if "storage_pairs" not in raw:
+def _storage_pairs(raw: dict[str, Any], allow_none: bool) -> tuple[tuple[Path, Path], ...]:
+    """The pairs; none at all only on a node that keeps blobs in S3 alone (s3.write_mode "s3")."""
+    if "storage_pairs" not in raw and not allow_none:
         raise ConfigError("storage_pairs: missing; a list of [dir, dir] pairs is required")
-    pairs = raw["storage_pairs"]
-    if not isinstance(pairs, list) or not pairs:
-        raise ConfigError("storage_pairs: expected a non-empty list of [dir, dir] pairs")
+    pairs = raw.get("storage_pairs", [])
+    if not isinstance(pairs, list) or (not pairs and not allow_none):
+        raise ConfigError(
+            "storage_pairs: expected a non-empty list of [dir, dir] pairs "
+            "(an empty list only with s3.write_mode \"s3\")"
+        )
     result: list[tuple[Path, Path]] = []
     seen: set[Path] = set()
     for i, pair in enumerate(pairs):
@@ -634,7 +704,7 @@ def _check_metrics_path(path: str, key: str) -> None:
         raise ConfigError(f"{key}: {path!r} would shadow the blob with that sha; choose a path that is not 64 hex digits")
 
 
-def _s3(raw: dict[str, Any]) -> S3Settings | None:
+def _s3_credentials(raw: dict[str, Any]) -> S3Credentials | None:
     block = raw.get("s3_credentials")
     if block is None:
         return None
@@ -643,10 +713,64 @@ def _s3(raw: dict[str, Any]) -> S3Settings | None:
     for key in ("access_key", "secret_key", "host"):
         if not isinstance(block.get(key), str) or not block[key]:
             raise ConfigError(f"s3_credentials.{key}: expected a non-empty string")
-    bucket = block.get("bucket", "samples")
-    if not isinstance(bucket, str) or not bucket:
+    bucket = block.get("bucket")
+    if bucket is not None and (not isinstance(bucket, str) or not bucket):
         raise ConfigError("s3_credentials.bucket: expected a non-empty string")
-    return S3Settings(block["access_key"], block["secret_key"], block["host"], bucket)
+    host = block["host"]
+    if "/" in host or not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+", host):
+        raise ConfigError(
+            f"s3_credentials.host: expected a host name with an optional port (\"s3.example:8333\"), got {host!r}; "
+            "put a URL in s3.endpoint"
+        )
+    return S3Credentials(block["access_key"], block["secret_key"], host, bucket)
+
+
+# S3 bucket names (the rules every S3 server shares): 3-63 lower-case letters, digits, dots, hyphens.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
+
+
+def _s3(r: _Reader, credentials: S3Credentials | None, d: S3Settings = S3Settings()) -> S3Settings:
+    endpoint = r.get("endpoint", str, None)
+    if endpoint is not None and not re.fullmatch(r"https?://[^/\s]+/?", endpoint):
+        raise ConfigError(f"{r.name('endpoint')}: expected http://host[:port] or https://host[:port], got {endpoint!r}")
+    legacy_bucket = credentials.bucket if credentials is not None else None
+    if legacy_bucket is not None and r.raw("bucket") is not None and r.raw("bucket") != legacy_bucket:
+        raise ConfigError("s3_credentials.bucket and s3.bucket: two different buckets; keep s3.bucket")
+    bucket = r.get("bucket", str, legacy_bucket or d.bucket)
+    if not _BUCKET.fullmatch(bucket):
+        raise ConfigError(f"{r.name('bucket')}: {bucket!r} is not an S3 bucket name (3-63 of a-z 0-9 . -)")
+    part_bytes = r.non_negative_int("part_bytes", d.part_bytes)
+    if not 5 * MIB <= part_bytes <= 5 * 1024 * MIB:
+        raise ConfigError(f"{r.name('part_bytes')}: S3 parts are 5 MiB to 5 GiB, got {part_bytes}")
+    retry_min = r.positive_number("copy_retry_min", d.copy_retry_min)
+    retry_max = r.positive_number("copy_retry_max", d.copy_retry_max)
+    if retry_max < retry_min:
+        raise ConfigError(f"{r.name('copy_retry_max')}: must be at least copy_retry_min ({retry_min})")
+    return S3Settings(
+        endpoint=endpoint.rstrip("/") if endpoint else None,
+        bucket=bucket,
+        region=r.get("region", str, d.region),
+        addressing_style=_choice(r, "addressing_style", ADDRESSING_STYLES, d.addressing_style),
+        read_order=_choice(r, "read_order", READ_ORDERS, d.read_order),
+        write_mode=_choice(r, "write_mode", WRITE_MODES, d.write_mode),
+        verify_reads=r.get("verify_reads", bool, d.verify_reads),
+        connect_timeout=r.positive_number("connect_timeout", d.connect_timeout),
+        read_timeout=r.positive_number("read_timeout", d.read_timeout),
+        max_connections=_at_least_one(r, "max_connections", d.max_connections),
+        retry_after=r.positive_number("retry_after", d.retry_after),
+        part_bytes=part_bytes,
+        parts_in_flight=_at_least_one(r, "parts_in_flight", d.parts_in_flight),
+        copy_concurrency=_at_least_one(r, "copy_concurrency", d.copy_concurrency),
+        copy_retry_min=retry_min,
+        copy_retry_max=retry_max,
+    )
+
+
+def _choice(r: _Reader, key: str, choices: tuple[str, ...], default: str) -> str:
+    value = r.get(key, str, default)
+    if value not in choices:
+        raise ConfigError(f"{r.name(key)}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+    return value
 
 
 def _kind_name(kind: type) -> str:

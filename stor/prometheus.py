@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import os
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 from pathlib import Path
@@ -40,6 +41,11 @@ WRITTEN = Counter("stor_blobs_written", "Blobs written (new or completed mirrors
 DUPLICATES = Counter("stor_blob_duplicates", "Uploads of blobs already stored")
 VERIFICATION_FAILURES = Counter("stor_verification_failures", "Uploads whose bytes did not match their sha256")
 NO_SPACE = Counter("stor_no_space", "Uploads refused for lack of space")
+READS = Counter("stor_reads", "Blob reads by tier (local, s3) and result (found, missing, error)", ["tier", "result"])
+S3_COPIES = Counter("stor_s3_copies", "Queued copies to S3 by result (done, failed)", ["result"])
+S3_FAULTS = Counter("stor_s3_faults", "S3 requests of reads that failed (the read fell through to local storage)")
+S3_SKIPPED = Counter("stor_s3_skipped", "Reads that did not ask S3 during an outage")
+S3_CORRUPT = Counter("stor_s3_corrupt_objects", "S3 objects found not to hash to their sha (s3.verify_reads)")
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"})
 
@@ -127,19 +133,34 @@ class PrometheusSink:
         "success.post.duplicate.count": DUPLICATES,
         "error.post.bad_sha.count": VERIFICATION_FAILURES,
         "error.post.no_space.count": NO_SPACE,
+        "success.get.ok_hcp.count": READS.labels("s3", "found"),
+        "error.get.not_found_hcp.count": READS.labels("s3", "missing"),
+        "error.get.error_hcp.count": READS.labels("s3", "error"),
+        "error.get.not_found_old.count": READS.labels("local", "missing"),
+        "error.get.500.count": READS.labels("local", "error"),
+        "s3.copy.done.count": S3_COPIES.labels("done"),
+        "s3.copy.failed.count": S3_COPIES.labels("failed"),
+        "error.s3.fault.count": S3_FAULTS,
+        "error.get.s3_skipped.count": S3_SKIPPED,
+        "error.get.corrupt_hcp.count": S3_CORRUPT,
     }
+    _LOCAL_FOUND = READS.labels("local", "found")
 
     def __init__(self) -> None:
         self._lookups: dict[str, Any] = {}
 
     def wants(self, kind: str, name: str) -> bool:
         # Request latency and bytes sent come from HttpTraffic, not from these events.
-        return kind == "incr" and (name in self._COUNTERS or name.startswith("lookup.attempt."))
+        return kind == "incr" and (
+            name in self._COUNTERS or name.startswith("lookup.attempt.") or _is_local_found(name)
+        )
 
     def incr(self, name: str, count: int = 1) -> None:
         counter = self._COUNTERS.get(name)
         if counter is not None:
             DEFERRED.inc(counter, count)
+        elif _is_local_found(name):
+            DEFERRED.inc(self._LOCAL_FOUND, count)
         elif name.startswith("lookup.attempt."):
             child = self._lookups.get(name)
             if child is None:
@@ -151,6 +172,11 @@ class PrometheusSink:
 
     def size(self, name: str, nbytes: int) -> None:
         return None  # never wanted
+
+
+def _is_local_found(name: str) -> bool:
+    """success.get.ok_old.<server>.count: a read delivered whole from that local storage."""
+    return name.startswith("success.get.ok_old.") and name.endswith(".count")
 
 
 class StorageFreeBytes(Collector):
@@ -167,7 +193,28 @@ class StorageFreeBytes(Collector):
         yield family
 
 
-def render(directories: Sequence[Path]) -> tuple[bytes, str]:
+class CopyQueueGauges(Collector):
+    """The S3 copy queue's depth and oldest entry, read from the storages (the same for every worker)."""
+
+    def __init__(self, directories: Sequence[Path]) -> None:
+        self.directories = directories
+
+    def collect(self) -> Iterable[Metric]:
+        from stor.store.copyqueue import scan  # only a node with the S3 tier has a queue
+
+        try:
+            entries = scan(self.directories)
+        except OSError:
+            return
+        now = time.time()
+        yield GaugeMetricFamily("stor_s3_copy_queue_depth", "Blobs waiting to be copied to S3", value=len(entries))
+        yield GaugeMetricFamily(
+            "stor_s3_copy_queue_oldest_seconds", "Age of the oldest blob waiting to be copied to S3 (0: none)",
+            value=now - entries[0].mtime if entries else 0.0,
+        )
+
+
+def render(directories: Sequence[Path], copy_queue: bool = False) -> tuple[bytes, str]:
     """The exposition text (blocking: reads worker files and statvfs)."""
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
@@ -177,6 +224,8 @@ def render(directories: Sequence[Path]) -> tuple[bytes, str]:
         text = generate_latest(REGISTRY)
     extra = CollectorRegistry()
     extra.register(StorageFreeBytes(directories))
+    if copy_queue:
+        extra.register(CopyQueueGauges(directories))
     return text + generate_latest(extra), CONTENT_TYPE_LATEST
 
 

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import os
+from typing import TYPE_CHECKING
 
 from stor import __version__, aio, prometheus
 from stor.cache import LocationCache, MemcachedLocationCache, NoLocationCache
@@ -29,6 +30,9 @@ from stor.store.local import LocalStore
 from stor.store.located import LocatedStore
 from stor.store.metered import MeteredStore
 
+if TYPE_CHECKING:
+    from stor.store.tier import TieredStore
+
 log = logging.getLogger("stor")
 
 def create_app(settings: Settings) -> AsgiApp:
@@ -48,16 +52,51 @@ def create_app_from_env() -> AsgiApp:
 
 
 def build_store(settings: Settings, metrics: Metrics) -> BlobStore:
-    """The local backend with its layers: metrics outermost, then hot blobs, then remembered locations."""
-    local = LocalStore(
-        settings.storage_pairs,
-        settings.writable_pairs_regex,
-        settings.storage,
-        settings.uploads,
-        settings.cleanup_tempdir_period,
+    """The local backend with its layers (metrics outermost, then hot blobs, then remembered locations),
+    and with the S3 tier on, the bucket (with its metrics) and the local one composed by the tier."""
+    local: BlobStore | None = None
+    located: BlobStore | None = None
+    if settings.storage_pairs:
+        raw_local = LocalStore(
+            settings.storage_pairs,
+            settings.writable_pairs_regex,
+            settings.storage,
+            settings.uploads,
+            settings.cleanup_tempdir_period,
+        )
+        located = LocatedStore(raw_local, _location_cache(settings, metrics), settings.cache.local_size)
+        local = MeteredStore(HotStore(located, settings.hot), metrics)
+    if not settings.s3_tier:
+        assert local is not None  # the configuration allows no pairs only with the S3 tier
+        return local
+    return build_tier(settings, metrics, local, located)
+
+
+def build_tier(
+    settings: Settings, metrics: Metrics, local: BlobStore | None, located: BlobStore | None
+) -> TieredStore:
+    # Imported here: a node without the S3 tier never loads the S3 client.
+    from stor.store.copyqueue import CopyQueue
+    from stor.store.s3 import S3Store
+    from stor.store.tier import S3Outage, TieredStore
+
+    s3_settings = settings.s3
+    assert settings.s3_credentials is not None and settings.s3_endpoint is not None
+    bucket = S3Store(s3_settings, settings.s3_endpoint, settings.s3_credentials, settings.uploads.max_blob_bytes)
+    queue = None
+    if s3_settings.write_mode == "local+s3" and located is not None:
+        # Copies read local blobs through remembered locations only, and write to the bare bucket:
+        # a copy is no client's read or upload, and is counted as a copy (s3.copy.*).
+        queue = CopyQueue(
+            settings.storage_dirs, located, bucket, s3_settings.copy_retry_min, s3_settings.copy_retry_max,
+            s3_settings.copy_concurrency, metrics,
+        )
+    tier = TieredStore(
+        MeteredStore(bucket, metrics, tier="s3"), local, s3_settings, queue, S3Outage(s3_settings.retry_after, metrics),
+        metrics,
     )
-    located = LocatedStore(local, _location_cache(settings, metrics), settings.cache.local_size)
-    return MeteredStore(HotStore(located, settings.hot), metrics)
+    bucket.on_corrupt = tier.object_corrupt
+    return tier
 
 
 class Application:
@@ -69,7 +108,8 @@ class Application:
         if not settings.has_writer:
             log.warning("no writer configured (basic_auth or a user with role write): every upload will be refused")
         if settings.s3_enabled:
-            log.warning("s3_enabled is set, but this version serves local storage only; the S3 tier is not read")
+            log.info("S3 tier: %s bucket %s, reads %s, writes %s%s", settings.s3_endpoint, settings.s3.bucket,
+                     settings.s3.read_order, settings.s3.write_mode, ", verified" if settings.s3.verify_reads else "")
         if settings.rabbitmq_uri:
             log.warning("rabbitmq_uri is set, but publishing requested shas to RabbitMQ is not supported; ignored")
         self._background: list[asyncio.Task[None]] = []
@@ -84,7 +124,8 @@ class Application:
         traffic = None
         if settings.metrics.prometheus.enabled:
             path = settings.metrics.prometheus.path
-            routes.add_fixed(path, route(path, get=ScrapeEndpoint(settings.storage_dirs).scrape))
+            copy_queue = settings.s3_tier and settings.s3.write_mode == "local+s3"
+            routes.add_fixed(path, route(path, get=ScrapeEndpoint(settings.storage_dirs, copy_queue).scrape))
             traffic = prometheus.HttpTraffic()
         blobs = BlobEndpoint(store, auth, metrics, settings.uploads)
         routes.add_blob(route(BLOB_ROUTE, get=blobs.read, post=blobs.write, put=blobs.write, fast=True))

@@ -36,7 +36,7 @@ from stor.store.base import (
     OpenBlob,
     Stored,
     TooLarge,
-    is_unavailable,
+    unavailable_reason,
 )
 from stor.store.metadata import BlobMeta
 
@@ -148,9 +148,10 @@ class BlobEndpoint:
         try:
             opened = await self.store.open(digest, NO_BYTES if request.method == "HEAD" else None)
         except Exception as e:
-            if is_unavailable(e):
-                log.error("GET %s: out of file descriptors: %s", digest, e)
-                return replies.unavailable("out of file descriptors")
+            reason = unavailable_reason(e)
+            if reason is not None:
+                log.error("GET %s: %s: %s", digest, reason, e)
+                return replies.unavailable(reason)
             log.exception("GET %s failed", digest)
             return replies.text(500, "Internal error reading the blob")
         if isinstance(opened, Missing):
@@ -200,9 +201,10 @@ class BlobEndpoint:
             log.info("POST %s: %s; nothing kept", digest, e)
             return replies.body_timed_out(e)
         except Exception as e:
-            if is_unavailable(e):
-                log.error("POST %s: out of file descriptors: %s", digest, e)
-                return replies.unavailable("out of file descriptors")
+            reason = unavailable_reason(e)
+            if reason is not None:
+                log.error("POST %s: %s: %s", digest, reason, e)
+                return replies.unavailable(reason)
             log.exception("POST %s failed", digest)
             return replies.text(500, "Internal error storing the blob")
         return replies.json_reply(201 if stored.created else 200, list(stored.locations))

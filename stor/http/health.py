@@ -8,7 +8,7 @@ from stor.http import reply as replies
 from stor.http.reply import Reply
 from stor.http.request import Request
 from stor.metrics import Metrics
-from stor.store.base import BlobStore, StorageState
+from stor.store.base import BlobStore, Health, StorageState
 
 
 class HealthEndpoint:
@@ -19,7 +19,10 @@ class HealthEndpoint:
     async def status(self, request: Request) -> Reply:
         health = await self.store.health()
         some_unwritable, none_writable = _writability(health.storages)
-        healthy = all(s.ok for s in health.storages) and not none_writable
+        s3_down = [s for s in health.services if s.kind == "s3" and not s.reachable]
+        # S3 only speeds a node up or extends it while local storage serves; a node without local
+        # storage serves nothing without it.
+        healthy = all(s.ok for s in health.storages) and not none_writable and not (s3_down and not health.storages)
         if healthy:
             self.metrics.incr("healthcheck.count")  # as the original: counts healthy answers only
         code = 200 if healthy else 503
@@ -36,12 +39,14 @@ class HealthEndpoint:
                         for s in health.services
                         if s.kind == "memcached"
                     ],
+                    **_s3(health),
                 },
             )
         if healthy:
             return replies.text(200, "OK")
         problems = [p for s in health.storages for p in s.problems]
         problems += [f"Storage {s.path} cannot be written: {s.write_fault}" for s in health.storages if s.write_fault]
+        problems += [f"S3 {s.name} unreachable: {s.error}" for s in s3_down]
         return replies.text(code, "\n".join(problems))
 
     async def storages(self, request: Request) -> Reply:
@@ -60,6 +65,17 @@ def _writability(storages: tuple[StorageState, ...]) -> tuple[bool, bool]:
     meant = {s.pair for s in storages if s.writable or s.write_fault}
     able = {p for p in meant if all(s.writable for s in storages if s.pair == p)}
     return any(s.write_fault for s in storages), bool(meant) and not able
+
+
+def _s3(health: Health) -> dict[str, Any]:
+    """The S3 tier's part of /status, when there is one: the bucket's reachability and the copy queue."""
+    buckets = [s for s in health.services if s.kind == "s3"]
+    if not buckets:
+        return {}
+    queues = {q.name: {"depth": q.depth, "oldest_seconds": q.oldest_seconds, "error": q.error} for q in health.queues}
+    bucket = buckets[0]
+    return {"s3": {"bucket": bucket.name, "reachable": bucket.reachable, "error": bucket.error,
+                   "copy_queue": queues.get("s3-copy")}}
 
 
 def _storage(state: StorageState) -> dict[str, Any]:

@@ -11,7 +11,7 @@ A reply to HEAD carries the same headers as to GET; writers never send its body.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,7 @@ from stor.store.base import FileRegion
 TEXT_TYPE = "text/plain; charset=utf-8"
 JSON_TYPE = "application/json"
 
-ReplyBody = bytes | FileRegion | AsyncIterator[bytes]
+ReplyBody = bytes | FileRegion | AsyncIterable[bytes]
 
 
 @dataclass(slots=True)

@@ -12,10 +12,11 @@ from stor.http.request import Request
 
 
 class ScrapeEndpoint:
-    def __init__(self, storage_dirs: tuple[Path, ...]) -> None:
+    def __init__(self, storage_dirs: tuple[Path, ...], copy_queue: bool = False) -> None:
         self.storage_dirs = storage_dirs
+        self.copy_queue = copy_queue  # whether the S3 copy queue's gauges are shown
 
     async def scrape(self, request: Request) -> Reply:
         prometheus.DEFERRED.flush()  # this worker's counts are current; the others' at most FLUSH_SECONDS old
-        body, content_type = await in_thread(prometheus.render, self.storage_dirs)
+        body, content_type = await in_thread(prometheus.render, self.storage_dirs, self.copy_queue)
         return replies.raw(200, body, content_type)

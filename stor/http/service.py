@@ -16,7 +16,7 @@ from stor.http.reply import Reply
 from stor.http.request import Request
 from stor.http.routes import Route, Routes
 from stor.prometheus import HttpTraffic
-from stor.store.base import is_unavailable
+from stor.store.base import unavailable_reason
 
 log = logging.getLogger("stor.http")
 
@@ -40,9 +40,10 @@ class HttpService:
         try:
             return await handler(request)
         except Exception as e:
-            if is_unavailable(e):
-                log.error("%s: out of file descriptors: %s", request, e)
-                return replies.unavailable("out of file descriptors")
+            reason = unavailable_reason(e)
+            if reason is not None:
+                log.error("%s: %s: %s", request, reason, e)
+                return replies.unavailable(reason)
             # Handlers answer the faults they expect themselves: this is a bug, still answered.
             log.exception("%s failed", request)
             return replies.text(500, replies.INTERNAL_ERROR)

@@ -41,21 +41,28 @@ class NoWritableStorage(NoSpace):
 
 
 class Unavailable(StoreError):
-    """A passing shortage (no file descriptor left): the service answers 503, the client may retry."""
+    """A passing shortage (no file descriptor left, S3 out of reach): the service answers 503, the client may retry.
+
+    reason: what the client is told (the message, which may hold detail for the log, is not).
+    """
+
+    reason: str | None = None
 
 
 # Out of file descriptors, in the process or the system: a passing shortage, not a fault.
 OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 
 
-def is_unavailable(e: BaseException) -> bool:
-    """Whether e is, or was caused by, a passing shortage (Unavailable, or EMFILE/ENFILE wherever it arose)."""
+def unavailable_reason(e: BaseException) -> str | None:
+    """Why e is, or was caused by, a passing shortage (Unavailable, or EMFILE/ENFILE wherever it arose); else None."""
     seen: BaseException | None = e
     while seen is not None:
-        if isinstance(seen, Unavailable) or (isinstance(seen, OSError) and seen.errno in OUT_OF_DESCRIPTORS):
-            return True
+        if isinstance(seen, Unavailable):
+            return seen.reason or str(seen)
+        if isinstance(seen, OSError) and seen.errno in OUT_OF_DESCRIPTORS:
+            return "out of file descriptors"
         seen = seen.__cause__ or seen.__context__
-    return False
+    return None
 
 
 class DigestMismatch(Exception):
@@ -104,7 +111,7 @@ class BlobInfo:
     size: int
     mtime: float
     meta: BlobMeta
-    tier: str  # the backend that holds it: "local" (S3 next)
+    tier: str  # the backend that holds it: "local" or "s3"
     location: str  # where exactly: a file's path, a bucket key
     storage: str  # the storage holding it, as `at` names it (a storage directory)
     lookup: Lookup = CACHED
@@ -140,7 +147,21 @@ class FileRegion:
             self.fd = -1
 
 
-Body = FileRegion | AsyncIterator[bytes]
+class StreamBody(Protocol):
+    """Bytes from elsewhere (an S3 object), streamed in chunks; nothing is fetched that is not read.
+
+    narrow() keeps a part of it (a Range decided after the open), close()
+    releases what it holds (a connection) whether or not it was read.
+    """
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    def narrow(self, offset: int, length: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+Body = FileRegion | StreamBody
 
 # The span of a read that wants what is known of a blob and none of its bytes (a HEAD): open()
 # rather than head(), so that the answer is counted as delivered as a GET's is.
@@ -167,20 +188,18 @@ class OpenBlob:
         return not isinstance(body, FileRegion) or body.fd >= 0
 
     def close(self) -> None:
-        body = self.body
-        if isinstance(body, FileRegion):
-            body.close()
+        self.body.close()
 
     def narrow(self, offset: int, length: int) -> None:
         """Keep only bytes offset..offset+length of what was opened (a Range decided after the open).
 
         A local file region is replaced by the narrower one (regions may be
-        shared: a hot blob's); a stream body must be made lazily (its request
-        sent when first read) to support this.
+        shared: a hot blob's); a stream body narrows itself.
         """
         body = self.body
         if not isinstance(body, FileRegion):
-            raise NotImplementedError("only a file region can be narrowed")
+            body.narrow(offset, length)
+            return
         data = body.data
         if data is not None:
             data = data[offset - body.offset : offset - body.offset + length]
@@ -239,9 +258,20 @@ class ServiceState:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueState:
+    """Work a layer keeps queued on the storage (the copies to S3): how much, and how old the oldest."""
+
+    name: str
+    depth: int
+    oldest_seconds: float | None  # None when empty
+    error: str | None = None  # why it could not be read, if it could not
+
+
+@dataclass(frozen=True, slots=True)
 class Health:
     storages: tuple[StorageState, ...] = ()
     services: tuple[ServiceState, ...] = ()
+    queues: tuple[QueueState, ...] = ()
 
 
 class BlobStore(Protocol):

@@ -1,10 +1,13 @@
 """A layer that reports what the store did as the original Stor's metric events (statsd names).
 
-Reads (open; head counts only its look-up): cache.hit / cache.miss with
-cache.time, lookup.attempt.<n>.count and lookup.time for a full look-up,
-error.get.not_found_old.count,
-error.get.500.count, and success.get.ok_old.<server>.count/.size/.time once
-a read was delivered whole. Writes: success.post.write.count,
+One is put around each tier's backend. Reads of local storage (open; head
+counts only its look-up): cache.hit / cache.miss with cache.time,
+lookup.attempt.<n>.count and lookup.time for a full look-up,
+error.get.not_found_old.count, error.get.500.count, and
+success.get.ok_old.<server>.count/.size/.time once a read was delivered
+whole. Reads of S3, as the original named them: error.get.not_found_hcp.count,
+success.get.ok_hcp.count/.size/.time; and error.get.error_hcp.count for a
+fault (the read then falls through to local storage, so it is no 500). Writes: success.post.write.count,
 success.post.duplicate.count, error.post.bad_sha.count,
 error.post.no_space.count, error.post.unknown.count. Each sink (statsd,
 Prometheus) takes the events it wants (stor.metrics).
@@ -38,9 +41,12 @@ from stor.store.pairs import metric_name
 class MeteredStore(Layer):
     """A layer counting what the store does."""
 
-    def __init__(self, inner: BlobStore, metrics: Metrics) -> None:
+    def __init__(self, inner: BlobStore, metrics: Metrics, tier: str = "local") -> None:
         super().__init__(inner)
         self.metrics = metrics
+        self._local = tier == "local"  # S3 reads have no location cache or look-up to report
+        self._not_found = "error.get.not_found_old.count" if self._local else "error.get.not_found_hcp.count"
+        self._error = "error.get.500.count" if self._local else "error.get.error_hcp.count"
         # statsd only: the clock is not read otherwise.
         self._cache_time = metrics.wanted("timing", "cache.time")
         self._lookup_time = metrics.wanted("timing", "lookup.time")
@@ -55,9 +61,10 @@ class MeteredStore(Layer):
         try:
             found = await self.inner.head(digest, at)
         except Exception:
-            self.metrics.incr("error.get.500.count")
+            self.metrics.incr(self._error)
             raise
-        self._looked_up(found.lookup, started)
+        if self._local:
+            self._looked_up(found.lookup, started)
         return found
 
     async def open(
@@ -67,13 +74,15 @@ class MeteredStore(Layer):
         try:
             opened = await self.inner.open(digest, span, at)
         except Exception:
-            self.metrics.incr("error.get.500.count")
+            self.metrics.incr(self._error)
             raise
         if isinstance(opened, Missing):
-            self._looked_up(opened.lookup, started)
-            self.metrics.incr("error.get.not_found_old.count")
+            if self._local:
+                self._looked_up(opened.lookup, started)
+            self.metrics.incr(self._not_found)
             return opened
-        self._looked_up(opened.info.lookup, started)
+        if self._local:
+            self._looked_up(opened.info.lookup, started)
         delivered = self._on_delivered(opened.info, started)
         if delivered is not None:
             inner = opened.on_delivered
@@ -98,7 +107,7 @@ class MeteredStore(Layer):
         """What reports a read once its answer went out whole; None when no sink records it (no clock read)."""
         success = self._success.get(info.storage)
         if success is None:
-            base = f"success.get.ok_old.{metric_name(info.storage)}"
+            base = "success.get.ok_hcp" if info.tier == "s3" else f"success.get.ok_old.{metric_name(info.storage)}"
             names = (f"{base}.count", f"{base}.size", f"{base}.time")
             wanted = any(self.metrics.wanted(kind, n) for kind, n in zip(("incr", "size", "timing"), names))
             success = self._success[info.storage] = (*names, wanted)

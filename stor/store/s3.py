@@ -1,0 +1,499 @@
+"""The BlobStore of an S3 bucket: the original Stor's key scheme, streamed reads, verified multipart writes.
+
+A blob is the object `aa/bb/cc/<sha>` (lower case, no suffix), as the
+original read it; its media type is the object's Content-Type and its
+filename the user metadata `filename`. Reads are one request: a GET whose
+answer carries what a HEAD would (a HEAD alone for a read of no bytes), its
+body streamed in chunks, never held whole. A write hashes the body as it
+goes and makes the object visible only once the whole hashes to its name:
+a small body is one PUT after hashing, a large one a multipart upload
+completed only after the sha matched (aborted otherwise: an unfinished
+multipart upload is invisible). Both are conditional (If-None-Match: *), so
+concurrent uploads of one sha cannot leave anything but its bytes.
+
+The client is aiobotocore (botocore's signing and S3 model over aiohttp; the
+README says why). Reads use a client that never retries, so that a tier
+above falls through to local storage at once; writes retry as botocore's
+standard mode does. Faults are StoreErrors: S3Unreachable (connection,
+timeout, 5xx: passing, answered 503) or S3Refused (the server said no:
+credentials, bucket; a configuration fault, answered 500).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from stor.aio import in_thread
+from stor.config import S3Credentials, S3Settings
+from stor.digest import Digest, InvalidDigest
+from stor.store.base import (
+    NO_BYTES,
+    BlobInfo,
+    DigestMismatch,
+    Health,
+    Lookup,
+    Missing,
+    OpenBlob,
+    ServiceState,
+    Stored,
+    StoreError,
+    TooLarge,
+    Unavailable,
+)
+from stor.store.metadata import NO_META, BlobMeta
+
+log = logging.getLogger("stor.s3")
+
+TIER = "s3"
+READ_CHUNK = 1 << 20  # at most this much per chunk of a streamed body
+HASH_IN_THREAD_BYTES = 256 * 1024  # smaller chunks are hashed on the loop (a thread hop costs more)
+MAX_CONCURRENT_HEADS = 16  # per contains() call
+# The types S3 servers give an object stored without one: served as stor's default.
+_UNTYPED = frozenset({"binary/octet-stream", "application/octet-stream", ""})
+_KEY = re.compile(r"([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{64})")
+_FOUND = Lookup("s3")
+_TRANSIENT_CODES = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling"})
+
+
+class S3Unreachable(Unavailable):
+    """S3 could not be reached or answered a passing fault (connection, timeout, 5xx, throttling)."""
+
+    reason = "S3 unreachable"
+
+
+class S3Refused(StoreError):
+    """S3 refused the request (credentials, permissions, a missing bucket): a fault of the configuration."""
+
+
+class CorruptObject(StoreError):
+    """An object's bytes do not hash to its sha (found while streaming it with s3.verify_reads)."""
+
+    def __init__(self, digest: Digest, actual: str) -> None:
+        super().__init__(f"S3 object of {digest.hex} hashes to {actual}")
+        self.digest = digest
+
+
+def object_key(digest: Digest) -> str:
+    """The original's key: the lower-case sha under three levels of two hex digits, no suffix."""
+    h = digest.hex
+    return f"{h[0:2]}/{h[2:4]}/{h[4:6]}/{h}"
+
+
+def digest_of_key(key: str) -> Digest | None:
+    """The blob a key names in that scheme, or None (any other object in the bucket)."""
+    match = _KEY.fullmatch(key)
+    if match is None or not match.group(4).startswith(match.group(1) + match.group(2) + match.group(3)):
+        return None
+    with contextlib.suppress(InvalidDigest):
+        return Digest.parse(match.group(4))
+    return None
+
+
+def fault(e: BaseException, doing: str) -> StoreError:
+    """An exception of the client as one of ours, worded for the log and the operator."""
+    if isinstance(e, ClientError):
+        error = e.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        message = f"{doing}: S3 answered {status} {code}: {error.get('Message', '')}".rstrip(": ")
+        if status >= 500 or code in _TRANSIENT_CODES:
+            return S3Unreachable(message)
+        return S3Refused(message)
+    if isinstance(e, StoreError):
+        return e
+    return S3Unreachable(f"{doing}: {type(e).__name__}: {e}")
+
+
+# What the client raises for a request that failed (besides our own StoreErrors).
+CLIENT_ERRORS = (BotoCoreError, ClientError, aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+def _status_of(e: ClientError) -> int:
+    return int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
+
+class S3Store:
+    """The BlobStore of one bucket (stor.store.base)."""
+
+    def __init__(
+        self, settings: S3Settings, endpoint: str, credentials: S3Credentials, max_blob_bytes: int | None = None
+    ) -> None:
+        self.settings = settings
+        self.endpoint = endpoint
+        self.bucket = settings.bucket
+        self.credentials = credentials
+        self.max_blob_bytes = max_blob_bytes
+        self.name = f"s3://{self.bucket}"  # the storage, as BlobInfo.storage names it
+        # Told of an object that does not hash to its sha (the tier above then avoids it).
+        self.on_corrupt: Callable[[Digest, str], None] | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self.reader: Any = None
+        self.writer: Any = None
+
+    def _config(self, attempts: int) -> AioConfig:
+        s = self.settings
+        return AioConfig(
+            region_name=s.region,
+            connect_timeout=s.connect_timeout,
+            read_timeout=s.read_timeout,
+            max_pool_connections=s.max_connections,
+            retries={"total_max_attempts": attempts, "mode": "standard"},
+            s3={"addressing_style": s.addressing_style},
+            # Checksums beyond what S3 requires break some servers (REAL_SERVERS.md); the sha is ours to check.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+
+    async def start(self) -> None:
+        if self._stack is not None:
+            return
+        session = get_session()
+        stack = contextlib.AsyncExitStack()
+        kwargs = dict(
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.credentials.access_key,
+            aws_secret_access_key=self.credentials.secret_key,
+        )
+        self.reader = await stack.enter_async_context(session.create_client("s3", config=self._config(1), **kwargs))
+        self.writer = await stack.enter_async_context(session.create_client("s3", config=self._config(3), **kwargs))
+        self._stack = stack
+
+    async def close(self) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    def location(self, digest: Digest) -> str:
+        return f"s3://{self.bucket}/{object_key(digest)}"
+
+    # ---- reads -------------------------------------------------------------
+
+    async def head(self, digest: Digest, at: str | None = None) -> BlobInfo | Missing:
+        try:
+            answer = await self.reader.head_object(Bucket=self.bucket, Key=object_key(digest))
+        except ClientError as e:
+            if _status_of(e) == 404:
+                return Missing(_FOUND)
+            raise fault(e, f"HEAD {object_key(digest)}") from e
+        except CLIENT_ERRORS as e:
+            raise fault(e, f"HEAD {object_key(digest)}") from e
+        return self._info(digest, answer, answer["ContentLength"])
+
+    async def open(
+        self, digest: Digest, span: tuple[int, int] | None = None, at: str | None = None
+    ) -> OpenBlob | Missing:
+        if span == NO_BYTES:
+            found = await self.head(digest)
+            if isinstance(found, Missing):
+                return found
+            return OpenBlob(found, S3Body(self, digest, found.size, 0, 0, None))
+        key = object_key(digest)
+        ranged = {} if span is None else {"Range": f"bytes={span[0]}-{span[0] + span[1] - 1}"}
+        try:
+            answer = await self.reader.get_object(Bucket=self.bucket, Key=key, **ranged)
+        except ClientError as e:
+            if _status_of(e) == 404:
+                return Missing(_FOUND)
+            raise fault(e, f"GET {key}") from e
+        except CLIENT_ERRORS as e:
+            raise fault(e, f"GET {key}") from e
+        size = answer["ContentLength"]
+        if span is not None:
+            size = int(str(answer.get("ContentRange", "")).rpartition("/")[2] or size)
+        info = self._info(digest, answer, size)
+        offset, length = span if span is not None else (0, size)
+        return OpenBlob(info, S3Body(self, digest, size, offset, length, answer["Body"]))
+
+    def _info(self, digest: Digest, answer: dict[str, Any], size: int) -> BlobInfo:
+        content_type = answer.get("ContentType")
+        filename = answer.get("Metadata", {}).get("filename")
+        meta = BlobMeta(None if content_type in _UNTYPED or content_type is None else content_type, filename or None)
+        return BlobInfo(
+            digest, size, answer["LastModified"].timestamp(), meta if meta else NO_META, TIER,
+            self.location(digest), self.name, _FOUND,
+        )
+
+    async def get_range(self, digest: Digest, offset: int, length: int) -> Any:
+        """The streaming body of bytes offset..offset+length (a read narrowed after it was opened)."""
+        key = object_key(digest)
+        try:
+            answer = await self.reader.get_object(
+                Bucket=self.bucket, Key=key, Range=f"bytes={offset}-{offset + length - 1}"
+            )
+        except CLIENT_ERRORS as e:
+            raise fault(e, f"GET {key}") from e
+        return answer["Body"]
+
+    async def contains(self, digests: list[Digest]) -> list[bool]:
+        slots = asyncio.Semaphore(MAX_CONCURRENT_HEADS)
+
+        async def present(digest: Digest) -> bool:
+            async with slots:
+                return not isinstance(await self.head(digest), Missing)
+
+        return list(await asyncio.gather(*(present(d) for d in digests)))
+
+    async def iter_digests(self) -> AsyncIterator[Digest]:
+        """Every blob in the bucket, in lexical order (S3 lists keys in that order, and so does the scheme)."""
+        pages = self.writer.get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
+        try:
+            async for page in pages:
+                for entry in page.get("Contents", ()):
+                    digest = digest_of_key(entry["Key"])
+                    if digest is not None:
+                        yield digest
+        except CLIENT_ERRORS as e:
+            raise fault(e, f"listing bucket {self.bucket}") from e
+
+    # ---- writes ------------------------------------------------------------
+
+    async def begin(self, expected: Digest | None, length: int | None, meta: BlobMeta = NO_META) -> S3Upload | Stored:
+        if expected is None:
+            raise StoreError("an upload to S3 needs its sha beforehand (the object is named by it)")
+        if self.max_blob_bytes is not None and length is not None and length > self.max_blob_bytes:
+            raise TooLarge(self.max_blob_bytes)
+        if not isinstance(await self.head(expected), Missing):
+            return Stored(expected, False, (self.location(expected),), self.name)
+        return S3Upload(self, expected, meta)
+
+    async def put(self, expected: Digest, data: bytes, meta: BlobMeta = NO_META) -> Stored:
+        if self.max_blob_bytes is not None and len(data) > self.max_blob_bytes:
+            raise TooLarge(self.max_blob_bytes)
+        actual = (await in_thread(hashlib.sha256, data)).hexdigest()
+        if actual != expected.hex:
+            raise DigestMismatch(expected, actual)
+        return await self._put_object(expected, data, meta)
+
+    def _object_fields(self, meta: BlobMeta) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        if meta.content_type:
+            fields["ContentType"] = meta.content_type
+        if meta.filename:
+            fields["Metadata"] = {"filename": meta.filename}
+        return fields
+
+    async def _put_object(self, digest: Digest, data: bytes, meta: BlobMeta) -> Stored:
+        """One PUT of verified bytes; created only if no object had that key (If-None-Match: *)."""
+        key = object_key(digest)
+        try:
+            await self.writer.put_object(
+                Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*", **self._object_fields(meta)
+            )
+        except ClientError as e:
+            if _status_of(e) == 412:  # the same blob, put by someone else meanwhile
+                return Stored(digest, False, (self.location(digest),), self.name)
+            raise fault(e, f"PUT {key}") from e
+        except CLIENT_ERRORS as e:
+            raise fault(e, f"PUT {key}") from e
+        return Stored(digest, True, (self.location(digest),), self.name)
+
+    # ---- health ------------------------------------------------------------
+
+    async def probe(self) -> str | None:
+        """None when the bucket answers; else why not, in one line."""
+        try:
+            await self.reader.head_bucket(Bucket=self.bucket)
+        except CLIENT_ERRORS as e:
+            return str(fault(e, f"HEAD bucket {self.bucket}"))
+        return None
+
+    async def health(self) -> Health:
+        error = await self.probe()
+        return Health(services=(ServiceState("s3", f"{self.endpoint}/{self.bucket}", error is None, error),))
+
+
+class S3Body:
+    """A streamed object body: the answer of the GET that opened it, or a ranged GET sent when first read.
+
+    With verify (s3.verify_reads, a whole blob), the bytes are hashed as they
+    pass and the last chunk is held back until the hash is known: a mismatch
+    raises CorruptObject before it, so the connection is cut short of the
+    blob's length and no client takes the bytes for a complete answer.
+    """
+
+    def __init__(self, store: S3Store, digest: Digest, size: int, offset: int, length: int, answer: Any) -> None:
+        self.store = store
+        self.digest = digest
+        self.size = size
+        self.offset = offset
+        self.length = length
+        self._answer = answer
+        self.verify = store.settings.verify_reads
+
+    def narrow(self, offset: int, length: int) -> None:
+        """Only bytes offset..offset+length: the GET already answering (if any) is dropped, a ranged one sent."""
+        self.close()
+        self.offset, self.length = offset, length
+
+    def close(self) -> None:
+        answer, self._answer = self._answer, None
+        if answer is not None:
+            answer.close()
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        if self.length == 0:
+            return
+        answer = self._answer
+        if answer is None:
+            answer = self._answer = await self.store.get_range(self.digest, self.offset, self.length)
+        hasher = hashlib.sha256() if self.verify and self.offset == 0 and self.length == self.size else None
+        held = b""
+        try:
+            while True:
+                chunk = await answer.read(READ_CHUNK)
+                if not chunk:
+                    break
+                if hasher is None:
+                    yield chunk
+                    continue
+                if held:
+                    yield held
+                if len(chunk) >= HASH_IN_THREAD_BYTES:
+                    await in_thread(hasher.update, chunk)
+                else:
+                    hasher.update(chunk)
+                held = chunk
+        except CLIENT_ERRORS as e:
+            raise fault(e, f"GET {object_key(self.digest)}") from e
+        if hasher is not None:
+            actual = hasher.hexdigest()
+            if actual != self.digest.hex:
+                corrupt = CorruptObject(self.digest, actual)
+                if self.store.on_corrupt is not None:
+                    self.store.on_corrupt(self.digest, str(corrupt))
+                raise corrupt
+            if held:
+                yield held
+
+
+class S3Upload:
+    """A staged write to the bucket: parts go out while the body arrives; visible only once verified.
+
+    Memory: the part being filled and at most parts_in_flight parts on
+    their way (write() waits for a free slot, which slows the client down
+    rather than buffering it).
+    """
+
+    def __init__(self, store: S3Store, expected: Digest, meta: BlobMeta) -> None:
+        self.store = store
+        self.expected = expected
+        self.meta = meta
+        self.key = object_key(expected)
+        self._hasher = hashlib.sha256()
+        self._buffer = bytearray()
+        self._size = 0
+        self._upload_id: str | None = None
+        self._parts: list[asyncio.Task[str]] = []
+        self._slots = asyncio.Semaphore(store.settings.parts_in_flight)
+        self._done = False
+
+    async def write(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        limit = self.store.max_blob_bytes
+        if limit is not None and self._size > limit:
+            raise TooLarge(limit)
+        self._buffer += chunk
+        part_bytes = self.store.settings.part_bytes
+        while len(self._buffer) >= part_bytes:
+            part = bytes(self._buffer[:part_bytes])
+            del self._buffer[:part_bytes]
+            await self._send_part(part)
+
+    async def _send_part(self, part: bytes) -> None:
+        await in_thread(self._hasher.update, part)
+        writer, bucket = self.store.writer, self.store.bucket
+        if self._upload_id is None:
+            try:
+                created = await writer.create_multipart_upload(
+                    Bucket=bucket, Key=self.key, **self.store._object_fields(self.meta)
+                )
+            except CLIENT_ERRORS as e:
+                raise fault(e, f"starting the multipart upload of {self.key}") from e
+            self._upload_id = created["UploadId"]
+        await self._slots.acquire()
+        for sent in self._parts:
+            if sent.done() and sent.exception() is not None:
+                self._slots.release()
+                raise sent.exception()  # type: ignore[misc]
+        self._parts.append(asyncio.create_task(self._upload_part(len(self._parts) + 1, part)))
+
+    async def _upload_part(self, number: int, part: bytes) -> str:
+        try:
+            answer = await self.store.writer.upload_part(
+                Bucket=self.store.bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=part
+            )
+        except CLIENT_ERRORS as e:
+            raise fault(e, f"part {number} of {self.key}") from e
+        finally:
+            self._slots.release()
+        return str(answer["ETag"])
+
+    async def commit(self) -> Stored:
+        tail = bytes(self._buffer)
+        self._buffer = bytearray()
+        if self._upload_id is None:
+            await in_thread(self._hasher.update, tail)
+            self._verify()
+            self._done = True
+            return await self.store._put_object(self.expected, tail, self.meta)
+        if tail:
+            await self._send_part(tail)
+        try:
+            etags = await asyncio.gather(*self._parts)
+            self._verify()
+        except BaseException:
+            await self.abort()
+            raise
+        parts = [{"ETag": etag, "PartNumber": n} for n, etag in enumerate(etags, 1)]
+        writer = self.store.writer
+        try:
+            await writer.complete_multipart_upload(
+                Bucket=self.store.bucket, Key=self.key, UploadId=self._upload_id, MultipartUpload={"Parts": parts},
+                IfNoneMatch="*",
+            )
+        except ClientError as e:
+            if _status_of(e) == 412:  # completed by another upload of the same blob meanwhile
+                await self.abort()
+                return Stored(self.expected, False, (self.store.location(self.expected),), self.store.name)
+            await self.abort()
+            raise fault(e, f"completing the multipart upload of {self.key}") from e
+        except CLIENT_ERRORS as e:
+            await self.abort()
+            raise fault(e, f"completing the multipart upload of {self.key}") from e
+        self._done = True
+        return Stored(self.expected, True, (self.store.location(self.expected),), self.store.name)
+
+    def _verify(self) -> None:
+        actual = self._hasher.hexdigest()
+        if actual != self.expected.hex:
+            raise DigestMismatch(self.expected, actual)
+
+    async def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        for part in self._parts:
+            part.cancel()
+        await asyncio.gather(*self._parts, return_exceptions=True)
+        upload_id, self._upload_id = self._upload_id, None
+        if upload_id is None:
+            return
+        try:
+            await self.store.writer.abort_multipart_upload(Bucket=self.store.bucket, Key=self.key, UploadId=upload_id)
+        except CLIENT_ERRORS as e:
+            # Invisible either way; the bucket's lifecycle rule (or a later abort) removes its parts.
+            log.warning("could not abort the multipart upload %s of %s: %s", upload_id, self.key, fault(e, "abort"))
