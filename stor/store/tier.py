@@ -127,7 +127,7 @@ class TieredStore:
 
     async def _ask_s3(self, digest: Digest, ask: Callable[[BlobStore], Awaitable[Found | Missing]]) -> Found | Missing | None:
         """S3's answer, or None when it is skipped or failed (the caller falls through)."""
-        if digest.hex in self._bad or not self.outage.usable():
+        if self._bad.get(digest.hex) is not None or not self.outage.usable():
             return None
         try:
             found = await ask(self.s3)
