@@ -130,7 +130,7 @@ class Application:
         blobs = BlobEndpoint(store, auth, metrics, settings.uploads)
         routes.add_blob(route(BLOB_ROUTE, get=blobs.read, post=blobs.write, put=blobs.write, fast=True))
 
-        self.service = HttpService(routes, traffic)
+        self.service = HttpService(routes, traffic, steps_inline=not settings.s3_tier)
         self.asgi = AsgiApp(self.service, self.startup, self.shutdown, settings.http.body_timeout)
 
     async def startup(self) -> None:

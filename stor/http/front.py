@@ -31,7 +31,6 @@ is pinned to a minor version.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import re
 import resource
@@ -392,22 +391,18 @@ class StorHttpProtocol(HttpToolsProtocol):
         """Answer at once when the handler finishes without waiting and the reply is in memory; else in a task."""
         pending: Awaitable[Reply]
         coroutine = service.answer(read.request, read.route)
-        # The context the handler runs in, from its first step here to its end in a task: libraries
-        # that set a context variable and reset it later (botocore does, around each S3 call) need
-        # both in one context.
-        context = contextvars.copy_context()
-        if self.flow.write_paused:
+        if self.flow.write_paused or not service.steps_inline:
             pending = coroutine
         else:
             try:
-                step = context.run(coroutine.send, None)
+                step = coroutine.send(None)
             except StopIteration as done:
                 if self._answer_now(service, read, done.value):
                     return
                 pending = _ready(done.value)  # a body to send from a file or a stream
             else:
                 pending = _resume(coroutine, step)
-        running = self.loop.create_task(self._answer_later(service, read, pending), context=context)
+        running = self.loop.create_task(self._answer_later(service, read, pending))
         running.add_done_callback(self.tasks.discard)
         self.tasks.add(running)
 

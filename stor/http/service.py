@@ -25,9 +25,13 @@ CLIENT_GONE = 499
 
 
 class HttpService:
-    def __init__(self, routes: Routes, traffic: HttpTraffic | None) -> None:
+    def __init__(self, routes: Routes, traffic: HttpTraffic | None, steps_inline: bool = True) -> None:
         self.routes = routes
         self.traffic = traffic
+        # Whether the fast path may take a handler's first step outside a task (stor/http/front.py):
+        # only while no handler calls a library that needs to run in a task (aiohttp's timeouts,
+        # botocore's context variables: the S3 tier's client).
+        self.steps_inline = steps_inline
         # The route a path takes (the table's own method: no call in between on the hot path).
         self.route: Callable[[str], Route] = routes.match
 
