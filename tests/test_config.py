@@ -70,6 +70,16 @@ GOOD_PAIRS = [["/tmp/x1", "/tmp/x2"]]
         (json.dumps({"storage_pairs": GOOD_PAIRS, "statsite": {"prefix": "x"}}), "statsite: expected an object with at least a 'host'"),
         (json.dumps({"storage_pairs": GOOD_PAIRS, "max_blob_bytes": True}), "max_blob_bytes: expected a whole number"),
         (json.dumps({"storage_pairs": GOOD_PAIRS, "s3_enabled": True}), "s3_credentials: required when s3_enabled is true"),
+        (json.dumps({"storage_pairs": GOOD_PAIRS, "s3": {"write_mode": "s3"}}), "s3.write_mode: 's3' needs s3_enabled and s3_credentials"),
+        (json.dumps({"storage_pairs": GOOD_PAIRS, "s3_enabled": True, "s3_credentials": {"access_key": "a", "secret_key": "b", "host": "s3.example:8333"}, "s3": {"write_mode": "both"}}), "s3.write_mode: expected one of 'local', 'local+s3', 's3'"),
+        (json.dumps({"storage_pairs": GOOD_PAIRS, "s3_enabled": True, "s3_credentials": {"access_key": "a", "secret_key": "b", "host": "s3.example:8333"}, "s3": {"read_order": "random"}}), "s3.read_order: expected one of 's3-first', 'local-first'"),
+        (json.dumps({"storage_pairs": GOOD_PAIRS, "s3_enabled": True, "s3_credentials": {"access_key": "a", "secret_key": "b", "host": "s3.example:8333"}, "s3": {"part_bytes": 1024}}), 's3.part_bytes: S3 parts are 5 MiB to 5 GiB'),
+        (json.dumps({"storage_pairs": GOOD_PAIRS, "s3_enabled": True, "s3_credentials": {"access_key": "a", "secret_key": "b", "host": "s3.example:8333"}, "s3": {"bucket": "Samples_1"}}), "s3.bucket: 'Samples_1' is not an S3 bucket name"),
+        (json.dumps({"storage_pairs": GOOD_PAIRS, "s3_enabled": True, "s3_credentials": {"access_key": "a", "secret_key": "b", "host": "s3.example:8333"}, "s3": {"endpoint": "s3.example"}}), 's3.endpoint: expected http://host[:port] or https://host[:port]'),
+        (json.dumps({"storage_pairs": GOOD_PAIRS, "s3_enabled": True, "s3_credentials": {"access_key": "a", "secret_key": "b", "host": "s3.example:8333"}, "s3": {"buckets": "x"}}), 's3.buckets: unknown key'),
+        (json.dumps({"storage_pairs": GOOD_PAIRS, "s3_enabled": True, "s3_credentials": {"access_key": "a", "secret_key": "b", "host": "http://h/"}}), 's3_credentials.host: expected a host name with an optional port'),
+        (json.dumps({"storage_pairs": [], "s3_enabled": True, "s3_credentials": {"access_key": "a", "secret_key": "b", "host": "s3.example:8333"}}), 'storage_pairs: expected a non-empty list'),
+        (json.dumps({"s3_enabled": True, "s3_credentials": {"access_key": "a", "secret_key": "b", "host": "s3.example:8333"}, "s3": {"write_mode": "local+s3"}}), 'storage_pairs: missing'),
     ],
 )
 def test_bad_configuration_stops_start_up_with_one_line(tmp_path: Path, config: str, expected: str) -> None:
@@ -421,3 +431,18 @@ def test_serve_raises_the_open_file_limit_to_the_hard_one(mirrors: tuple[Path, P
             assert line.split()[3:5] == ["4096", "4096"], line
     finally:
         server.stop()
+
+
+def test_s3_section_defaults_are_the_originals() -> None:
+    """The original's keys alone: plain HTTP to host (port kept), bucket samples, S3 first, writes local."""
+    settings = parse({"storage_pairs": GOOD_PAIRS, "s3_enabled": True,
+                      "s3_credentials": {"access_key": "a", "secret_key": "b", "host": "s3.example:8333"}})
+    assert settings.s3_tier and settings.s3_endpoint == "http://s3.example:8333"
+    assert (settings.s3.bucket, settings.s3.read_order, settings.s3.write_mode) == ("samples", "s3-first", "local")
+    assert "b" not in repr(settings.s3_credentials).replace("S3Credentials", "")  # the secret is never shown
+    node = parse({"storage_pairs": [], "s3_enabled": True, "s3": {"write_mode": "s3", "endpoint": "https://s3.example/"},
+                  "s3_credentials": {"access_key": "a", "secret_key": "b", "host": "ignored"}})
+    assert node.storage_pairs == () and node.s3_endpoint == "https://s3.example"
+    # The key stays a switch: credentials without s3_enabled leave the tier off, as in the original.
+    off = parse({"storage_pairs": GOOD_PAIRS, "s3_credentials": {"access_key": "a", "secret_key": "b", "host": "h"}})
+    assert not off.s3_tier
