@@ -167,6 +167,11 @@ SECTIONS = {
         "send_timeout", "keep_alive_timeout", "max_connections",
     ],
     "metrics": ["prometheus"],
+    "s3": [
+        "endpoint", "bucket", "region", "addressing_style", "read_order", "write_mode", "verify_reads",
+        "connect_timeout", "read_timeout", "max_connections", "retry_after", "part_bytes", "parts_in_flight",
+        "copy_concurrency", "copy_retry_min", "copy_retry_max",
+    ],
 }
 ORIGINAL_KEYS = [
     "storage_pairs", "writable_pairs_regex", "basic_auth", "memcached_servers", "statsite", "s3_enabled",
