@@ -30,7 +30,7 @@ from stor.aio import in_thread
 from stor.digest import Digest, InvalidDigest
 from stor.metrics import Metrics
 from stor.store.base import BlobStore, DigestMismatch, FileRegion, Missing, QueueState, Stored, StoreError
-from stor.store.s3 import S3Store
+from stor.store.s3 import S3Store, S3Unreachable
 
 log = logging.getLogger("stor.s3.copy")
 
@@ -175,6 +175,11 @@ class CopyQueue:
                 await self.drain()
             except Exception:
                 log.exception("copying queued blobs to S3 failed")
+            if self._failing_since is not None:
+                # Copies are failing (S3 out of reach, most likely): new entries wait for the next
+                # retry too, rather than each upload setting off a pass over the whole queue.
+                await asyncio.sleep(self._next_wait())
+                continue
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._next_wait())
 
@@ -190,14 +195,23 @@ class CopyQueue:
         if not entries:
             return 0
         slots = asyncio.Semaphore(self.concurrency)
+        unreachable = False
 
         async def one(entry: _Entry) -> bool:
+            nonlocal unreachable
             async with slots:
-                return await self._copy_entry(entry)
+                if unreachable:  # the rest of this pass would only time out one by one
+                    return False
+                try:
+                    return await self._copy_entry(entry)
+                except S3Unreachable:
+                    unreachable = True
+                    return False
 
         return sum(await asyncio.gather(*(one(e) for e in entries)))
 
     async def _copy_entry(self, entry: _Entry) -> bool:
+        """Copy one entry's blob; False if another copier has it. Raises S3Unreachable after noting it."""
         fd = await in_thread(_claim, entry.path)
         if fd is None:
             return False
@@ -206,11 +220,13 @@ class CopyQueue:
         except Exception as e:
             await in_thread(os.close, fd)
             self._failed(entry, e)
+            if isinstance(e, S3Unreachable):
+                raise
             return False
         await in_thread(_done, entry.path, fd)
         self._failures.pop(entry.digest.hex, None)
         self.metrics.incr("s3.copy.done.count")
-        if self._failing_since is not None and not self._failures:
+        if self._failing_since is not None:  # a copy went through: S3 takes them again
             log.info("copies to S3 succeed again (failing for %.0f s)", time.monotonic() - self._failing_since)
             self._failing_since = None
         return True
