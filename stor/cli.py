@@ -54,7 +54,20 @@ def main(argv: list[str] | None = None) -> int:
         "the load balancer in front usually logs them)",
     )
 
+    backfill = commands.add_parser(
+        "s3-backfill",
+        help="copy every local blob missing from the S3 bucket (resumable)",
+        description="Copy every local blob missing from the configured S3 bucket, verified by its sha; "
+        "resumable (a cursor in a state file). Exit 0: every blob copied or present; 1: some failed; "
+        "2: could not run; 130/143: stopped by SIGINT/SIGTERM.",
+    )
+    from stor import backfill as s3_backfill  # the command's options are its own
+
+    s3_backfill.add_arguments(backfill)
+
     args = parser.parse_args(argv)
+    if args.command == "s3-backfill":
+        return s3_backfill.main(args)
     return _serve(args)
 
 

@@ -235,13 +235,25 @@ class LocalStore:
         reals = self._real.values()
         return [any(BLOCKING.is_file(f"{real}/{digest.relative_path}") for real in reals) for digest in digests]
 
-    async def iter_digests(self) -> AsyncIterator[Digest]:
-        """Every blob once, in lexical order, merged over all storages (one directory listing per thread hop)."""
+    async def iter_digests(self, after: Digest | None = None) -> AsyncIterator[Digest]:
+        """Every blob once, in lexical order, merged over all storages (one directory listing per thread hop).
+
+        With after, only the blobs after it: directories wholly before it are not listed (a resumed walk,
+        `stor s3-backfill`, starts where it left off without listing the tree up to there).
+        """
+        bound = after.upper if after is not None else ""  # directory names are upper-case hex
         for first in await in_thread(self._subdirs, ()):
+            if first < bound[0:2]:
+                continue
             for second in await in_thread(self._subdirs, (first,)):
+                if first + second < bound[0:4]:
+                    continue
                 for third in await in_thread(self._subdirs, (first, second)):
+                    if first + second + third < bound[0:6]:
+                        continue
                     for digest in await in_thread(self._blobs_in, (first, second, third)):
-                        yield digest
+                        if after is None or digest.hex > after.hex:
+                            yield digest
 
     def _subdirs(self, parents: tuple[str, ...]) -> list[str]:
         names: set[str] = set()
