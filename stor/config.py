@@ -106,7 +106,7 @@ class S3Settings:
     max_connections: int = 32
     retry_after: float = 5.0
     part_bytes: int = 8 * MIB
-    parts_in_flight: int = 4
+    parts_in_flight: int = 2
     copy_concurrency: int = 2
     copy_retry_min: float = 1.0
     copy_retry_max: float = 300.0

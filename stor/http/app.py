@@ -137,6 +137,8 @@ class Application:
         aio.configure(self.settings.storage.io_threads)
         filesend.configure(self.settings.storage.io_threads, self.settings.http.send_timeout)
         await self.store.start()
+        if self.settings.s3_tier:
+            _fixed_mmap_threshold()
         if self.settings.metrics.prometheus.enabled:
             self._background.append(asyncio.create_task(prometheus.DEFERRED.flush_forever()))
         # Half a million objects live from start-up to exit (the frameworks, the configuration):
@@ -150,6 +152,26 @@ class Application:
         await self.store.close()
         if self.settings.metrics.prometheus.enabled:
             prometheus.DEFERRED.flush()
+
+
+def _fixed_mmap_threshold() -> None:
+    """Allocations of 1 MiB and more straight from mmap, and back to the system when freed.
+
+    glibc raises its mmap threshold each time such a block is freed, after which the
+    multi-MiB parts of S3 uploads come from the heap and stay in it: a worker kept about
+    16 MiB more per upload in flight (bench/README.md, S3 tier). A fixed threshold keeps
+    the dynamic one from moving.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        ctypes.CDLL(name).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc: its allocator decides
 
 
 async def _index(request: Request) -> Reply:

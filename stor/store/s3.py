@@ -383,8 +383,8 @@ class S3Body:
 class S3Upload:
     """A staged write to the bucket: parts go out while the body arrives; visible only once verified.
 
-    Memory: the part being filled and at most parts_in_flight parts on
-    their way (write() waits for a free slot, which slows the client down
+    Memory: the part being filled, the one waiting for a slot, and at most
+    parts_in_flight parts on their way (write() waits for a free slot, which slows the client down
     rather than buffering it).
     """
 
@@ -394,7 +394,8 @@ class S3Upload:
         self.meta = meta
         self.key = object_key(expected)
         self._hasher = hashlib.sha256()
-        self._buffer = bytearray()
+        self._buffer: list[bytes] = []
+        self._buffered = 0
         self._size = 0
         self._upload_id: str | None = None
         self._parts: list[asyncio.Task[str]] = []
@@ -406,12 +407,17 @@ class S3Upload:
         limit = self.store.max_blob_bytes
         if limit is not None and self._size > limit:
             raise TooLarge(limit)
-        self._buffer += chunk
-        part_bytes = self.store.settings.part_bytes
-        while len(self._buffer) >= part_bytes:
-            part = bytes(self._buffer[:part_bytes])
-            del self._buffer[:part_bytes]
-            await self._send_part(part)
+        self._buffer.append(chunk)
+        self._buffered += len(chunk)
+        if self._buffered >= self.store.settings.part_bytes:
+            # A part is what has arrived once there is at least part_bytes (S3 asks only that every part
+            # but the last be 5 MiB or more): joined once, never cut and copied again.
+            await self._send_part(self._take())
+
+    def _take(self) -> bytes:
+        part = b"".join(self._buffer)
+        self._buffer, self._buffered = [], 0
+        return part
 
     async def _send_part(self, part: bytes) -> None:
         await in_thread(self._hasher.update, part)
@@ -443,8 +449,7 @@ class S3Upload:
         return str(answer["ETag"])
 
     async def commit(self) -> Stored:
-        tail = bytes(self._buffer)
-        self._buffer = bytearray()
+        tail = self._take()
         if self._upload_id is None:
             await in_thread(self._hasher.update, tail)
             self._verify()
