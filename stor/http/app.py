@@ -105,6 +105,8 @@ class Application:
         metrics = Metrics(_metric_sinks(settings))
         self.store = store = build_store(settings, metrics)
         auth = Authenticator(settings.basic_auth, settings.auth)
+        if settings.memcached_servers and not settings.storage_pairs:
+            log.info("memcached_servers: not used: it remembers where local blobs are, and this node has none")
         if not settings.has_writer:
             log.warning("no writer configured (basic_auth or a user with role write): every upload will be refused")
         if settings.s3_enabled:
