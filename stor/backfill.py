@@ -375,9 +375,8 @@ class Backfill:
             self.summary.signal = sig
             self.summary.stopped = self.summary.stopped or name  # a fault that stopped the run first stays its reason
             self.stopping.set()
-            if self._inflight:
-                log.warning("%s: stopping; %d copies in flight finish first (%s again abandons them)",
-                            name, len(self._inflight), name)
+            log.warning("%s: stopping; %d copies in flight finish first (%s again abandons them)",
+                        name, len(self._inflight), name)
             return
         log.warning("%s again: abandoning %d copies in flight (their uploads are aborted)", name, len(self._inflight))
         for task in self._inflight:
@@ -438,9 +437,6 @@ class Backfill:
             if counting is not None:
                 counting.cancel()
             await asyncio.gather(checking, *([counting] if counting else []), return_exceptions=True)
-            while not batches.empty():
-                left = batches.get_nowait()
-                self.summary.pending += len(left or ())
             self.ui.stop(self.summary)
 
     async def _count(self, start: Digest | None) -> None:
@@ -505,10 +501,9 @@ class Backfill:
         slots = asyncio.Semaphore(self.jobs)
         while (batch := await self._next(batches)) is not None:
             left = _BatchCount(len(batch))
-            for i, digest in enumerate(batch):
+            for digest in batch:
                 await _acquire_unless(slots, self.stopping)
                 if self.stopping.is_set():
-                    self.summary.pending += len(batch) - i
                     break
                 task = asyncio.create_task(self._copy(digest, slots, left))
                 self._inflight.add(task)
@@ -528,18 +523,13 @@ class Backfill:
             getting.cancel()
             return None
         batch = getting.result()
-        if batch is not None and self.stopping.is_set():
-            self.summary.pending += len(batch)
-            return None
-        return batch
+        return None if self.stopping.is_set() else batch
 
     async def _copy(self, digest: Digest, slots: asyncio.Semaphore, left: _BatchCount) -> None:
         try:
             ok = await self._copy_with_retries(digest)
-        except asyncio.CancelledError:
-            self.summary.pending += 1
+        except asyncio.CancelledError:  # abandoned by a second signal: pending, and the run goes on to its summary
             ok = False
-            # Not raised on: the run goes on to its summary.
         finally:
             slots.release()
         self.frontier.settle(digest.hex, ok)
@@ -604,6 +594,9 @@ class Backfill:
         summary = self.summary
         summary.seconds = time.monotonic() - summary.started
         summary.cursor = self.frontier.cursor
+        # Whatever was checked and is neither present, copied nor failed was left by a stop: checked but not
+        # yet handed to a copy, waiting for a slot, or abandoned in flight.
+        summary.pending = summary.checked - summary.present - summary.copied - summary.failed
         summary.complete = not self.stopping.is_set() and summary.failed == 0 and summary.pending == 0
         if summary.complete:
             await aio.in_thread(self.state.remove)
