@@ -242,7 +242,15 @@ class S3Store:
             async with slots:
                 return not isinstance(await self.head(digest), Missing)
 
-        return list(await asyncio.gather(*(present(d) for d in digests)))
+        tasks = [asyncio.ensure_future(present(d)) for d in digests]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            # One failed (S3 out of reach): the rest would only wait out their own timeouts.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
     async def iter_digests(self) -> AsyncIterator[Digest]:
         """Every blob in the bucket, in lexical order (S3 lists keys in that order, and so does the scheme)."""
