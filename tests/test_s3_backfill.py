@@ -19,26 +19,13 @@ import termios
 from pathlib import Path
 from typing import Any
 
-from conftest import free_port, layout_path, pair_config, sha256, wait_for
+from conftest import free_port, layout_path, pair_config, wait_for
 from seaweed import SeaweedFS
+from test_s3_tier import key_of, store_locally
 
 MIB = 1024 * 1024
 STATE_NAME = ".stor-s3-backfill.json"
 STOR_DIR = Path(__file__).resolve().parent.parent
-
-
-def key_of(sha: str) -> str:
-    return f"{sha[0:2]}/{sha[2:4]}/{sha[4:6]}/{sha}"
-
-
-def store_locally(mirrors: tuple[Path, Path], data: bytes) -> str:
-    """A blob written into both mirrors in the original layout, as another Stor would have left it."""
-    sha = sha256(data)
-    for root in mirrors:
-        path = layout_path(root, sha)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return sha
 
 
 def blobs(n: int, size: int = 200, tag: bytes = b"") -> list[bytes]:

@@ -5,8 +5,6 @@ Tests that stop or kill SeaweedFS use their own instance (`own_seaweed`), never 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import signal
 import socket

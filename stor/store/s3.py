@@ -179,15 +179,23 @@ class S3Store:
 
     # ---- reads -------------------------------------------------------------
 
-    async def head(self, digest: Digest, at: str | None = None) -> BlobInfo | Missing:
+    async def _read(self, verb: str, digest: Digest, **fields: Any) -> dict[str, Any] | None:
+        """The answer of a HEAD or GET of the blob's object; None when there is none (404)."""
+        key = object_key(digest)
+        call = self.reader.head_object if verb == "HEAD" else self.reader.get_object
         try:
-            answer = await self.reader.head_object(Bucket=self.bucket, Key=object_key(digest))
+            return await call(Bucket=self.bucket, Key=key, **fields)  # type: ignore[no-any-return]
         except ClientError as e:
             if _status_of(e) == 404:
-                return Missing(_FOUND)
-            raise fault(e, f"HEAD {object_key(digest)}") from e
+                return None
+            raise fault(e, f"{verb} {key}") from e
         except CLIENT_ERRORS as e:
-            raise fault(e, f"HEAD {object_key(digest)}") from e
+            raise fault(e, f"{verb} {key}") from e
+
+    async def head(self, digest: Digest, at: str | None = None) -> BlobInfo | Missing:
+        answer = await self._read("HEAD", digest)
+        if answer is None:
+            return Missing(_FOUND)
         return self._info(digest, answer, answer["ContentLength"])
 
     async def open(
@@ -198,16 +206,10 @@ class S3Store:
             if isinstance(found, Missing):
                 return found
             return OpenBlob(found, S3Body(self, digest, found.size, 0, 0, None))
-        key = object_key(digest)
         ranged = {} if span is None else {"Range": f"bytes={span[0]}-{span[0] + span[1] - 1}"}
-        try:
-            answer = await self.reader.get_object(Bucket=self.bucket, Key=key, **ranged)
-        except ClientError as e:
-            if _status_of(e) == 404:
-                return Missing(_FOUND)
-            raise fault(e, f"GET {key}") from e
-        except CLIENT_ERRORS as e:
-            raise fault(e, f"GET {key}") from e
+        answer = await self._read("GET", digest, **ranged)
+        if answer is None:
+            return Missing(_FOUND)
         size = answer["ContentLength"]
         if span is not None:
             size = int(str(answer.get("ContentRange", "")).rpartition("/")[2] or size)
@@ -226,13 +228,9 @@ class S3Store:
 
     async def get_range(self, digest: Digest, offset: int, length: int) -> Any:
         """The streaming body of bytes offset..offset+length (a read narrowed after it was opened)."""
-        key = object_key(digest)
-        try:
-            answer = await self.reader.get_object(
-                Bucket=self.bucket, Key=key, Range=f"bytes={offset}-{offset + length - 1}"
-            )
-        except CLIENT_ERRORS as e:
-            raise fault(e, f"GET {key}") from e
+        answer = await self._read("GET", digest, Range=f"bytes={offset}-{offset + length - 1}")
+        if answer is None:
+            raise StoreError(f"GET {object_key(digest)}: the object is gone since it was opened")
         return answer["Body"]
 
     async def contains(self, digests: list[Digest]) -> list[bool]:
