@@ -191,7 +191,11 @@ class CopyQueue:
     async def drain(self) -> int:
         """Copy every entry that is due (not waiting out a retry); how many were copied."""
         now = time.monotonic()
-        entries = [e for e in await in_thread(scan, self.roots) if self._failures.get(e.digest.hex, (0, 0.0))[1] <= now][:BATCH]
+        queued = await in_thread(scan, self.roots)
+        present = {e.digest.hex for e in queued}
+        for sha in [sha for sha in self._failures if sha not in present]:  # copied by another worker or node
+            del self._failures[sha]
+        entries = [e for e in queued if self._failures.get(e.digest.hex, (0, 0.0))[1] <= now][:BATCH]
         if not entries:
             return 0
         slots = asyncio.Semaphore(self.concurrency)

@@ -45,7 +45,6 @@ class S3Outage:
         self.retry_after = retry_after
         self.metrics = metrics
         self.since: float | None = None
-        self.error: str | None = None
         self._until = 0.0
         self._fell_through = 0
 
@@ -59,7 +58,6 @@ class S3Outage:
     def failed(self, e: Exception) -> None:
         now = time.monotonic()
         self._until = now + self.retry_after
-        self.error = str(e)
         self.metrics.incr("error.s3.fault.count")
         if self.since is None:
             self.since = now
@@ -75,7 +73,6 @@ class S3Outage:
                 time.monotonic() - self.since, self._fell_through,
             )
             self.since = None
-            self.error = None
 
 
 class TieredStore:
@@ -102,8 +99,9 @@ class TieredStore:
 
     # ---- reads -------------------------------------------------------------
 
+    # `at` (a remembered location) is never given here: the location cache is a layer of the local tier.
     def head(self, digest: Digest, at: str | None = None) -> Awaitable[BlobInfo | Missing]:
-        return self._read(digest, lambda store: store.head(digest, at))
+        return self._read(digest, lambda store: store.head(digest))
 
     def open(
         self, digest: Digest, span: tuple[int, int] | None = None, at: str | None = None
@@ -114,16 +112,16 @@ class TieredStore:
         local = self.local
         if local is None:
             return await ask(self.s3)  # nothing to fall through to: a fault is the answer's
-        if not self.s3_first:
-            found = await ask(local)
-            if not isinstance(found, Missing):
-                return found
-        s3_found = await self._ask_s3(digest, ask)
-        if s3_found is not None and not isinstance(s3_found, Missing):
-            return s3_found
-        if not self.s3_first:
+        if self.s3_first:
+            in_s3 = await self._ask_s3(digest, ask)
+            if in_s3 is not None and not isinstance(in_s3, Missing):
+                return in_s3
+            return await ask(local)
+        found = await ask(local)
+        if not isinstance(found, Missing):
             return found
-        return await ask(local)
+        in_s3 = await self._ask_s3(digest, ask)
+        return in_s3 if in_s3 is not None and not isinstance(in_s3, Missing) else found
 
     async def _ask_s3(self, digest: Digest, ask: Callable[[BlobStore], Awaitable[Found | Missing]]) -> Found | Missing | None:
         """S3's answer, or None when it is skipped or failed (the caller falls through)."""
