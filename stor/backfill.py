@@ -51,6 +51,7 @@ from typing import Any, Protocol
 from stor import aio
 from stor.config import CONFIG_ENV, ConfigError, Settings, load_settings
 from stor.digest import Digest, InvalidDigest
+from stor.store.durable import fsync_dir
 
 log = logging.getLogger("stor.s3-backfill")
 
@@ -287,7 +288,7 @@ class StateFile:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
             raise
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def remove(self) -> None:
         """No saved cursor any more (blocking)."""
@@ -295,15 +296,7 @@ class StateFile:
             os.unlink(self.path)
         except FileNotFoundError:
             return
-        _fsync_dir(self.path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(self.path.parent)
 
 
 class Frontier:

@@ -30,6 +30,7 @@ from stor.aio import in_thread
 from stor.digest import Digest, InvalidDigest
 from stor.metrics import Metrics
 from stor.store.base import BlobStore, DigestMismatch, FileRegion, Missing, QueueState, Stored, StoreError
+from stor.store.durable import fsync_dir
 from stor.store.s3 import S3Store, S3Unreachable
 
 log = logging.getLogger("stor.s3.copy")
@@ -51,14 +52,6 @@ def queue_dir(root: Path | str) -> str:
     return f"{root}/{QUEUE_DIR_NAME}"
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _ensure_dir(root: str) -> str:
     directory = queue_dir(root)
     try:
@@ -66,7 +59,7 @@ def _ensure_dir(root: str) -> str:
     except FileExistsError:
         pass
     else:
-        _fsync_dir(root)
+        fsync_dir(root)
     if os.path.islink(directory):
         raise StoreError(f"{directory} is a symbolic link; refusing to queue copies through it")
     return directory
@@ -80,7 +73,7 @@ def add_entry(root: str, digest: Digest) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def scan(roots: Sequence[Path]) -> list[_Entry]:

@@ -62,6 +62,7 @@ from stor.store.base import (
     TooLarge,
     Unavailable,
 )
+from stor.store.durable import fsync_dir, make_dirs_durably, write_all, write_file_durably
 from stor.store.fileaccess import BLOCKING, CACHED_ONLY, FileAccess, WouldBlock
 from stor.store.metadata import NO_META, BlobMeta, meta_relative_path, read_meta
 from stor.store.pairs import StoragePair, choose_pair, make_pairs, pair_free_bytes, probe_order
@@ -638,10 +639,10 @@ class _MirrorWriter:
             if len(data) < PARALLEL_WRITE_BYTES:
                 self.hasher.update(data)
                 for fd, _ in self.files:
-                    _write_all(fd, data)
+                    write_all(fd, data)
                 return
             # Large chunks: both mirrors written while this thread hashes (all three release the GIL).
-            writes = [_MIRROR_WRITERS.submit(_write_all, fd, data) for fd, _ in self.files]
+            writes = [_MIRROR_WRITERS.submit(write_all, fd, data) for fd, _ in self.files]
             try:
                 self.hasher.update(data)
             finally:
@@ -666,18 +667,18 @@ class _MirrorWriter:
             # Everything that can fail for lack of room happens before the first rename,
             # so a refused upload never leaves the blob visible on one mirror.
             for root, final in zip(self.targets, finals):
-                _make_dirs_durably(os.path.dirname(final), str(root))
+                make_dirs_durably(os.path.dirname(final), str(root))
             if self.meta:
                 # The sidecar is in place before the blob is visible, so a reader never misses it.
                 # Its directory entry is flushed with the blob's, by the directory fsync below.
                 for root in self.targets:
-                    _write_file_durably(root, root / meta_relative_path(digest), self.meta.to_json())
+                    write_file_durably(root, root / meta_relative_path(digest), self.meta.to_json())
             renamed: list[tuple[str, int]] = []
             try:
                 for (fd, tmp), final in zip(self.files, finals):
                     os.rename(tmp, final)
                     renamed.append((final, os.fstat(fd).st_ino))
-                    _fsync_dir(os.path.dirname(final))
+                    fsync_dir(os.path.dirname(final))
             except OSError:
                 for final, inode in renamed:
                     _unlink_if_same_file(final, inode)
@@ -710,20 +711,6 @@ def _mount_point(path: Path) -> Path:
     return path
 
 
-def _write_file_durably(root: Path, final: Path, data: bytes) -> None:
-    """data under final, flushed; the caller flushes final's directory."""
-    fd, tmp = tempfiles.create_locked(root)
-    try:
-        _write_all(fd, data)
-        os.fsync(fd)
-        os.rename(tmp, final)
-    except BaseException:
-        tempfiles.remove(tmp)
-        raise
-    finally:
-        os.close(fd)
-
-
 def _unlink_if_same_file(path: str, inode: int) -> None:
     """Undo our own rename, but never remove a copy another upload put there since."""
     try:
@@ -731,39 +718,6 @@ def _unlink_if_same_file(path: str, inode: int) -> None:
             os.unlink(path)
     except OSError as e:
         log.error("cannot roll back %s: %s", path, e)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _make_dirs_durably(directory: str, root: str) -> None:
-    """Create directory and its missing parents below root, flushing each new entry.
-
-    None of them may be a symlink (lstat): a blob renamed into a linked AA/BB/CC
-    would land outside the storage tree. That is a fault of the storage, not of
-    the upload: a StoreError naming the link (the service answers 500 and logs it).
-    """
-    d = root.rstrip("/")
-    if not directory.startswith(d + "/"):
-        raise StoreError(f"{directory} is not below the storage {root}")
-    for name in directory[len(d) + 1 :].split("/"):
-        d = f"{d}/{name}"
-        try:
-            mode = os.lstat(d).st_mode
-        except FileNotFoundError:
-            try:
-                os.mkdir(d)
-            except FileExistsError:
-                mode = os.lstat(d).st_mode  # another upload made it (or something else did: checked)
-            else:
-                _fsync_dir(os.path.dirname(d))
-                continue
-        if stat.S_ISLNK(mode):
-            raise StoreError(f"{d} is a symbolic link in the storage tree: no blob is written through it")
 
 
 def _entries(root: str, parents: tuple[str, ...]) -> list[os.DirEntry[str]]:
@@ -774,14 +728,6 @@ def _entries(root: str, parents: tuple[str, ...]) -> list[os.DirEntry[str]]:
     try:
         with os.scandir(fd) as listing:
             return list(listing)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(directory: str | Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -1,0 +1,71 @@
+"""Writing files so that a crash leaves either the old state or the new one: data and directory entries flushed.
+
+Every file stor makes visible (a blob, a sidecar, a queue entry, a state
+file) goes through these: written, fsynced, renamed into place, and its
+directory fsynced, so that after a power cut the name and its bytes are
+both there or both not.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from stor.store import tempfiles
+from stor.store.base import StoreError
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def fsync_dir(directory: str | Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file_durably(root: Path, final: Path, data: bytes) -> None:
+    """data under final, flushed; the caller flushes final's directory."""
+    fd, tmp = tempfiles.create_locked(root)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+        os.rename(tmp, final)
+    except BaseException:
+        tempfiles.remove(tmp)
+        raise
+    finally:
+        os.close(fd)
+
+
+def make_dirs_durably(directory: str, root: str) -> None:
+    """Create directory and its missing parents below root, flushing each new entry.
+
+    None of them may be a symlink (lstat): a blob renamed into a linked AA/BB/CC
+    would land outside the storage tree. That is a fault of the storage, not of
+    the upload: a StoreError naming the link (the service answers 500 and logs it).
+    """
+    d = root.rstrip("/")
+    if not directory.startswith(d + "/"):
+        raise StoreError(f"{directory} is not below the storage {root}")
+    for name in directory[len(d) + 1 :].split("/"):
+        d = f"{d}/{name}"
+        try:
+            mode = os.lstat(d).st_mode
+        except FileNotFoundError:
+            try:
+                os.mkdir(d)
+            except FileExistsError:
+                mode = os.lstat(d).st_mode  # another upload made it (or something else did: checked)
+            else:
+                fsync_dir(os.path.dirname(d))
+                continue
+        if stat.S_ISLNK(mode):
+            raise StoreError(f"{d} is a symbolic link in the storage tree: no blob is written through it")
