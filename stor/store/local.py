@@ -128,6 +128,10 @@ class LocalStore:
         self._probed: dict[Path, float] = {}  # when a write probe last succeeded
         self._sweeping: asyncio.Task[None] | None = None
 
+    def real_path(self, directory: Path) -> str:
+        """Where a configured storage directory is opened (its path resolved once, at start)."""
+        return self._real[directory]
+
     # ---- reads -------------------------------------------------------------
 
     def head(self, digest: Digest, at: str | None = None) -> Awaitable[BlobInfo | Missing]:
