@@ -213,6 +213,26 @@ def max_connections_for(settings: HttpSettings, open_files: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class IntegritySettings:
+    """Section "integrity": checking stored bytes against their sha, and putting bad copies right.
+
+    verify_reads: the fraction of whole-blob reads hashed before their last
+    byte goes out (the config says "off", "always" or a number in (0, 1]).
+    heal: a read that finds a mirror's copy missing or corrupt queues its
+    repair (heal_queue jobs at most per worker, heal_concurrency at once).
+    scrub_rate / scrub_workers: `stor scrub`'s defaults for --rate (bytes a
+    second, None: unlimited) and --workers.
+    """
+
+    verify_reads: float = 0.0
+    heal: bool = True
+    heal_queue: int = 1000
+    heal_concurrency: int = 1
+    scrub_rate: int | None = None
+    scrub_workers: int = 2
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsSettings:
     """Section "metrics"."""
 
@@ -241,6 +261,7 @@ class Settings:
     http: HttpSettings = HttpSettings()
     metrics: MetricsSettings = MetricsSettings()
     s3: S3Settings = S3Settings()
+    integrity: IntegritySettings = IntegritySettings()
     # Where the settings came from, for the start-up log line.
     source: str = "embedded default"
     # One line per legacy flat key read, for the CLI to log at start: the file
@@ -294,6 +315,7 @@ _SECTION_KEYS: dict[str, tuple[str, ...]] = {
         "connect_timeout", "read_timeout", "max_connections", "retry_after", "part_bytes", "parts_in_flight",
         "copy_concurrency", "copy_retry_min", "copy_retry_max",
     ),
+    "integrity": ("verify_reads", "heal", "heal_queue", "heal_concurrency", "scrub_rate", "scrub_workers"),
 }
 
 # stor 2.0's flat keys and their place now: still read, with a warning.
@@ -392,6 +414,7 @@ def parse(raw: dict[str, Any], source: str = "config") -> Settings:
         http=_http(section("http")),
         metrics=_metrics(section("metrics")),
         s3=s3,
+        integrity=_integrity(section("integrity")),
         source=source,
         warnings=tuple(warnings),
     )
@@ -764,6 +787,32 @@ def _s3(r: _Reader, credentials: S3Credentials | None, d: S3Settings = S3Setting
         copy_retry_min=retry_min,
         copy_retry_max=retry_max,
     )
+
+
+def _integrity(r: _Reader, d: IntegritySettings = IntegritySettings()) -> IntegritySettings:
+    rate = r.raw("scrub_rate")
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0):
+        raise ConfigError(f"{r.name('scrub_rate')}: expected a positive number of bytes a second, got {rate!r}")
+    return IntegritySettings(
+        verify_reads=_fraction(r, "verify_reads"),
+        heal=r.get("heal", bool, d.heal),
+        heal_queue=_at_least_one(r, "heal_queue", d.heal_queue),
+        heal_concurrency=_at_least_one(r, "heal_concurrency", d.heal_concurrency),
+        scrub_rate=rate,
+        scrub_workers=_at_least_one(r, "scrub_workers", d.scrub_workers),
+    )
+
+
+def _fraction(r: _Reader, key: str) -> float:
+    """"off" (0), "always" (1), or a number in (0, 1]."""
+    value = r.raw(key, "off")
+    if value == "off":
+        return 0.0
+    if value == "always":
+        return 1.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ConfigError(f'{r.name(key)}: expected "off", "always" or a fraction in (0, 1], got {value!r}')
+    return float(value)
 
 
 def _choice(r: _Reader, key: str, choices: tuple[str, ...], default: str) -> str:
