@@ -81,3 +81,9 @@ def in_thread(fn: Callable[..., T], *args: object) -> asyncio.Future[T]:
         configure(DEFAULT_THREADS)
     assert _pool is not None
     return _pool.submit(fn, *args)
+
+
+def outcome_ignored(future: asyncio.Future[Any]) -> None:
+    """For a future whose outcome no longer matters (what awaited it failed first): retrieved once it is
+    done, so that asyncio does not warn of an exception never retrieved."""
+    future.add_done_callback(lambda f: f.cancelled() or f.exception())

@@ -45,7 +45,15 @@ READS = Counter("stor_reads", "Blob reads by tier (local, s3) and result (found,
 S3_COPIES = Counter("stor_s3_copies", "Queued copies to S3 by result (done, failed)", ["result"])
 S3_FAULTS = Counter("stor_s3_faults", "S3 requests of reads that failed (the read fell through to local storage)")
 S3_SKIPPED = Counter("stor_s3_skipped", "Reads that did not ask S3 during an outage")
-S3_CORRUPT = Counter("stor_s3_corrupt_objects", "S3 objects found not to hash to their sha (s3.verify_reads)")
+S3_CORRUPT = Counter("stor_s3_corrupt_objects", "S3 objects found not to hash to their sha (verified reads)")
+LOCAL_CORRUPT = Counter(
+    "stor_corrupt_copies", "Local copies found not to hash to their sha by verified reads (not delivered)"
+)
+HEAL_JOBS = Counter(
+    "stor_heal_jobs",
+    "Repairs asked for by reads, by outcome (queued, dropped: queue full, repaired, failed, clean: nothing wrong)",
+    ["result"],
+)
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"})
 
@@ -143,6 +151,8 @@ class PrometheusSink:
         "error.s3.fault.count": S3_FAULTS,
         "error.get.s3_skipped.count": S3_SKIPPED,
         "error.get.corrupt_hcp.count": S3_CORRUPT,
+        "error.get.corrupt_old.count": LOCAL_CORRUPT,
+        **{f"heal.{result}.count": HEAL_JOBS.labels(result) for result in ("queued", "dropped", "repaired", "failed", "clean")},
     }
     _LOCAL_FOUND = READS.labels("local", "found")
 

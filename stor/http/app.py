@@ -25,10 +25,12 @@ from stor.http.scrape import ScrapeEndpoint
 from stor.http.service import HttpService
 from stor.metrics import Metrics, MetricsSink, StatsdSink
 from stor.store.base import BlobStore
+from stor.store.heal import HealQueue
 from stor.store.hot import HotStore
 from stor.store.local import LocalStore
 from stor.store.located import LocatedStore
 from stor.store.metered import MeteredStore
+from stor.store.verify import ReadVerification
 
 if TYPE_CHECKING:
     from stor.store.tier import TieredStore
@@ -51,29 +53,35 @@ def create_app_from_env() -> AsgiApp:
     return create_app(settings)
 
 
-def build_store(settings: Settings, metrics: Metrics) -> BlobStore:
+def build_store(settings: Settings, metrics: Metrics) -> tuple[BlobStore, HealQueue | None]:
     """The local backend with its layers (metrics outermost, then hot blobs, then remembered locations),
-    and with the S3 tier on, the bucket (with its metrics) and the local one composed by the tier."""
+    and with the S3 tier on, the bucket (with its metrics) and the local one composed by the tier; and the
+    queue of repairs the local backend's reads ask for (none without local storage)."""
     local: BlobStore | None = None
     located: BlobStore | None = None
+    heal: HealQueue | None = None
     if settings.storage_pairs:
+        integrity = settings.integrity
         raw_local = LocalStore(
             settings.storage_pairs,
             settings.writable_pairs_regex,
             settings.storage,
             settings.uploads,
             settings.cleanup_tempdir_period,
+            verify=ReadVerification(integrity.verify_reads),
         )
+        heal = HealQueue(raw_local, integrity.heal_queue, integrity.heal_concurrency, metrics, integrity.heal)
         located = LocatedStore(raw_local, _location_cache(settings, metrics), settings.cache.local_size)
         local = MeteredStore(HotStore(located, settings.hot), metrics)
     if not settings.s3_tier:
         assert local is not None  # the configuration allows no pairs only with the S3 tier
-        return local
-    return build_tier(settings, metrics, local, located)
+        return local, heal
+    return build_tier(settings, metrics, local, located, heal), heal
 
 
 def build_tier(
-    settings: Settings, metrics: Metrics, local: BlobStore | None, located: BlobStore | None
+    settings: Settings, metrics: Metrics, local: BlobStore | None, located: BlobStore | None,
+    heal: HealQueue | None = None,
 ) -> TieredStore:
     # Imported here: a node without the S3 tier never loads the S3 client.
     from stor.store.copyqueue import CopyQueue
@@ -82,7 +90,12 @@ def build_tier(
 
     s3_settings = settings.s3
     assert settings.s3_credentials is not None and settings.s3_endpoint is not None
-    bucket = S3Store(s3_settings, settings.s3_endpoint, settings.s3_credentials, settings.uploads.max_blob_bytes)
+    bucket = S3Store(
+        s3_settings, settings.s3_endpoint, settings.s3_credentials, settings.uploads.max_blob_bytes,
+        ReadVerification(1.0 if s3_settings.verify_reads else settings.integrity.verify_reads),
+    )
+    if heal is not None:
+        heal.bucket = bucket  # a blob no local copy of which is good is restored from it
     queue = None
     if s3_settings.write_mode == "local+s3" and located is not None:
         # Copies read local blobs through remembered locations only, and write to the bare bucket:
@@ -103,7 +116,8 @@ class Application:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         metrics = Metrics(_metric_sinks(settings))
-        self.store = store = build_store(settings, metrics)
+        store, self.heal = build_store(settings, metrics)
+        self.store = store
         auth = Authenticator(settings.basic_auth, settings.auth)
         if settings.memcached_servers and not settings.storage_pairs:
             log.info("memcached_servers: not used: it remembers where local blobs are, and this node has none")
@@ -112,6 +126,9 @@ class Application:
         if settings.s3_enabled:
             log.info("S3 tier: %s bucket %s, reads %s, writes %s%s", settings.s3_endpoint, settings.s3.bucket,
                      settings.s3.read_order, settings.s3.write_mode, ", verified" if settings.s3.verify_reads else "")
+        if settings.integrity.verify_reads:
+            log.info("verified reads: %s of whole-blob reads are checked against their sha",
+                     "all" if settings.integrity.verify_reads >= 1 else f"{settings.integrity.verify_reads:.0%}")
         if settings.rabbitmq_uri:
             log.warning("rabbitmq_uri is set, but publishing requested shas to RabbitMQ is not supported; ignored")
         self._background: list[asyncio.Task[None]] = []
@@ -139,6 +156,8 @@ class Application:
         aio.configure(self.settings.storage.io_threads)
         filesend.configure(self.settings.storage.io_threads, self.settings.http.send_timeout)
         await self.store.start()
+        if self.heal is not None:
+            self.heal.start()
         if self.settings.s3_tier:
             _fixed_mmap_threshold()
         if self.settings.metrics.prometheus.enabled:
@@ -151,6 +170,8 @@ class Application:
         for task in self._background:
             task.cancel()
         self._background.clear()
+        if self.heal is not None:
+            await self.heal.close()
         await self.store.close()
         if self.settings.metrics.prometheus.enabled:
             prometheus.DEFERRED.flush()

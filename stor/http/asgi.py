@@ -11,11 +11,12 @@ from collections.abc import Awaitable, Callable
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
-from stor.aio import in_thread
+from stor.aio import in_thread, outcome_ignored
 from stor.http.reply import Reply, as_bytes
 from stor.http.request import AsgiBody, Request
 from stor.http.service import CLIENT_GONE, HttpService
 from stor.store.base import FileRegion, StoreError
+from stor.store.verify import CorruptBlob
 
 log = logging.getLogger("stor.http")
 
@@ -50,6 +51,9 @@ class AsgiApp:
             sent = await write(reply, request.method == "HEAD", send, receive)
         except _ClientGone:
             status = CLIENT_GONE
+        except CorruptBlob as e:  # found while sending (a verified read): the answer stops short
+            log.error("%s: %s", request, e)
+            status = 500
         except Exception:
             # Nothing more can be said on this connection: uvicorn closes it when this returns.
             log.exception("%s: the answer could not be sent", request)
@@ -111,15 +115,24 @@ async def _send_file(region: FileRegion, send: Send, gone: asyncio.Future[None])
     if offset == end:
         await send({"type": "http.response.body", "body": b""})
         return 0
-    while offset < end:
-        chunk = await in_thread(os.pread, region.fd, min(READ_CHUNK, end - offset), offset)
-        if gone.done():
-            raise _ClientGone()
-        if not chunk:
-            # The file shrank under us: abort the connection rather than pad it.
-            raise StoreError(f"the file is shorter than its {end} bytes")
-        offset += len(chunk)
-        await send({"type": "http.response.body", "body": chunk, "more_body": offset < end})
+    # A region to be checked: the last chunk waits for the check, and is never sent if it fails.
+    checking = asyncio.ensure_future(region.check()) if region.check is not None else None
+    try:
+        while offset < end:
+            chunk = await in_thread(os.pread, region.fd, min(READ_CHUNK, end - offset), offset)
+            if gone.done():
+                raise _ClientGone()
+            if not chunk:
+                # The file shrank under us: abort the connection rather than pad it.
+                raise StoreError(f"the file is shorter than its {end} bytes")
+            offset += len(chunk)
+            if offset == end and checking is not None:
+                await checking
+            await send({"type": "http.response.body", "body": chunk, "more_body": offset < end})
+    finally:
+        if checking is not None and not checking.done():
+            checking.cancel()
+            outcome_ignored(checking)
     return region.length
 
 

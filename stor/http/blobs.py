@@ -39,6 +39,7 @@ from stor.store.base import (
     unavailable_reason,
 )
 from stor.store.metadata import BlobMeta
+from stor.store.verify import CorruptBlob
 
 log = logging.getLogger("stor.http")
 
@@ -147,6 +148,9 @@ class BlobEndpoint:
             return replies.text(404, f"Given hash '{shown(sha)}' isn't SHA256")
         try:
             opened = await self.store.open(digest, NO_BYTES if request.method == "HEAD" else None)
+        except CorruptBlob as e:  # a verified read found no good copy (each bad one is queued for repair)
+            log.error("GET %s: %s", digest, e)
+            return replies.text(500, "Every stored copy of the blob that was read is corrupt")
         except Exception as e:
             reason = unavailable_reason(e)
             if reason is not None:

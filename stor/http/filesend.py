@@ -18,11 +18,13 @@ import asyncio
 import os
 import socket
 
-from stor.aio import ThreadPool
+from stor.aio import ThreadPool, outcome_ignored
 from stor.http import tcp
-from stor.store.base import StoreError
+from stor.store.base import FileRegion, StoreError
 
 CHUNK = 1 << 24  # per sendfile call
+# The bytes of a checked region that wait for its check (stor.store.base.FileRegion.check).
+HELD_BYTES = 64 * 1024
 # While the socket is full, the client's progress is looked at this often (at most).
 CHECK_SECONDS = 5.0
 
@@ -78,6 +80,24 @@ async def send(sock: int, head: bytes, file: int, offset: int, length: int) -> i
             await _writable(loop, sock, progress)
     finally:
         _close(owned)
+
+
+async def send_region(sock: int, head: bytes, region: FileRegion) -> int:
+    """head, then the region's bytes; a region to be checked (FileRegion.check) holds its last bytes back
+    until the check passed, so that a corrupt blob's answer ends short of its Content-Length (CorruptBlob)."""
+    check = region.check
+    if check is None:
+        return await send(sock, head, region.fd, region.offset, region.length)
+    checking = asyncio.ensure_future(check())  # reads the file alongside the sending
+    try:
+        held = min(HELD_BYTES, region.length)
+        sent = await send(sock, head, region.fd, region.offset, region.length - held)
+        await checking
+        return sent + await send(sock, b"", region.fd, region.offset + region.length - held, held)
+    finally:
+        if not checking.done():
+            checking.cancel()
+        outcome_ignored(checking)
 
 
 def _close(fds: tuple[int, ...]) -> None:

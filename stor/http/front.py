@@ -51,6 +51,7 @@ from stor.http.request import Request
 from stor.http.routes import Route
 from stor.http.service import CLIENT_GONE, HttpService
 from stor.store.base import FileRegion
+from stor.store.verify import CorruptBlob
 
 log = logging.getLogger("stor.http")
 
@@ -447,6 +448,9 @@ class StorHttpProtocol(HttpToolsProtocol):
         except (ConnectionError, TimeoutError) as e:
             log.info("%s: client gone while sending (%s)", read, e)
             status, read.keep_alive = CLIENT_GONE, False
+        except CorruptBlob as e:  # found while sending (a verified read): the answer stops short
+            log.error("%s: %s", read, e)
+            status, read.keep_alive = 500, False
         except asyncio.CancelledError:
             # A thread may still be writing: nothing more can go out on this connection.
             status, read.keep_alive = CLIENT_GONE, False
@@ -477,7 +481,7 @@ class StorHttpProtocol(HttpToolsProtocol):
             # malformed request pipelined behind this one): reading resumes once it is done.
             self.flow.pause_reading()
             socket = self.transport.get_extra_info("socket").fileno()
-            return await filesend.send(socket, head, body.fd, body.offset, body.length)
+            return await filesend.send_region(socket, head, body)
         assert not isinstance(body, bytes)
         chunked = _chunked(reply)
         self.transport.write(head)

@@ -140,6 +140,10 @@ class FileRegion:
     offset: int
     length: int
     data: bytes | None = None
+    # Set on a whole blob to be checked against its sha while it is sent (integrity.verify_reads): the
+    # sender starts it with the sending and awaits it before the last bytes; it raises CorruptBlob (and
+    # the answer is cut short) when they do not match. A narrowed region (a Range) is not checked.
+    check: Callable[[], Awaitable[None]] | None = None
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import hashlib
 import logging
 import os
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from stor.aio import in_thread
+from stor.aio import in_thread, outcome_ignored
 from stor.config import StorageSettings, UploadSettings
 from stor.digest import Digest, InvalidDigest
 from stor.store import tempfiles
@@ -66,6 +67,7 @@ from stor.store.durable import fsync_dir, make_dirs_durably, write_all, write_fi
 from stor.store.fileaccess import BLOCKING, CACHED_ONLY, FileAccess, WouldBlock
 from stor.store.metadata import NO_META, BlobMeta, meta_relative_path, read_meta
 from stor.store.pairs import StoragePair, choose_pair, make_pairs, pair_free_bytes, probe_order
+from stor.store.verify import OFF, CorruptBlob, ReadVerification, hash_fd
 
 log = logging.getLogger("stor.store")
 
@@ -109,6 +111,7 @@ class LocalStore:
         uploads: UploadSettings,
         sweep_period: float,
         rng: random.Random | None = None,
+        verify: ReadVerification = OFF,
     ) -> None:
         self.pairs = make_pairs(storage_pairs, writable_regex)
         self.storage = storage
@@ -127,6 +130,16 @@ class LocalStore:
         self._write_faults: dict[Path, tuple[float, str]] = {}
         self._probed: dict[Path, float] = {}  # when a write probe last succeeded
         self._sweeping: asyncio.Task[None] | None = None
+        self._twin = {a: b for pair in self.pairs for a, b in (pair.dirs, pair.dirs[::-1])}
+        self.verify = verify
+        # Told of a copy found missing (its twin was read) or corrupt: the heal queue (stor.store.heal).
+        # Called from the event loop or from a worker thread.
+        self.on_damage: Callable[[Digest, str, Path], None] | None = None
+        # Copies found corrupt by a verified read, by (storage, sha): the file's inode then. Reads skip
+        # them until repaired (a repaired copy is a new file, with another inode).
+        # Written from any thread (rarely), read on verified reads (a dict's get needs no lock).
+        self._corrupt: dict[tuple[Path, str], int] = {}
+        self._corrupt_lock = threading.Lock()
 
     def real_path(self, directory: Path) -> str:
         """Where a configured storage directory is opened (its path resolved once, at start)."""
@@ -150,20 +163,22 @@ class LocalStore:
         Each step is first tried on the event loop with CACHED_ONLY file
         access, and run in a worker thread only when that would wait for the disk.
         """
+        # Whether the bytes of a whole blob are checked against its sha (integrity.verify_reads).
+        check = reading and self.verify.fraction > 0.0 and span is None and self.verify.wanted()
         if at is not None:
             # Only a configured storage is trusted: a remembered location may come from a shared cache.
             directory = self._dir_named.get(at)
             if directory is None:
                 return _NOT_THERE
-            args = (directory, digest, span, reading, CACHED)
+            args = (directory, digest, span, reading, check, CACHED)
             there = _from_caches(self._look_in_quietly, args)
             if there is _WOULD_WAIT:
                 there = await in_thread(self._look_in_quietly, *args, BLOCKING)
             return _NOT_THERE if there is None else cast("OpenBlob | BlobInfo", there)
         started = time.perf_counter()
-        probed = _from_caches(self._probe, (digest, span, reading))
+        probed = _from_caches(self._probe, (digest, span, reading, check))
         if probed is _WOULD_WAIT:
-            probed = await in_thread(self._probe, digest, span, reading, BLOCKING)
+            probed = await in_thread(self._probe, digest, span, reading, check, BLOCKING)
         found, probes = cast("tuple[OpenBlob | BlobInfo | None, int]", probed)
         lookup = Lookup("probe", probes, time.perf_counter() - started)
         if found is None:
@@ -173,23 +188,25 @@ class LocalStore:
         return found
 
     def _look_in_quietly(
-        self, directory: Path, digest: Digest, span: tuple[int, int] | None, reading: bool, lookup: Lookup,
-        files: FileAccess,
+        self, directory: Path, digest: Digest, span: tuple[int, int] | None, reading: bool, check: bool,
+        lookup: Lookup, files: FileAccess,
     ) -> OpenBlob | BlobInfo | None:
         try:
-            return self._look_in(directory, digest, span, reading, files, lookup)
-        except OSError:
+            return self._look_in(directory, digest, span, reading, check, files, lookup)
+        except (OSError, _CorruptCopy):
             return None  # the full look-up that follows reports the fault, or finds the other mirror
 
     def _probe(
-        self, digest: Digest, span: tuple[int, int] | None, reading: bool, files: FileAccess
+        self, digest: Digest, span: tuple[int, int] | None, reading: bool, check: bool, files: FileAccess
     ) -> tuple[OpenBlob | BlobInfo | None, int]:
         probes = 0
         faults: list[str] = []
+        missed: list[Path] = []
+        corrupt = 0
         for directory in probe_order(self.pairs, self.rng):
             probes += 1
             try:
-                found = self._look_in(directory, digest, span, reading, files)
+                found = self._look_in(directory, digest, span, reading, check, files)
             except OSError as e:
                 if e.errno in OUT_OF_DESCRIPTORS:
                     raise Unavailable("out of file descriptors") from e
@@ -197,17 +214,38 @@ class LocalStore:
                 log.error("cannot read %s: %s", directory / digest.relative_path, e)
                 faults.append(f"{directory}: {e.strerror or e}")
                 continue
+            except _CorruptCopy:
+                corrupt += 1  # reported; the other mirror, or another pair, may hold a good copy
+                continue
             if found is not None:
+                if self.on_damage is not None:
+                    self._check_twin(digest, directory, missed, files)
                 return found, probes
+            missed.append(directory)
         if faults:
             raise StoreError(f"{digest} not readable: {'; '.join(faults)}")
+        if corrupt:
+            raise CorruptBlob(digest, f"every copy found ({corrupt}) is corrupt")
         return None, probes
 
+    def _check_twin(self, digest: Digest, directory: Path, missed: list[Path], files: FileAccess) -> None:
+        """A blob read from one mirror whose twin lacks it (looked for already, or now): its repair is asked for."""
+        twin = self._twin[directory]
+        if twin in missed or not files.is_file(f"{self._real[twin]}/{digest.relative_path}"):
+            assert self.on_damage is not None
+            self.on_damage(digest, "missing", twin)
+
+
     def _look_in(
-        self, directory: Path, digest: Digest, span: tuple[int, int] | None, reading: bool, files: FileAccess,
-        lookup: Lookup = CACHED,
+        self, directory: Path, digest: Digest, span: tuple[int, int] | None, reading: bool, check: bool,
+        files: FileAccess, lookup: Lookup = CACHED,
     ) -> OpenBlob | BlobInfo | None:
-        """The blob in one storage directory (opened when reading); None if it is not there, OSError on a fault."""
+        """The blob in one storage directory (opened when reading); None if it is not there, OSError on a fault.
+
+        check: the bytes are to be checked against the sha: now when they
+        are read ahead (_CorruptCopy if they do not match), else by whoever
+        sends them, before the last byte (FileRegion.check).
+        """
         real = self._real[directory]
         path = f"{real}/{digest.relative_path}"
         fd = files.open(path)
@@ -217,6 +255,8 @@ class LocalStore:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise OSError(errno.EISDIR, "not a regular file", path)
+            if check and self._corrupt.get((directory, digest.hex)) == st.st_ino:
+                raise _CorruptCopy()  # found so before, and not repaired yet
             meta = read_meta(f"{real}/{meta_relative_path(digest)}", files)
             info = BlobInfo(digest, st.st_size, st.st_mtime, meta, TIER, path, str(directory), lookup, not files.waits)
             if not reading:
@@ -228,10 +268,33 @@ class LocalStore:
                 region.data = data = files.pread(fd, length, offset)
                 if len(data) < length:
                     raise StoreError(f"{path} is shorter than its {st.st_size} bytes")
+                if check and hashlib.sha256(data).hexdigest() != digest.hex:
+                    self.found_corrupt(digest, directory, st.st_ino)
+                    raise _CorruptCopy()
+            elif check:
+                region.check = functools.partial(self._check_region, digest, directory, region, st.st_ino)
         except BaseException:
             os.close(fd)
             raise
         return OpenBlob(info, region)
+
+    async def _check_region(self, digest: Digest, directory: Path, region: FileRegion, inode: int) -> None:
+        """CorruptBlob unless the region's file hashes to its sha (it is read alongside the sending)."""
+        fd = os.dup(region.fd)  # the sender may close the region's own while this thread reads
+        actual = await in_thread(_hash_and_close, fd, region.length)
+        if actual != digest.hex:
+            self.found_corrupt(digest, directory, inode)
+            raise CorruptBlob(digest, f"the copy in {directory} hashes to {actual}; the answer was cut short")
+
+    def found_corrupt(self, digest: Digest, directory: Path, inode: int) -> None:
+        """A verified read found this copy corrupt: reads skip it from now on, and its repair is asked for."""
+        with self._corrupt_lock:
+            self._corrupt[(directory, digest.hex)] = inode
+            if len(self._corrupt) > CORRUPT_COPIES_REMEMBERED:
+                del self._corrupt[next(iter(self._corrupt))]
+        log.error("%s in %s does not hash to its sha: not delivered", digest, directory)
+        if self.on_damage is not None:
+            self.on_damage(digest, "corrupt", directory)
 
     async def contains(self, digests: list[Digest]) -> list[bool]:
         return await in_thread(self._contains, digests)
@@ -569,8 +632,7 @@ class LocalUpload:
 
     async def abort(self) -> None:
         if self.pending is not None:
-            # Its outcome no longer matters; retrieving it keeps asyncio from warning.
-            self.pending.add_done_callback(lambda f: f.cancelled() or f.exception())
+            outcome_ignored(self.pending)
             self.pending = None
         # The writer serialises its calls, so the abort runs after any chunk still in a
         # thread; it runs to the end even if this task is cancelled.
@@ -619,6 +681,20 @@ def _discard_plan(planning: asyncio.Future[Stored | _Plan]) -> None:
 
 
 _NOT_THERE = Missing(Lookup("cache"))
+
+# Copies found corrupt that reads skip, per worker, until repaired.
+CORRUPT_COPIES_REMEMBERED = 10_000
+
+
+class _CorruptCopy(Exception):
+    """This mirror's copy does not hash to its sha (already reported): look in the next one."""
+
+
+def _hash_and_close(fd: int, length: int) -> str:
+    try:
+        return hash_fd(fd, length)[0]
+    finally:
+        os.close(fd)
 
 
 class _MirrorWriter:

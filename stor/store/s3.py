@@ -52,6 +52,7 @@ from stor.store.base import (
     Unavailable,
 )
 from stor.store.metadata import NO_META, BlobMeta
+from stor.store.verify import OFF, ReadVerification
 
 log = logging.getLogger("stor.s3")
 
@@ -127,9 +128,11 @@ class S3Store:
     """The BlobStore of one bucket (stor.store.base)."""
 
     def __init__(
-        self, settings: S3Settings, endpoint: str, credentials: S3Credentials, max_blob_bytes: int | None = None
+        self, settings: S3Settings, endpoint: str, credentials: S3Credentials, max_blob_bytes: int | None = None,
+        verify: ReadVerification = OFF,
     ) -> None:
         self.settings = settings
+        self.verify = verify  # which whole-object reads are hashed as they stream (see S3Body)
         self.endpoint = endpoint
         self.bucket = settings.bucket
         self.credentials = credentials
@@ -322,7 +325,7 @@ class S3Store:
 class S3Body:
     """A streamed object body: the answer of the GET that opened it, or a ranged GET sent when first read.
 
-    With verify (s3.verify_reads, a whole blob), the bytes are hashed as they
+    With verify (integrity.verify_reads or s3.verify_reads, a whole blob), the bytes are hashed as they
     pass and the last chunk is held back until the hash is known: a mismatch
     raises CorruptObject before it, so the connection is cut short of the
     blob's length and no client takes the bytes for a complete answer.
@@ -335,7 +338,7 @@ class S3Body:
         self.offset = offset
         self.length = length
         self._answer = answer
-        self.verify = store.settings.verify_reads
+        self.verify = store.verify.wanted()
 
     def narrow(self, offset: int, length: int) -> None:
         """Only bytes offset..offset+length: the GET already answering (if any) is dropped, a ranged one sent."""

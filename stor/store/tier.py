@@ -30,6 +30,7 @@ from stor.metrics import Metrics
 from stor.store.base import BlobInfo, BlobStore, Health, Missing, OpenBlob, Stored, Upload, UploadLayer
 from stor.store.copyqueue import CopyQueue
 from stor.store.metadata import NO_META, BlobMeta
+from stor.store.verify import CorruptBlob
 
 log = logging.getLogger("stor.s3")
 
@@ -117,7 +118,14 @@ class TieredStore:
             if in_s3 is not None and not isinstance(in_s3, Missing):
                 return in_s3
             return await ask(local)
-        found = await ask(local)
+        try:
+            found = await ask(local)
+        except CorruptBlob:
+            # No good local copy (a verified read; its repair is queued): S3's, if it has one, is the answer.
+            in_s3 = await self._ask_s3(digest, ask)
+            if in_s3 is None or isinstance(in_s3, Missing):
+                raise
+            return in_s3
         if not isinstance(found, Missing):
             return found
         in_s3 = await self._ask_s3(digest, ask)
