@@ -254,9 +254,14 @@ class _SourceBad(Exception):
     """The bytes copied from a source did not hash to the sha: nothing was installed."""
 
 
-def repair(local: LocalStore, examined: Examined, s3: S3Source | None = None, dry_run: bool = False) -> list[Action]:
+def repair(
+    local: LocalStore, examined: Examined, s3: S3Source | None = None, dry_run: bool = False,
+    read_only_pairs: bool = False,
+) -> list[Action]:
     """Put every pair holding the blob right, as far as a good copy allows; what was done (blocking).
 
+    A pair that takes no writes (writable_pairs_regex) is left as it is
+    unless read_only_pairs: an operator may have frozen it for a reason.
     Never raises for one copy's failure: it is an Action with its error, and
     the rest goes on.
     """
@@ -265,6 +270,10 @@ def repair(local: LocalStore, examined: Examined, s3: S3Source | None = None, dr
     for pair in examined.pairs():
         copies = examined.of_pair(pair)
         targets = [c for c in copies if c.state == MISSING or c.state in BAD]
+        if targets and not read_only_pairs and not local.pairs[pair].writable:
+            detail = f"pair {pair} takes no writes (writable_pairs_regex): left as it is"
+            actions += [Action("none", digest.hex, str(t.storage), detail, False) for t in targets]
+            continue
         winner = _oldest_sidecar(copies)
         if targets:
             actions += _fill(local, digest, examined, pair, targets, winner, s3, dry_run)

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stor.aio import in_thread
 from stor.digest import Digest
+from stor.lru import LRU
 from stor.metrics import Metrics
 from stor.store import copies
 
@@ -33,6 +35,10 @@ log = logging.getLogger("stor.heal")
 
 # Drops are logged once per this many, not one line per dropped job.
 DROPS_PER_LOG_LINE = 100
+# A blob whose repair failed (no good copy, a pair that takes no writes) is not tried again for so
+# many seconds, however often it is read: each try hashes every copy.
+RETRY_FAILED_AFTER = 600.0
+FAILED_REMEMBERED = 10_000
 
 
 class HealQueue:
@@ -49,6 +55,7 @@ class HealQueue:
         self._queue: asyncio.Queue[Digest] = asyncio.Queue()
         self._pending: set[str] = set()  # queued or being repaired
         self._dropped = 0
+        self._failed: LRU[str, float] = LRU(FAILED_REMEMBERED)  # blobs whose repair failed, and when
         self._workers: list[asyncio.Task[None]] = []
         local.on_damage = self.report
 
@@ -67,6 +74,9 @@ class HealQueue:
             self.metrics.incr("error.get.corrupt_old.count")
         if not self.enabled or digest.hex in self._pending:
             return
+        failed = self._failed.get(digest.hex)
+        if failed is not None and time.monotonic() - failed < RETRY_FAILED_AFTER:
+            return  # put right it could not be, a moment ago: a read of it again changes nothing
         if len(self._pending) >= self.size:
             self._dropped += 1
             self.metrics.incr("heal.dropped.count")
@@ -100,6 +110,8 @@ class HealQueue:
                 outcome = "failed"
             finally:
                 self._pending.discard(digest.hex)
+            if outcome == "failed":
+                self._failed.put(digest.hex, time.monotonic())
             self.metrics.incr(f"heal.{outcome}.count")
 
     def _heal(self, digest: Digest, loop: asyncio.AbstractEventLoop) -> str:

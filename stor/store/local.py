@@ -131,6 +131,7 @@ class LocalStore:
         self._probed: dict[Path, float] = {}  # when a write probe last succeeded
         self._sweeping: asyncio.Task[None] | None = None
         self._twin = {a: b for pair in self.pairs for a, b in (pair.dirs, pair.dirs[::-1])}
+        self._writable = {d: pair.writable for pair in self.pairs for d in pair.dirs}
         self.verify = verify
         # Told of a copy found missing (its twin was read) or corrupt: the heal queue (stor.store.heal).
         # Called from the event loop or from a worker thread.
@@ -218,7 +219,7 @@ class LocalStore:
                 corrupt += 1  # reported; the other mirror, or another pair, may hold a good copy
                 continue
             if found is not None:
-                if self.on_damage is not None:
+                if self.on_damage is not None and self._writable[directory]:
                     self._check_twin(digest, directory, missed, files)
                 return found, probes
             missed.append(directory)
