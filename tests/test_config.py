@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -172,6 +173,7 @@ SECTIONS = {
         "connect_timeout", "read_timeout", "max_connections", "retry_after", "part_bytes", "parts_in_flight",
         "copy_concurrency", "copy_retry_min", "copy_retry_max",
     ],
+    "integrity": ["verify_reads", "heal", "heal_queue", "heal_concurrency", "scrub_rate", "scrub_workers"],
 }
 ORIGINAL_KEYS = [
     "storage_pairs", "writable_pairs_regex", "basic_auth", "memcached_servers", "statsite", "s3_enabled",
@@ -187,6 +189,30 @@ def test_parse_example_config_lists_every_key_in_the_new_shape() -> None:
 
 
 # Pure unit tests of stor.config.parse (no server): `pytest tests/test_config.py -k parse`.
+
+
+@pytest.mark.parametrize(
+    ("value", "fraction"), [("off", 0.0), ("always", 1.0), (0.25, 0.25), (1, 1.0)]
+)
+def test_parse_integrity_verify_reads(value: Any, fraction: float) -> None:
+    assert parse({"storage_pairs": GOOD_PAIRS, "integrity": {"verify_reads": value}}).integrity.verify_reads == fraction
+
+
+@pytest.mark.parametrize(
+    ("integrity", "message"),
+    [
+        ({"verify_reads": "sometimes"}, 'integrity.verify_reads: expected "off", "always" or a fraction in (0, 1]'),
+        ({"verify_reads": 0}, 'integrity.verify_reads: expected "off", "always" or a fraction in (0, 1]'),
+        ({"verify_reads": 1.5}, 'integrity.verify_reads: expected "off", "always" or a fraction in (0, 1]'),
+        ({"verify_reads": True}, 'integrity.verify_reads: expected "off", "always" or a fraction in (0, 1]'),
+        ({"scrub_rate": 0}, "integrity.scrub_rate: expected a positive number of bytes a second"),
+        ({"heal_queue": 0}, "integrity.heal_queue: must be at least 1"),
+        ({"heal": "yes"}, "integrity.heal: expected true or false"),
+    ],
+)
+def test_parse_integrity_errors_name_the_key(integrity: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse({"storage_pairs": GOOD_PAIRS, "integrity": integrity})
 
 BCRYPT = "$2b$12$C6UzMDM.H6dfI/f/IKcEeO3Nvwmqu4jPK5i5ZTxMgHq5Ogw3FQs3W"
 
