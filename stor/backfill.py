@@ -17,8 +17,8 @@ state file after each batch whose blobs are all settled, and when the run
 stops; a rerun continues after it (--restart ignores and removes it), and
 the state file is removed when a run ends with every blob copied or
 present. A failed blob holds the cursor before it, so a rerun tries it
-again. An exclusive flock of the state file's directory keeps two runs
-from sharing one state file.
+again. An exclusive flock of a lock file beside the state file keeps two
+runs from sharing one state file (stor.walkrun, shared with stor scrub).
 
 Stopping: the first SIGINT or SIGTERM starts no more checks or copies, lets
 the copies in flight finish, saves the cursor and prints the summary; a
@@ -34,32 +34,36 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import errno
-import fcntl
 import json
 import logging
 import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from stor import aio
+from stor import aio, walkrun
 from stor.config import CONFIG_ENV, ConfigError, Settings, load_settings
-from stor.digest import Digest, InvalidDigest
-from stor.store.durable import fsync_dir
+from stor.digest import Digest
+from stor.walkrun import (
+    EXIT_CANNOT_RUN,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_SIGNALLED,
+    CannotRun,
+    Frontier,
+    StateFile,
+    human_bytes,
+)
 
 log = logging.getLogger("stor.s3-backfill")
 
-EXIT_OK, EXIT_FAILED, EXIT_CANNOT_RUN = 0, 1, 2
-EXIT_SIGNALLED = {signal.SIGINT: 130, signal.SIGTERM: 143}  # the shell's 128 + signal number
-
 STATE_NAME = ".stor-s3-backfill.json"
-STATE_VERSION = 1
 DEFAULT_JOBS = 4
 DEFAULT_BATCH = 1000
 COPY_TRIES = 3  # a copy failing for a passing reason: tried again after RETRY_DELAY, then twice that
@@ -71,32 +75,18 @@ UNREACHABLE_IN_A_ROW = 8
 MAX_FAILURES_LISTED = 1000  # in the JSON summary; "failed" counts them all
 
 
-class CannotRun(Exception):
-    """The backfill cannot start (exit 2): the message says why, in one line."""
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help=f"JSON configuration file (default: ${CONFIG_ENV}, else the embedded default)")
+    walkrun.add_common_arguments(
+        parser, "summary", STATE_NAME, "ignore (and remove) the saved cursor: check every blob again"
+    )
     parser.add_argument(
         "-j", "--jobs", type=int, default=DEFAULT_JOBS, metavar="N",
         help=f"copies in flight at once (default {DEFAULT_JOBS})",
     )
     parser.add_argument(
-        "--json", action="store_true",
-        help="print the JSON summary on stdout even on a terminal (it always is when stdout is not one)",
-    )
-    parser.add_argument(
-        "--restart", action="store_true", help="ignore (and remove) the saved cursor: check every blob again",
-    )
-    parser.add_argument(
-        "--state", metavar="FILE",
-        help=f"the state file holding the cursor (default: <first storage directory>/{STATE_NAME})",
-    )
-    parser.add_argument(
         "--batch", type=int, default=DEFAULT_BATCH, metavar="N",
         help=f"blobs checked per batch; the cursor is saved after each (default {DEFAULT_BATCH})",
     )
-    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
 def main(args: argparse.Namespace) -> int:
@@ -111,7 +101,7 @@ def main(args: argparse.Namespace) -> int:
         if args.batch < 1:
             raise CannotRun("--batch: must be at least 1")
         settings = _settings(args.config or os.environ.get(CONFIG_ENV))
-        state = StateFile(Path(args.state) if args.state else settings.storage_dirs[0] / STATE_NAME)
+        state = StateFile(Path(args.state) if args.state else settings.storage_dirs[0] / STATE_NAME, "s3-backfill")
         aio.configure(settings.storage.io_threads)
         run = Backfill(settings, state, args.jobs, args.batch, args.restart, ui)
         summary = asyncio.run(run.run())
@@ -197,143 +187,6 @@ class Summary:
         return line + "; run it again to continue" + (f" after {self.cursor[:12]}…" if self.cursor else "")
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-# ---- the state file ----------------------------------------------------------------------------
-
-
-class StateFile:
-    """The saved cursor, beside the blobs (written whole: temporary file, fsync, rename, fsync of the directory)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock_fd: int | None = None
-
-    def lock(self) -> None:
-        """An exclusive flock of the state file's directory for this run; CannotRun if it cannot be written or is in use."""
-        directory = self.path.parent
-        if not directory.is_dir():
-            raise CannotRun(f"state file {self.path}: {directory} is not a directory (give another with --state)")
-        if not os.access(directory, os.W_OK):
-            raise CannotRun(f"state file {self.path}: {directory} cannot be written (give another with --state)")
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise CannotRun(f"another stor s3-backfill is running with the state file {self.path}") from None
-        except OSError as e:  # a filesystem without flock (some NFS setups): run unguarded
-            log.warning("cannot lock %s (%s): make sure no other s3-backfill uses %s", directory, e, self.path)
-            os.close(fd)
-            return
-        self._lock_fd = fd
-        self._remove_leftovers()
-
-    def _remove_leftovers(self) -> None:
-        """Temporary state files of runs killed while saving (none can be writing one: the lock is ours)."""
-        for leftover in self.path.parent.glob(f"{self.path.name}.*.tmp"):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-
-    def unlock(self) -> None:
-        fd, self._lock_fd = self._lock_fd, None
-        if fd is not None:
-            os.close(fd)
-
-    def load(self, bucket: str, endpoint: str) -> Digest | None:
-        """The saved cursor, if the state file is for this bucket (blocking)."""
-        try:
-            raw = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as e:
-            log.warning("state file %s cannot be read (%s): starting from the first blob", self.path, e)
-            return None
-        if not isinstance(raw, dict) or (raw.get("bucket"), raw.get("endpoint")) != (bucket, endpoint):
-            log.warning(
-                "state file %s is for another bucket (%s at %s): starting from the first blob", self.path,
-                raw.get("bucket") if isinstance(raw, dict) else None, raw.get("endpoint") if isinstance(raw, dict) else None,
-            )
-            return None
-        try:
-            return Digest.parse(str(raw.get("cursor")))
-        except InvalidDigest:
-            log.warning("state file %s holds no valid cursor: starting from the first blob", self.path)
-            return None
-
-    def save(self, bucket: str, endpoint: str, cursor: str) -> None:
-        """The cursor on disk for good before this returns (blocking)."""
-        body = json.dumps({
-            "version": STATE_VERSION, "bucket": bucket, "endpoint": endpoint, "cursor": cursor,
-            "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "pid": os.getpid(),
-        }).encode() + b"\n"  # fmt: skip
-        temp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        try:
-            view = memoryview(body)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.rename(temp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
-        fsync_dir(self.path.parent)
-
-    def remove(self) -> None:
-        """No saved cursor any more (blocking)."""
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            return
-        fsync_dir(self.path.parent)
-
-
-class Frontier:
-    """The cursor: the last sha such that it and every blob before it, in walk order, is in the bucket.
-
-    Blobs are added in walk order and settled in any order; a failed one
-    holds the cursor before it for the rest of the run (nothing is then
-    recorded any more, so memory stays flat however long the walk goes on).
-    """
-
-    def __init__(self, start: str | None) -> None:
-        self.cursor = start
-        self.held = False
-        self._order: collections.deque[str] = collections.deque()
-        self._settled: dict[str, bool] = {}
-
-    def add(self, sha: str) -> None:
-        if not self.held:
-            self._order.append(sha)
-
-    def settle(self, sha: str, ok: bool) -> None:
-        if self.held:
-            return
-        self._settled[sha] = ok
-        while self._order:
-            outcome = self._settled.get(self._order[0])
-            if outcome is None:
-                return
-            if not outcome:
-                self.held = True
-                self._order.clear()
-                self._settled.clear()
-                return
-            self.cursor = self._order.popleft()
-            del self._settled[self.cursor]
-
-
 # ---- the run -----------------------------------------------------------------------------------
 
 
@@ -389,6 +242,7 @@ class Backfill:
         s = self.settings
         assert s.s3_endpoint is not None and s.s3_credentials is not None
         self.bucket, self.endpoint = s.s3.bucket, s.s3_endpoint
+        self.identity = {"bucket": self.bucket, "endpoint": self.endpoint}
         await aio.in_thread(self.state.lock)
         try:
             self.local = LocalStore(
@@ -404,9 +258,10 @@ class Backfill:
                     await aio.in_thread(self.state.remove)
                     start = None
                 else:
-                    start = await aio.in_thread(self.state.load, self.bucket, self.endpoint)
+                    saved = await aio.in_thread(self.state.load, self.identity)
+                    start = saved.cursor if saved is not None else None
                 self.summary.resumed_from = self.summary.cursor = start.hex if start is not None else None
-                self.frontier = Frontier(self.summary.cursor)
+                self.frontier: Frontier[None] = Frontier(self.summary.cursor)
                 log.info("copying local blobs missing from s3://%s at %s%s, %d at once", self.bucket, self.endpoint,
                          f", after {start}" if start is not None else "", self.jobs)
                 if not self.stopping.is_set():  # a signal during the start
@@ -577,7 +432,7 @@ class Backfill:
             if cursor is None or cursor == self._saved:
                 return
             try:
-                await aio.in_thread(self.state.save, self.bucket, self.endpoint, cursor)
+                await aio.in_thread(self.state.save, self.identity, cursor)
             except OSError as e:
                 self._stop(f"cannot save the cursor in {self.state.path}: {e}")
                 return
@@ -640,64 +495,23 @@ def _reason(e: BaseException) -> str:
 # ---- what the operator sees ------------------------------------------------------------------
 
 
-class Ui(Protocol):
-    wants_total: bool
-
-    def configure_logging(self, level: str) -> None: ...
-    def start(self, summary: Summary) -> None: ...
-    def update(self, summary: Summary) -> None: ...
-    def total(self, n: int) -> None: ...
-    def stop(self, summary: Summary) -> None: ...
-    def close(self) -> None: ...
+Ui = walkrun.Ui[Summary]
+QuietUi = walkrun.QuietUi[Summary]
 
 
-def _configure_levels(level: str) -> None:
-    logging.getLogger().setLevel(logging.WARNING)  # the S3 client's chatter stays out
-    logging.getLogger("stor").setLevel(level)
+class TerminalUi(walkrun.TerminalUi[Summary]):
+    """On a terminal (stderr): a rich progress bar of the blobs checked, with log lines printed above it."""
 
+    def columns(self) -> Sequence[Any]:
+        from rich.progress import (
+            BarColumn,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-class QuietUi:
-    """Not on a terminal: log lines on stderr, no bar."""
-
-    wants_total = False
-
-    def configure_logging(self, level: str) -> None:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger().addHandler(handler)
-        _configure_levels(level)
-
-    def start(self, summary: Summary) -> None: ...
-    def update(self, summary: Summary) -> None: ...
-    def total(self, n: int) -> None: ...
-    def stop(self, summary: Summary) -> None: ...
-    def close(self) -> None: ...
-
-
-class TerminalUi:
-    """On a terminal (stderr): a rich progress bar, with log lines printed above it."""
-
-    wants_total = True
-
-    def __init__(self) -> None:
-        from rich.console import Console
-
-        self.console = Console(stderr=True)
-        self.progress: Any = None
-        self.task: Any = None
-        self.counted: int | None = None
-
-    def configure_logging(self, level: str) -> None:
-        from rich.logging import RichHandler
-
-        handler = RichHandler(console=self.console, show_path=False, markup=False, rich_tracebacks=False)
-        logging.getLogger().addHandler(handler)
-        _configure_levels(level)
-
-    def start(self, summary: Summary) -> None:
-        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.progress = Progress(
+        return (
             SpinnerColumn(),
             TextColumn("[bold]s3-backfill"),
             BarColumn(finished_style="green"),  # the default turns grey on a 16-colour terminal
@@ -707,15 +521,11 @@ class TerminalUi:
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
-            console=self.console,
-            refresh_per_second=5,
         )
-        self.task = self.progress.add_task("s3-backfill", total=None, **self._fields(summary))
-        self.progress.start()
 
-    def _fields(self, summary: Summary) -> dict[str, str]:
+    def fields(self, summary: Summary) -> dict[str, str]:
         elapsed = max(time.monotonic() - summary.started, 1e-6)
-        total = f"/{self.counted}" if self.counted is not None else ""
+        total = f"/{self.counted:.0f}" if self.counted is not None else ""
         return {
             "checked": f"checked {summary.checked}{total}",
             "copied": str(summary.copied),
@@ -724,23 +534,5 @@ class TerminalUi:
             "rate": f"{summary.checked / elapsed:.0f} blobs/s, {human_bytes(summary.copied_bytes / elapsed)}/s",
         }
 
-    def update(self, summary: Summary) -> None:
-        if self.progress is not None:
-            done = summary.present + summary.copied + summary.failed
-            self.progress.update(self.task, completed=done, **self._fields(summary))
-
-    def total(self, n: int) -> None:
-        self.counted = n
-        if self.progress is not None:
-            self.progress.update(self.task, total=n)
-
-    def stop(self, summary: Summary) -> None:
-        if self.progress is not None:
-            self.update(summary)
-            self.progress.stop()
-            self.progress = None
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
+    def completed(self, summary: Summary) -> float:
+        return summary.present + summary.copied + summary.failed
