@@ -270,8 +270,10 @@ class IntegrityBench(Bench):
         sizes = [small_size] * n_small
         big_left = per_mirror - n_small * small_size
         lo, hi = a.big_min_mib * MiB, a.big_max_mib * MiB
-        while big_left >= lo:
+        while big_left >= 16:
             s = min(big_left, self.rng.randrange(lo, hi + 1, 4096))
+            if 0 < big_left - s < lo:  # no runt at the end: the last one or two take what is left
+                s = big_left if big_left <= hi else big_left - lo
             sizes.append(s)
             big_left -= s
         self.rng.shuffle(sizes)
