@@ -262,3 +262,36 @@ def test_a_full_heal_queue_drops_and_counts_jobs_without_waiting() -> None:
         assert counts.seen["heal.dropped.count"] == 4
         assert counts.seen["heal.repaired.count"] == 1
         assert sum(good(layout_path(a, sha256(d)), sha256(d)) for d in blobs) == 1
+
+
+# ---- with the S3 tier ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [4 * KiB, 1 * MiB])
+def test_a_blob_corrupt_on_both_mirrors_is_served_from_s3_and_restored_from_it(
+    start_server: Any, mirrors: tuple[Path, Path], seaweed: Any, s3_bucket: str, size: int
+) -> None:
+    from test_s3_tier import put_object, s3_config, store_locally
+
+    data = os.urandom(size)
+    sha = store_locally(mirrors, data)
+    put_object(seaweed, s3_bucket, sha, data, Metadata={"filename": "sample.exe"})
+    for root in mirrors:
+        flip_byte(layout_path(root, sha), 7)
+    config = s3_config(mirrors, seaweed, s3_bucket, read_order="local-first")
+    config["integrity"] = {"verify_reads": "always"}
+    server = start_server(config)
+    # The first read meets at most one bad copy before sending (a small blob) or is cut short (a large one);
+    # either way no answer is complete and wrong, and once both are known bad S3's copy is the answer.
+    answers = [httpx.get(f"{server.url}/{sha}", timeout=30) for _ in range(3)] if size <= 256 * KiB else []
+    for got in answers:
+        assert got.status_code == 200 and got.content == data
+    if not answers:
+        for _ in range(3):
+            status, length, body = raw_get(server.port, sha)
+            assert status == 200 and (len(body) < length or body == data)
+        assert raw_get(server.port, sha)[2] == data
+    # Both local copies quarantined and restored, verified, from the bucket; the sidecar from its metadata.
+    wait_for(lambda: all(good(layout_path(r, sha), sha) for r in mirrors), timeout=60, what="the restore from S3")
+    assert [len(quarantined(r)) for r in mirrors] == [1, 1]
+    assert b"sample.exe" in layout_path(mirrors[0], sha).with_suffix(".meta").read_bytes()

@@ -232,7 +232,11 @@ class LocalStore:
     def _check_twin(self, digest: Digest, directory: Path, missed: list[Path], files: FileAccess) -> None:
         """A blob read from one mirror whose twin lacks it (looked for already, or now): its repair is asked for."""
         twin = self._twin[directory]
-        if twin in missed or not files.is_file(f"{self._real[twin]}/{digest.relative_path}"):
+        try:
+            missing = twin in missed or not files.is_file(f"{self._real[twin]}/{digest.relative_path}")
+        except WouldBlock:
+            return  # not without waiting for the disk: the blob is found, and the next read checks again
+        if missing:
             assert self.on_damage is not None
             self.on_damage(digest, "missing", twin)
 
