@@ -240,7 +240,6 @@ class LocalStore:
             assert self.on_damage is not None
             self.on_damage(digest, "missing", twin)
 
-
     def _look_in(
         self, directory: Path, digest: Digest, span: tuple[int, int] | None, reading: bool, check: bool,
         files: FileAccess, lookup: Lookup = CACHED,
@@ -274,7 +273,7 @@ class LocalStore:
                 if len(data) < length:
                     raise StoreError(f"{path} is shorter than its {st.st_size} bytes")
                 if check and hashlib.sha256(data).hexdigest() != digest.hex:
-                    self.found_corrupt(digest, directory, st.st_ino)
+                    self._found_corrupt(digest, directory, st.st_ino)
                     raise _CorruptCopy()
             elif check:
                 region.check = functools.partial(self._check_region, digest, directory, region, st.st_ino)
@@ -288,10 +287,10 @@ class LocalStore:
         fd = os.dup(region.fd)  # the sender may close the region's own while this thread reads
         actual = await in_thread(_hash_and_close, fd, region.length)
         if actual != digest.hex:
-            self.found_corrupt(digest, directory, inode)
+            self._found_corrupt(digest, directory, inode)
             raise CorruptBlob(digest, f"the copy in {directory} hashes to {actual}; the answer was cut short")
 
-    def found_corrupt(self, digest: Digest, directory: Path, inode: int) -> None:
+    def _found_corrupt(self, digest: Digest, directory: Path, inode: int) -> None:
         """A verified read found this copy corrupt: reads skip it from now on, and its repair is asked for."""
         with self._corrupt_lock:
             self._corrupt[(directory, digest.hex)] = inode
