@@ -10,7 +10,14 @@ import sys
 from pathlib import Path
 
 from stor import __version__, metricsdir
-from stor.config import CONFIG_ENV, CREDENTIALS_ENV, NO_FAST_PATH_ENV, ConfigError, load_settings, with_fast_path
+from stor.config import (
+    CONFIG_ENV,
+    CREDENTIALS_ENV,
+    NO_FAST_PATH_ENV,
+    ConfigError,
+    load_settings,
+    with_fast_path,
+)
 from stor.http.auth import generate_credentials
 
 log = logging.getLogger("stor")
@@ -65,9 +72,32 @@ def main(argv: list[str] | None = None) -> int:
 
     s3_backfill.add_arguments(backfill)
 
+    from stor import scrub as scrubbing
+
+    codes = "Exit 0: clean ({}); 1: problems found{}; 2: could not run; 130/143: stopped by SIGINT/SIGTERM."
+    scrub = commands.add_parser(
+        "scrub",
+        help="hash every copy of every blob against its name and report what is wrong (resumable, rate-limited)",
+        description="Walk the storages, hash every copy of every blob (at most --rate bytes a second), and report "
+        "missing, corrupt and truncated copies, sidecars that disagree and files that do not belong; --s3: the "
+        "bucket too. Resumable (--resume). " + codes.format("no problem", ""),
+    )
+    scrubbing.add_arguments(scrub)
+    repair = commands.add_parser(
+        "repair",
+        help="scrub, and put right what is found (= scrub --repair; --dry-run shows what it would do)",
+        description="As `stor scrub`, and put right what is found: a verified copy over a missing or bad one (the "
+        "bad one quarantined), a restore from S3 when no local copy is good, sidecars made to agree (the older "
+        "wins), strays moved to their place or quarantined. Never with bad data; nothing is deleted but stale "
+        "upload temporaries. " + codes.format("everything found was repaired", " and left unrepaired"),
+    )
+    scrubbing.add_arguments(repair, repair=True)
+
     args = parser.parse_args(argv)
     if args.command == "s3-backfill":
         return s3_backfill.main(args)
+    if args.command in ("scrub", "repair"):
+        return scrubbing.main(args)
     return _serve(args)
 
 
