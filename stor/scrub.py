@@ -645,6 +645,7 @@ class Scrub:
         self._saved_at = time.monotonic()
         self._ui_at = 0.0
         self._warned_save = False
+        self.moved: set[str] = set()  # misplaced blobs moved into place by this run, and examined then
 
     # ---- the whole run ---------------------------------------------------------------------
 
@@ -998,12 +999,12 @@ class Scrub:
             for entry in entries:
                 name = entry.name
                 rel = "/".join((*parts, name))
-                if entry.is_symlink():
+                if entry.kind == _LINK:
                     strays.append(_Stray(root, rel, "symlink", _link_detail(root, rel)))
                 elif not parts and (name.startswith(".stor-") or name in _IGNORED_AT_ROOT):
-                    if name == _TEMP_DIR and entry.is_dir(follow_symlinks=False):
+                    if name == _TEMP_DIR and entry.kind == _DIR:
                         strays += self._temporaries(root)
-                elif _HEX2.fullmatch(name) and entry.is_dir(follow_symlinks=False):
+                elif _HEX2.fullmatch(name) and entry.kind == _DIR:
                     below.setdefault(name, []).append(root)
                 else:
                     strays.append(_misfit(root, parts, entry))
@@ -1011,27 +1012,17 @@ class Scrub:
             self._strays(strays)
         if len(parts) == 3:
             for sha in sorted(blobs):
-                if sha > bound:
+                if sha > bound and sha not in self.moved:
                     yield Digest.parse(sha)
             return
         for name in sorted(below):
             if prefix + name >= bound[: len(prefix) + 2]:
                 yield from self._level((*parts, name), below[name], bound, resumed)
 
-    def _list(self, root: _Root, parts: tuple[str, ...], report: bool) -> list[os.DirEntry[str]] | None:
+    def _list(self, root: _Root, parts: tuple[str, ...], report: bool) -> list[_Entry] | None:
         """The entries of one directory of one storage (reached through no symlink); None if it cannot be listed."""
-        from stor.store.fileaccess import BLOCKING
-
-        path = "/".join((root.real, *parts))
         try:
-            fd = BLOCKING.open_directory(path)
-            if fd is None:
-                return None  # gone since its parent was listed
-            try:
-                with os.scandir(fd) as listing:
-                    return list(listing)
-            finally:
-                os.close(fd)
+            return _entries("/".join((root.real, *parts)))
         except OSError as e:
             if report:
                 rel = "/".join(parts)
@@ -1042,7 +1033,7 @@ class Scrub:
                     ))
             return None
 
-    def _leaf(self, root: _Root, parts: tuple[str, ...], entries: list[os.DirEntry[str]],
+    def _leaf(self, root: _Root, parts: tuple[str, ...], entries: list[_Entry],
               strays: list[_Stray]) -> set[str]:
         """The blobs of one AA/BB/CC directory of one storage; its strays added to strays."""
         prefix = "".join(parts)
@@ -1050,11 +1041,11 @@ class Scrub:
         sidecars: list[str] = []
         for entry in entries:
             rel = "/".join((*parts, entry.name))
-            if entry.is_symlink():
+            if entry.kind == _LINK:
                 strays.append(_Stray(root, rel, "symlink", _link_detail(root, rel)))
                 continue
             match = _LAYOUT_NAME.fullmatch(entry.name)
-            if match is None or not match.group(1).startswith(prefix) or not entry.is_file(follow_symlinks=False):
+            if match is None or not match.group(1).startswith(prefix) or entry.kind != _FILE:
                 strays.append(_misfit(root, parts, entry))
             elif match.group(2) == "dat":
                 blobs.add(match.group(1))
@@ -1063,7 +1054,8 @@ class Scrub:
         for sha in sidecars:
             if sha not in blobs and not os.path.lexists(f"{root.real}/{prefix[0:2]}/{prefix[2:4]}/{prefix[4:6]}/{sha}.dat"):
                 rel = "/".join((*parts, f"{sha}.meta"))
-                strays.append(_Stray(root, rel, "orphan_sidecar", "a sidecar without its blob on this mirror", sha))
+                strays.append(_Stray(root, rel, "orphan_sidecar", "a sidecar without its blob on this mirror",
+                                     sha.lower()))
         return blobs
 
     def _temporaries(self, root: _Root) -> list[_Stray]:
@@ -1076,9 +1068,9 @@ class Scrub:
             rel = f"{_TEMP_DIR}/{entry.name}"
             if entry.name == _LOCKS_DIR:
                 continue
-            if entry.is_symlink():
+            if entry.kind == _LINK:
                 found.append(_Stray(root, rel, "symlink", _link_detail(root, rel)))
-            elif entry.name.endswith(_TEMP_SUFFIX) and entry.is_file(follow_symlinks=False):
+            elif entry.name.endswith(_TEMP_SUFFIX) and entry.kind == _FILE:
                 age = _stale_age(f"{root.real}/{rel}", max_age, now)
                 if age is not None:
                     found.append(_Stray(root, rel, "stale_temporary",
@@ -1096,35 +1088,21 @@ class Scrub:
         a small fraction of reading the blobs; it runs beside the walk,
         so the bar shows a total as soon as it is known.
         """
-        from stor.store.fileaccess import BLOCKING
-
         bound = after.upper if after is not None else ""
         total = 0
-
-        def dirs(root: _Root, parts: tuple[str, ...]) -> list[os.DirEntry[str]]:
-            fd = BLOCKING.open_directory("/".join((root.real, *parts)))
-            if fd is None:
-                return []
-            try:
-                with os.scandir(fd) as listing:
-                    return list(listing)
-            finally:
-                os.close(fd)
-
         try:
             for root in self.roots:
                 stack: list[tuple[str, ...]] = [()]
                 while stack and not self.stopping.is_set():
                     parts = stack.pop()
-                    for entry in dirs(root, parts):
-                        if len(parts) < 3:
+                    leaf = len(parts) == 3
+                    for entry in _entries("/".join((root.real, *parts)), sizes=leaf) or ():
+                        if not leaf:
                             here = "".join(parts) + entry.name
-                            if (_HEX2.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)
-                                    and here >= bound[: len(here)]):
+                            if _HEX2.fullmatch(entry.name) and entry.kind == _DIR and here >= bound[: len(here)]:
                                 stack.append((*parts, entry.name))
-                        elif entry.name.endswith(".dat") and entry.name[:-4] > bound and entry.is_file(
-                                follow_symlinks=False):
-                            total += entry.stat(follow_symlinks=False).st_size
+                        elif entry.kind == _FILE and entry.name.endswith(".dat") and entry.name[:-4] > bound:
+                            total += entry.size
         except OSError as e:
             log.debug("counting the bytes to read stopped: %s", e)
             return
@@ -1180,6 +1158,8 @@ class Scrub:
                     if dry:
                         return action("move", f"moved to its place, {root.storage}/{place}", False)
                     if self._move_into_place(root, path, place, stray.sha):
+                        if place.endswith(".dat"):
+                            self._moved(Digest.parse(stray.sha))
                         return action("move", f"moved to its place, {root.storage}/{place}", True)
             if stray.kind == "orphan_sidecar" and not dry:
                 assert stray.sha is not None
@@ -1233,6 +1213,18 @@ class Scrub:
             log.warning("%s/%s does not hash to its name (%s): quarantined, not moved", root.storage, stray.rel, actual)
             return None
         return digest.relative_path
+
+    def _moved(self, digest: Digest) -> None:
+        """A blob just moved into its place, examined now (and repaired): its directory may have been listed
+        already, or not existed when its parent was. Skipped if the walk comes to it again."""
+        self.moved.add(digest.upper)
+        outcome = self._examine(digest)
+        with self.lock:
+            live = self.live
+            live.blobs += outcome.total.blobs_verified > 0
+            live.bytes_read += outcome.total.bytes_read
+            live.problems += outcome.total.problems
+            self._found().merge(outcome)
 
     def _move_into_place(self, root: _Root, path: str, place: str, sha: str) -> bool:
         """A misplaced file renamed to its place, under the digest's commit lock; False if the place is taken now."""
@@ -1444,20 +1436,62 @@ def _s3_action(what: str, sha: str, where: str, detail: str, done: bool, error: 
     return {"action": what, "sha": sha, "storage": where, "detail": detail, "done": done, "error": error}
 
 
-def _misfit(root: _Root, parts: tuple[str, ...], entry: os.DirEntry[str]) -> _Stray:
+def _misfit(root: _Root, parts: tuple[str, ...], entry: _Entry) -> _Stray:
     """An entry that is not part of the layout where it is (not a link, not stor's own)."""
     rel = "/".join((*parts, entry.name))
-    is_dir = entry.is_dir(follow_symlinks=False)
     match = _LAYOUT_NAME.fullmatch(entry.name)
-    if is_dir:
+    if entry.kind == _DIR:
         return _Stray(root, rel, "wrong_directory", "a directory that is not part of the AA/BB/CC layout", None, True)
-    if not entry.is_file(follow_symlinks=False):
+    if entry.kind != _FILE:
         return _Stray(root, rel, "wrong_name", "not a regular file")
     if match is None:
         return _Stray(root, rel, "wrong_name", "not a <SHA-256 in upper-case hex>.dat blob or .meta sidecar")
     sha = match.group(1)
     place = f"{sha[0:2]}/{sha[2:4]}/{sha[4:6]}"
     return _Stray(root, rel, "wrong_directory", f"its name belongs in {place}/", sha.lower())
+
+
+_DIR, _FILE, _LINK, _OTHER = "dir", "file", "link", "other"
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A directory entry, its type (and size) found while the directory was open."""
+
+    name: str
+    kind: str  # _DIR, _FILE, _LINK (never followed) or _OTHER (a FIFO, a socket, a device)
+    size: int = 0
+
+
+def _entries(path: str, sizes: bool = False) -> list[_Entry] | None:
+    """The entries of the directory at path, reached through no symlink; None if it is not one (blocking).
+
+    Types are read while the directory is open (scandir's DirEntry answers
+    them from the listing, or with an fstatat relative to the directory's
+    descriptor on a filesystem whose listing does not say).
+    """
+    from stor.store.fileaccess import BLOCKING
+
+    fd = BLOCKING.open_directory(path)
+    if fd is None:
+        return None
+    try:
+        found = []
+        with os.scandir(fd) as listing:
+            for e in listing:
+                if e.is_symlink():
+                    kind = _LINK
+                elif e.is_dir(follow_symlinks=False):
+                    kind = _DIR
+                elif e.is_file(follow_symlinks=False):
+                    kind = _FILE
+                else:
+                    kind = _OTHER
+                size = e.stat(follow_symlinks=False).st_size if sizes and kind == _FILE else 0
+                found.append(_Entry(e.name, kind, size))
+        return found
+    finally:
+        os.close(fd)
 
 
 def _link_detail(root: _Root, rel: str) -> str:
