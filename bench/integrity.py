@@ -84,6 +84,23 @@ def drop_caches() -> None:
         f.write("3\n")
 
 
+class MachineCPU:
+    """CPU time of the whole machine (every process, /proc/stat) from creation: what else ran beside a figure."""
+
+    def __init__(self) -> None:
+        self.t0, self.busy0 = time.monotonic(), self._busy()
+
+    @staticmethod
+    def _busy() -> float:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal ...: all but idle and iowait
+        return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+    def cores(self) -> float:
+        return (self._busy() - self.busy0) / max(1e-6, time.monotonic() - self.t0)
+
+
 def children_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
@@ -215,18 +232,18 @@ class IntegrityBench(Bench):
                 def one(n: str, key: str = key, sha: str = sha, size: int = size, client: str = client,
                         rps: dict = rps, mbs: dict = mbs) -> None:
                     srv = servers[n]
-                    cpu0 = cpu_seconds(srv["pids"])
+                    cpu0, machine = cpu_seconds(srv["pids"]), MachineCPU()
                     r = self.get_run(srv["port"], f"/{sha}", size, a.duration)
-                    cpu = cpu_seconds(srv["pids"]) - cpu0
+                    cpu, busy = cpu_seconds(srv["pids"]) - cpu0, machine.cores()
                     if r["problems"]:
                         self.warn(f"w{workers} GET {key} [{n}]: {r['problems']} in {r['requests']} requests")
                     d = r["duration_s"]
-                    rps[n].add(r["requests"] / d, server_cpu_cores=cpu / d, client=client,
+                    rps[n].add(r["requests"] / d, server_cpu_cores=cpu / d, client=client, machine_cpu_cores=busy,
                                server_cpu_us_per_request=cpu / max(1, r["requests"]) * 1e6,
                                **({"p99_ms": r["latency_p99_us"] / 1e3} if "latency_p99_us" in r else {}))
                     mbs[n].add(r["bytes"] / d / 1e6)
                     log(f"w{workers} GET {key} [{n}]: {rps[n].values[-1]:,.0f} req/s, {mbs[n].values[-1]:,.0f} MB/s, "
-                        f"server CPU {cpu / d:.2f} cores")
+                        f"server CPU {cpu / d:.2f} cores, machine {busy:.2f}")
 
                 self.interleaved([lambda n=n: one(n) for n in on], a.runs)
                 for fig, blob, measured, ref in GET_FIGURES:
@@ -424,6 +441,7 @@ class IntegrityBench(Bench):
         for cache in ("cold", "warm"):
             ref_py, ref_sum = Series("MB/s"), Series("MB/s")
             scrubs = {w: Series("MB/s") for w in a.scrub_workers}
+            walks = Series("s")
 
             def prepare(cache: str = cache) -> None:
                 if cache == "cold":
@@ -431,35 +449,56 @@ class IntegrityBench(Bench):
 
             def py(cache: str = cache, s: Series = ref_py) -> None:
                 prepare()
+                machine = MachineCPU()
                 secs, cpu = self.raw_hashlib()
-                s.add(total / secs / 1e6, seconds=secs, cpu_cores=cpu / secs)
-                log(f"{cache}: raw hashlib, {NCPU} threads: {s.values[-1]:,.0f} MB/s ({secs:.2f} s, CPU {cpu / secs:.2f})")
+                busy = machine.cores()
+                s.add(total / secs / 1e6, seconds=secs, cpu_cores=cpu / secs, machine_cpu_cores=busy)
+                log(f"{cache}: raw hashlib, {NCPU} threads: {s.values[-1]:,.0f} MB/s ({secs:.2f} s, CPU {cpu / secs:.2f}, "
+                    f"machine {busy:.2f})")
 
             def ssum(cache: str = cache, s: Series = ref_sum) -> None:
                 prepare()
+                machine = MachineCPU()
                 secs, cpu = self.raw_sha256sum()
-                s.add(total / secs / 1e6, seconds=secs, cpu_cores=cpu / secs)
-                log(f"{cache}: raw sha256sum, xargs -P{NCPU}: {s.values[-1]:,.0f} MB/s ({secs:.2f} s, CPU {cpu / secs:.2f})")
+                busy = machine.cores()
+                s.add(total / secs / 1e6, seconds=secs, cpu_cores=cpu / secs, machine_cpu_cores=busy)
+                log(f"{cache}: raw sha256sum, xargs -P{NCPU}: {s.values[-1]:,.0f} MB/s ({secs:.2f} s, CPU {cpu / secs:.2f}, "
+                    f"machine {busy:.2f})")
 
             def sc(w: int, cache: str = cache, scrubs: dict = scrubs) -> None:
                 prepare()
+                machine = MachineCPU()
                 r = self.scrub(w)
+                busy = machine.cores()
                 secs = r["seconds"]
                 net = max(1e-6, secs - start.median)
-                scrubs[w].add(total / secs / 1e6, seconds=secs, cpu_cores=r["cpu"] / secs,
+                scrubs[w].add(total / secs / 1e6, seconds=secs, cpu_cores=r["cpu"] / secs, machine_cpu_cores=busy,
                               mb_s_without_startup=total / net / 1e6, reported_mb_s=r["reported_mb_s"])
                 log(f"{cache}: stor scrub --workers {w}: {scrubs[w].values[-1]:,.0f} MB/s ({secs:.2f} s, "
-                    f"CPU {r['cpu'] / secs:.2f}; {total / net / 1e6:,.0f} MB/s without start-up, "
+                    f"CPU {r['cpu'] / secs:.2f}, machine {busy:.2f}; {total / net / 1e6:,.0f} MB/s without start-up, "
                     f"{r['reported_mb_s'] or 0:,.0f} by its report)")
+
+            def walk(s: Series = walks) -> None:
+                # The directory walk alone (what the hashlib reference, given its file list, does not pay for).
+                drop_caches()
+                t0 = time.perf_counter()
+                out = self.procs.run(["find", *self.scrub_mirrors, "-type", "f", "-name", "*.dat"], timeout=600)
+                secs = time.perf_counter() - t0
+                if len(out.splitlines()) != len(self.scrub_files):
+                    raise BenchError(f"find listed {len(out.splitlines())} files, not {len(self.scrub_files)}")
+                s.add(secs)
+                log(f"cold: the walk alone (find, {len(self.scrub_files):,} files): {secs:.2f} s")
 
             if cache == "warm":
                 self.raw_hashlib()  # everything in the page cache
-            fns = [py, ssum] + [lambda w=w: sc(w) for w in a.scrub_workers]
+            fns = [py, ssum] + [lambda w=w: sc(w) for w in a.scrub_workers] + ([walk] if cache == "cold" else [])
             self.interleaved(fns, a.scrub_runs)
             best, best_name = ((ref_py, f"hashlib {NCPU} threads") if ref_py.median >= ref_sum.median
                                else (ref_sum, f"sha256sum -P{NCPU}"))
             results[f"raw_hashlib_{cache}"] = {"stor": ref_py, "reference": None}
             results[f"raw_sha256sum_{cache}"] = {"stor": ref_sum, "reference": None}
+            if walks.values:
+                results["walk_cold_seconds"] = walks
             for w, s in scrubs.items():
                 results[f"scrub_w{w}_{cache}"] = {"stor": s, "reference": best, "reference_name": best_name}
 
@@ -649,6 +688,9 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(f"scrub fixture: {bench.scrub_blobs:,} blobs, {len(bench.scrub_files):,} files, "
                          f"{bench.scrub_bytes / 1e9:.2f} GB over both mirrors; stor scrub of an empty pair takes "
                          f"{scrub['startup'].median:.2f} s (in every scrub figure)")
+            if "walk_cold_seconds" in scrub:
+                notes.append(f"cold walk alone (find over both mirrors, page cache dropped): "
+                             f"{cell(scrub['walk_cold_seconds'])} s")
             notes.append(f"sha256sum reference: {bench.sha256sum_cmd()}")
         for n in notes:
             print(n)
