@@ -113,7 +113,8 @@ log = logging.getLogger("stor.scrub")
 STATE_NAME = ".stor-scrub.json"
 MAX_LISTED = 1000  # problems and actions listed in the report; the counts are always complete
 SAVE_SECONDS = 2.0  # the cursor is saved this often (and when the run stops)
-QUEUE_PER_WORKER = 4  # digests waiting for the workers, per worker
+QUEUE_PER_WORKER = 2  # batches of digests waiting for the workers, per worker
+BATCH = 16  # digests handed to a worker at once, at most
 MAX_AHEAD = 10_000  # blobs handed out beyond the cursor before the walk waits for it
 UI_SECONDS = 0.1  # the bar is updated at most this often by the workers
 WAIT = 0.2  # how long a wait lasts before the stop, the save and the bar are looked at again
@@ -443,6 +444,22 @@ class Findings:
         if pair is not None:
             self.pair(pair).repaired += n
 
+    def fold(self, outcome: Outcome) -> None:
+        """One blob's (or a directory's) findings, or the tally of a clean blob, added."""
+        if not isinstance(outcome, Tally):
+            self.merge(outcome)
+            return
+        total = self.total
+        if outcome.pairs:
+            total.blobs_verified += 1
+        total.bytes_read += outcome.bytes_read
+        for pair, copies, read in outcome.pairs:
+            counts = self.pair(pair)
+            counts.blobs_verified += 1
+            counts.copies_verified += copies
+            counts.bytes_read += read
+            total.copies_verified += copies
+
     def merge(self, other: Findings) -> None:
         self.total.add(other.total)
         for n, counts in other.pairs.items():
@@ -471,6 +488,28 @@ class Findings:
         f.problems = list(raw.get("problems", []))[:MAX_LISTED]
         f.actions = list(raw.get("actions", []))[:MAX_LISTED]
         return f
+
+
+@dataclass(slots=True)
+class Tally:
+    """A blob examined and found clean: what was read, per pair (the common case, kept small)."""
+
+    pairs: list[tuple[int, int, int]]  # (pair, copies hashed, bytes read) of each pair with a copy hashed
+    bytes_read: int
+
+
+Outcome = Findings | Tally  # what checking one blob (or object) found
+
+
+def _count_live(live: Live, outcome: Outcome) -> None:
+    if isinstance(outcome, Tally):
+        live.blobs += bool(outcome.pairs)
+        live.bytes_read += outcome.bytes_read
+        return
+    live.blobs += outcome.total.blobs_verified > 0
+    live.objects += outcome.s3.objects_verified
+    live.bytes_read += outcome.total.bytes_read + outcome.s3.bytes_read
+    live.problems += outcome.total.problems + outcome.s3.problems
 
 
 @dataclass
@@ -593,7 +632,7 @@ class _StoppablePacer(Pacer):
         super().took(nbytes)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared and hashed as itself: one per storage walked
 class _Root:
     """A storage walked: as configured (what the report says) and as opened (stor.store.local.real_path)."""
 
@@ -635,7 +674,7 @@ class Scrub:
         self.committed = Findings()  # up to the cursor: what the state file keeps
         self.attached: dict[str, Findings] = {}  # strays (or listings) counted with the blob handed out after them
         self.pending: Findings | None = None  # found since the last blob was handed out
-        self.frontier: Frontier[Findings] = Frontier(None)
+        self.frontier: Frontier[Outcome] = Frontier(None)
         self.signal: int | None = None
         self.stopped: str | None = None
         self.bucket: S3Store | None = None
@@ -749,7 +788,7 @@ class Scrub:
                 for key in list(self.attached):
                     everything.merge(self.attached[key])
                 for outcome in self.frontier.unpassed():
-                    everything.merge(outcome)
+                    everything.fold(outcome)
                 if self.pending is not None:
                     everything.merge(self.pending)
                 report.findings = everything
@@ -783,11 +822,12 @@ class Scrub:
 
     # ---- the walk: blobs handed to the workers in order ------------------------------------
 
-    def _walk(self, items: Iterator[Digest], check: Callable[[Digest], Findings], after: Digest | None) -> None:
+    def _walk(self, items: Iterator[Digest], check: Callable[[Digest], Outcome], after: Digest | None) -> None:
         """Each item checked by a worker, in walk order; the cursor saved as they are done."""
         with self.lock:
             self.frontier = Frontier(after.hex if after is not None else None, self._passed)
-        todo: queue.Queue[Digest | None] = queue.Queue(maxsize=self.workers * QUEUE_PER_WORKER)
+        todo: queue.Queue[list[Digest] | None] = queue.Queue(maxsize=self.workers * QUEUE_PER_WORKER)
+        self._batch: list[Digest] = []
         threads = [
             threading.Thread(target=self._work, args=(todo, check), name=f"stor-scrub-{i}", daemon=True)
             for i in range(self.workers)
@@ -801,6 +841,8 @@ class Scrub:
             for digest in items:
                 if self.stopping.is_set() or not self._hand_out(digest, todo):
                     break
+            else:
+                self._flush(todo)
         except _Stopped:
             pass
         except Exception as e:
@@ -816,20 +858,38 @@ class Scrub:
                     self._save()
             self.ui.stop(self.live)
 
-    def _hand_out(self, digest: Digest, todo: queue.Queue[Digest | None]) -> bool:
-        """The digest queued for a worker (False: the run stopped first)."""
+    def _hand_out(self, digest: Digest, todo: queue.Queue[list[Digest] | None]) -> bool:
+        """The digest on its way to a worker (False: the run stopped first).
+
+        In batches of up to BATCH while the workers are busy (fewer hand-offs
+        between threads, which cost as much as examining a small blob), one
+        at a time when one is waiting for work.
+        """
         with self.lock:
-            while self.frontier.ahead >= MAX_AHEAD and not self.stopping.is_set():
-                self.lock.wait(WAIT)
+            if self.frontier.ahead >= MAX_AHEAD:
+                if not self._flush(todo):
+                    return False
+                while self.frontier.ahead >= MAX_AHEAD and not self.stopping.is_set():
+                    self.lock.wait(WAIT)
             self.frontier.add(digest.hex)
             if self.pending is not None:
                 self.attached[digest.hex], self.pending = self.pending, None
-        while not self._put(todo, digest):
+        self._batch.append(digest)
+        if len(self._batch) >= BATCH or todo.empty():
+            return self._flush(todo)
+        return True
+
+    def _flush(self, todo: queue.Queue[list[Digest] | None]) -> bool:
+        """The batch handed to the workers (False: the run stopped first)."""
+        batch, self._batch = self._batch, []
+        if not batch:
+            return True
+        while not self._put(todo, batch):
             if self.stopping.is_set():
                 return False
         return True
 
-    def _put(self, todo: queue.Queue[Digest | None], item: Digest | None) -> bool:
+    def _put(self, todo: queue.Queue[list[Digest] | None], item: list[Digest] | None) -> bool:
         try:
             todo.put(item, timeout=WAIT)
         except queue.Full:
@@ -838,43 +898,41 @@ class Scrub:
         self._save()
         return True
 
-    def _work(self, todo: queue.Queue[Digest | None], check: Callable[[Digest], Findings]) -> None:
-        while (digest := todo.get()) is not None:
-            if self.stopping.is_set():
-                continue  # not done: the cursor stays before it
-            try:
-                outcome = check(digest)
-            except _Stopped:
-                continue
-            except Exception as e:  # a bug, or a fault the examination does not expect: reported, the walk goes on
-                log.exception("examining %s failed", digest)
-                outcome = Findings()
-                outcome.problem(_entry(ERROR, digest.hex, None, None, None, f"{type(e).__name__}: {e}"))
-            self._done(digest, outcome)
+    def _work(self, todo: queue.Queue[list[Digest] | None], check: Callable[[Digest], Outcome]) -> None:
+        while (batch := todo.get()) is not None:
+            for digest in batch:
+                if self.stopping.is_set():
+                    break  # not done: the cursor stays before it
+                try:
+                    outcome = check(digest)
+                except _Stopped:
+                    break
+                except Exception as e:  # a bug, or a fault the examination does not expect: reported, walk goes on
+                    log.exception("examining %s failed", digest)
+                    found = Findings()
+                    found.problem(_entry(ERROR, digest.hex, None, None, None, f"{type(e).__name__}: {e}"))
+                    outcome = found
+                self._done(digest, outcome)
 
-    def _done(self, digest: Digest, outcome: Findings) -> None:
+    def _done(self, digest: Digest, outcome: Outcome) -> None:
         now = time.monotonic()
         with self.lock:
-            live = self.live
-            live.blobs += outcome.total.blobs_verified > 0
-            live.objects += outcome.s3.objects_verified
-            live.bytes_read += outcome.total.bytes_read + outcome.s3.bytes_read
-            live.problems += outcome.total.problems + outcome.s3.problems
+            _count_live(self.live, outcome)
             self.frontier.settle(digest.hex, True, outcome)
             self.lock.notify_all()
             update = now - self._ui_at >= UI_SECONDS
             if update:
                 self._ui_at = now
         if update:
-            self.ui.update(live)
+            self.ui.update(self.live)
 
-    def _passed(self, key: str, outcome: Findings | None) -> None:
+    def _passed(self, key: str, outcome: Outcome | None) -> None:
         """A blob the cursor passed: what was found before it, and in it, is committed (under the lock)."""
         strays = self.attached.pop(key, None)
         if strays is not None:
             self.committed.merge(strays)
         if outcome is not None:
-            self.committed.merge(outcome)
+            self.committed.fold(outcome)
 
     def _fold_pending(self) -> None:
         if self.pending is not None:
@@ -912,7 +970,7 @@ class Scrub:
 
     # ---- one blob --------------------------------------------------------------------------
 
-    def _examine(self, digest: Digest) -> Findings:
+    def _examine(self, digest: Digest) -> Outcome:
         from stor.store import copies
 
         checked = None if self.selection.everything else self._checked
@@ -924,20 +982,18 @@ class Scrub:
             examined = copies.examine(self.local, digest, self.pacer, checked)
             read.append(examined)
         examined = self._restricted(examined)
-        outcome = Findings()
         touched: dict[int, tuple[int, int]] = {}
         for ex in read:
             for c in ex.copies:
-                if c.pair in self.selection.pairs and c.state in _HASHED:
+                if c.state in _HASHED and c.pair in self.selection.pairs:
                     n, b = touched.get(c.pair, (0, 0))
                     touched[c.pair] = (n + 1, b + _bytes_read(c))
-        for pair, (n, b) in touched.items():
-            counts = outcome.pair(pair)
-            counts.blobs_verified, counts.copies_verified, counts.bytes_read = 1, n, b
-        outcome.total.blobs_verified = 1 if touched else 0
-        outcome.total.copies_verified = sum(n for n, _ in touched.values())
-        outcome.total.bytes_read = sum(ex.bytes_read for ex in read)
+        tally = Tally([(pair, n, b) for pair, (n, b) in touched.items()], sum(ex.bytes_read for ex in read))
         found = copies.problems(examined)
+        if not found:
+            return tally
+        outcome = Findings()
+        outcome.fold(tally)
         for p in found:
             outcome.problem(_entry(p.kind, p.sha, p.pair, p.storage, None, p.detail))
         if found and self.options.repair:
@@ -978,60 +1034,120 @@ class Scrub:
     # ---- the local walk --------------------------------------------------------------------
 
     def _local_blobs(self, after: Digest | None) -> Iterator[Digest]:
-        """Every blob of the selected storages after `after`, in lexical order; strays handled on the way."""
-        bound = after.upper if after is not None else ""
-        yield from self._level((), self.roots, bound, after is not None)
+        """Every blob of the selected storages after `after`, in lexical order; strays handled on the way.
 
-    def _level(self, parts: tuple[str, ...], roots: list[_Root], bound: str, resumed: bool) -> Iterator[Digest]:
+        Each directory is opened relative to its parent's descriptor, one
+        name at a time with O_NOFOLLOW: a link is never followed, even one
+        put in place of a directory after its parent was listed. Listings
+        are read one at a time: read ahead by threads of their own (tried)
+        they cost the workers more in the interpreter's lock on a warm cache
+        than they saved on a cold one.
+        """
+        from stor.store.fileaccess import BLOCKING
+
+        bound = after.upper if after is not None else ""
+        opened: list[tuple[_Root, int]] = []
+        try:
+            listed = []
+            for root in self.roots:
+                fd = BLOCKING.open_directory(root.real)
+                if fd is not None:
+                    opened.append((root, fd))
+                    listed.append((root, self._list(root, fd, (), True)))
+            yield from self._level((), listed, dict(opened), bound, after is not None)
+        finally:
+            for _, fd in opened:
+                os.close(fd)
+
+    def _level(self, parts: tuple[str, ...], listed: list[tuple[_Root, list[_Entry] | None]], fds: dict[_Root, int],
+               bound: str, resumed: bool) -> Iterator[Digest]:
+        """The blobs below one directory, listed in each storage that has it (open in fds unless it is a leaf),
+        strays reported as it is listed."""
         prefix = "".join(parts)
         # A resumed run's cursor is below this directory: the earlier run listed it, and reported its strays.
         report = not (resumed and bound.startswith(prefix))
+        leaf = len(parts) == 3
         below: dict[str, list[_Root]] = {}
         blobs: set[str] = set()
         strays: list[_Stray] = []
-        for root in roots:
-            entries = self._list(root, parts, report)
+        for root, entries in listed:
             if entries is None:
                 continue
-            if len(parts) == 3:
+            if leaf:
                 blobs.update(self._leaf(root, parts, entries, strays))
                 continue
-            for entry in entries:
-                name = entry.name
-                rel = "/".join((*parts, name))
-                if entry.kind == _LINK:
+            for name, kind, _ in entries:
+                if kind == _LINK:
+                    rel = "/".join((*parts, name))
                     strays.append(_Stray(root, rel, "symlink", _link_detail(root, rel)))
                 elif not parts and (name.startswith(".stor-") or name in _IGNORED_AT_ROOT):
-                    if name == _TEMP_DIR and entry.kind == _DIR:
-                        strays += self._temporaries(root)
-                elif _HEX2.fullmatch(name) and entry.kind == _DIR:
+                    if name == _TEMP_DIR and kind == _DIR:
+                        strays += self._temporaries(root, fds[root])
+                elif kind == _DIR and _HEX2.fullmatch(name):
                     below.setdefault(name, []).append(root)
                 else:
-                    strays.append(_misfit(root, parts, entry))
+                    strays.append(_misfit(root, parts, name, kind))
         if report and strays:
             self._strays(strays)
-        if len(parts) == 3:
+        if leaf:
             for sha in sorted(blobs):
                 if sha > bound and sha not in self.moved:
                     yield Digest.parse(sha)
             return
         for name in sorted(below):
-            if prefix + name >= bound[: len(prefix) + 2]:
-                yield from self._level((*parts, name), below[name], bound, resumed)
+            if prefix + name < bound[: len(prefix) + 2]:
+                continue
+            child = (*parts, name)
+            got: list[tuple[_Root, list[_Entry] | None]] = []
+            children: dict[_Root, int] = {}
+            try:
+                for root in below[name]:
+                    fd = self._open_below(root, fds[root], child, report)
+                    if fd is None:
+                        continue
+                    if len(child) < 3:
+                        children[root] = fd  # kept open to go further down
+                        got.append((root, self._list(root, fd, child, report)))
+                        continue
+                    try:  # a leaf's listing is all it takes
+                        got.append((root, self._list(root, fd, child, report)))
+                    finally:
+                        os.close(fd)
+                yield from self._level(child, got, children, bound, resumed)
+            finally:
+                for fd in children.values():
+                    os.close(fd)
 
-    def _list(self, root: _Root, parts: tuple[str, ...], report: bool) -> list[_Entry] | None:
-        """The entries of one directory of one storage (reached through no symlink); None if it cannot be listed."""
+    def _open_below(self, root: _Root, parent: int, parts: tuple[str, ...], report: bool) -> int | None:
+        """The directory parts[-1] opened in its parent (never through a link); None if it is gone or cannot be."""
         try:
-            return _entries("/".join((root.real, *parts)))
+            return os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
         except OSError as e:
-            if report:
-                rel = "/".join(parts)
-                with self.lock:
-                    self._found().problem(_entry(
-                        "unreadable", None, root.pair, str(root.storage), f"{root.storage}/{rel}",
-                        f"the directory cannot be listed: {e.strerror or e}",
-                    ))
+            if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                return None  # gone (or replaced by a file) since its parent was listed
+            if e.errno == errno.ELOOP:
+                log.warning("%s/%s became a symbolic link while the walk listed it: not followed", root.storage,
+                            "/".join(parts))
+                return None
+            self._unlistable(root, parts, e, report)
             return None
+
+    def _list(self, root: _Root, fd: int, parts: tuple[str, ...], report: bool) -> list[_Entry] | None:
+        """The entries of one directory of one storage; None if it cannot be listed (reported)."""
+        try:
+            return _entries(fd)
+        except OSError as e:
+            self._unlistable(root, parts, e, report)
+            return None
+
+    def _unlistable(self, root: _Root, parts: tuple[str, ...], e: OSError, report: bool) -> None:
+        if report:
+            rel = "/".join(parts)
+            with self.lock:
+                self._found().problem(_entry(
+                    "unreadable", None, root.pair, str(root.storage), f"{root.storage}/{rel}".rstrip("/"),
+                    f"the directory cannot be listed: {e.strerror or e}",
+                ))
 
     def _leaf(self, root: _Root, parts: tuple[str, ...], entries: list[_Entry],
               strays: list[_Stray]) -> set[str]:
@@ -1039,14 +1155,14 @@ class Scrub:
         prefix = "".join(parts)
         blobs: set[str] = set()
         sidecars: list[str] = []
-        for entry in entries:
-            rel = "/".join((*parts, entry.name))
-            if entry.kind == _LINK:
+        for name, kind, _ in entries:
+            if kind == _LINK:
+                rel = "/".join((*parts, name))
                 strays.append(_Stray(root, rel, "symlink", _link_detail(root, rel)))
                 continue
-            match = _LAYOUT_NAME.fullmatch(entry.name)
-            if match is None or not match.group(1).startswith(prefix) or entry.kind != _FILE:
-                strays.append(_misfit(root, parts, entry))
+            match = _LAYOUT_NAME.fullmatch(name)
+            if match is None or kind != _FILE or not match.group(1).startswith(prefix):
+                strays.append(_misfit(root, parts, name, kind))
             elif match.group(2) == "dat":
                 blobs.add(match.group(1))
             else:
@@ -1058,19 +1174,25 @@ class Scrub:
                                      sha.lower()))
         return blobs
 
-    def _temporaries(self, root: _Root) -> list[_Stray]:
+    def _temporaries(self, root: _Root, root_fd: int) -> list[_Stray]:
         """The stale upload temporaries of a storage (its .stor-tmp's *.part), and symlinks there."""
         found: list[_Stray] = []
-        entries = self._list(root, (_TEMP_DIR,), True)
+        fd = self._open_below(root, root_fd, (_TEMP_DIR,), True)
+        if fd is None:
+            return found
+        try:
+            entries = self._list(root, fd, (_TEMP_DIR,), True)
+        finally:
+            os.close(fd)
         max_age = self.settings.uploads.tempfile_max_age
         now = time.time()
-        for entry in entries or ():
-            rel = f"{_TEMP_DIR}/{entry.name}"
-            if entry.name == _LOCKS_DIR:
+        for name, kind, _ in entries or ():
+            rel = f"{_TEMP_DIR}/{name}"
+            if name == _LOCKS_DIR:
                 continue
-            if entry.kind == _LINK:
+            if kind == _LINK:
                 found.append(_Stray(root, rel, "symlink", _link_detail(root, rel)))
-            elif entry.name.endswith(_TEMP_SUFFIX) and entry.kind == _FILE:
+            elif name.endswith(_TEMP_SUFFIX) and kind == _FILE:
                 age = _stale_age(f"{root.real}/{rel}", max_age, now)
                 if age is not None:
                     found.append(_Stray(root, rel, "stale_temporary",
@@ -1088,6 +1210,8 @@ class Scrub:
         a small fraction of reading the blobs; it runs beside the walk,
         so the bar shows a total as soon as it is known.
         """
+        from stor.store.fileaccess import BLOCKING
+
         bound = after.upper if after is not None else ""
         total = 0
         try:
@@ -1096,13 +1220,20 @@ class Scrub:
                 while stack and not self.stopping.is_set():
                     parts = stack.pop()
                     leaf = len(parts) == 3
-                    for entry in _entries("/".join((root.real, *parts)), sizes=leaf) or ():
+                    fd = BLOCKING.open_directory("/".join((root.real, *parts)))
+                    if fd is None:
+                        continue
+                    try:
+                        entries = _entries(fd, sizes=leaf)
+                    finally:
+                        os.close(fd)
+                    for name, kind, size in entries:
                         if not leaf:
-                            here = "".join(parts) + entry.name
-                            if _HEX2.fullmatch(entry.name) and entry.kind == _DIR and here >= bound[: len(here)]:
-                                stack.append((*parts, entry.name))
-                        elif entry.kind == _FILE and entry.name.endswith(".dat") and entry.name[:-4] > bound:
-                            total += entry.size
+                            here = "".join(parts) + name
+                            if kind == _DIR and _HEX2.fullmatch(name) and here >= bound[: len(here)]:
+                                stack.append((*parts, name))
+                        elif kind == _FILE and name.endswith(".dat") and name[:-4] > bound:
+                            total += size
         except OSError as e:
             log.debug("counting the bytes to read stopped: %s", e)
             return
@@ -1220,11 +1351,8 @@ class Scrub:
         self.moved.add(digest.upper)
         outcome = self._examine(digest)
         with self.lock:
-            live = self.live
-            live.blobs += outcome.total.blobs_verified > 0
-            live.bytes_read += outcome.total.bytes_read
-            live.problems += outcome.total.problems
-            self._found().merge(outcome)
+            _count_live(self.live, outcome)
+            self._found().fold(outcome)
 
     def _move_into_place(self, root: _Root, path: str, place: str, sha: str) -> bool:
         """A misplaced file renamed to its place, under the digest's commit lock; False if the place is taken now."""
@@ -1300,7 +1428,7 @@ class Scrub:
             with contextlib.suppress(Exception):
                 loop.run(listing.aclose(), timeout=10)
 
-    def _check_object(self, digest: Digest) -> Findings:
+    def _check_object(self, digest: Digest) -> Outcome:
         """One object of the bucket read whole and hashed (once more on a mismatch); a corrupt one repaired."""
         assert self.bucket is not None
         outcome = Findings()
@@ -1436,13 +1564,13 @@ def _s3_action(what: str, sha: str, where: str, detail: str, done: bool, error: 
     return {"action": what, "sha": sha, "storage": where, "detail": detail, "done": done, "error": error}
 
 
-def _misfit(root: _Root, parts: tuple[str, ...], entry: _Entry) -> _Stray:
+def _misfit(root: _Root, parts: tuple[str, ...], name: str, kind: str) -> _Stray:
     """An entry that is not part of the layout where it is (not a link, not stor's own)."""
-    rel = "/".join((*parts, entry.name))
-    match = _LAYOUT_NAME.fullmatch(entry.name)
-    if entry.kind == _DIR:
+    rel = "/".join((*parts, name))
+    match = _LAYOUT_NAME.fullmatch(name)
+    if kind == _DIR:
         return _Stray(root, rel, "wrong_directory", "a directory that is not part of the AA/BB/CC layout", None, True)
-    if entry.kind != _FILE:
+    if kind != _FILE:
         return _Stray(root, rel, "wrong_name", "not a regular file")
     if match is None:
         return _Stray(root, rel, "wrong_name", "not a <SHA-256 in upper-case hex>.dat blob or .meta sidecar")
@@ -1454,44 +1582,32 @@ def _misfit(root: _Root, parts: tuple[str, ...], entry: _Entry) -> _Stray:
 _DIR, _FILE, _LINK, _OTHER = "dir", "file", "link", "other"
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    """A directory entry, its type (and size) found while the directory was open."""
-
-    name: str
-    kind: str  # _DIR, _FILE, _LINK (never followed) or _OTHER (a FIFO, a socket, a device)
-    size: int = 0
+# A directory entry: its name, its type (_DIR, _FILE, _LINK: never followed, or _OTHER: a FIFO, a socket,
+# a device) and, when asked for, a file's size. A plain tuple: there is one per entry walked.
+_Entry = tuple[str, str, int]
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _entries(path: str, sizes: bool = False) -> list[_Entry] | None:
-    """The entries of the directory at path, reached through no symlink; None if it is not one (blocking).
+def _entries(fd: int, sizes: bool = False) -> list[_Entry]:
+    """The entries of the open directory fd (blocking).
 
     Types are read while the directory is open (scandir's DirEntry answers
-    them from the listing, or with an fstatat relative to the directory's
-    descriptor on a filesystem whose listing does not say).
+    them from the listing, or with an fstatat relative to the directory on a
+    filesystem whose listing does not say).
     """
-    from stor.store.fileaccess import BLOCKING
-
-    fd = BLOCKING.open_directory(path)
-    if fd is None:
-        return None
-    try:
-        found = []
-        with os.scandir(fd) as listing:
-            for e in listing:
-                if e.is_symlink():
-                    kind = _LINK
-                elif e.is_dir(follow_symlinks=False):
-                    kind = _DIR
-                elif e.is_file(follow_symlinks=False):
-                    kind = _FILE
-                else:
-                    kind = _OTHER
-                size = e.stat(follow_symlinks=False).st_size if sizes and kind == _FILE else 0
-                found.append(_Entry(e.name, kind, size))
-        return found
-    finally:
-        os.close(fd)
+    found = []
+    with os.scandir(fd) as listing:
+        for e in listing:
+            if e.is_symlink():
+                kind = _LINK
+            elif e.is_dir(follow_symlinks=False):
+                kind = _DIR
+            elif e.is_file(follow_symlinks=False):
+                kind = _FILE
+            else:
+                kind = _OTHER
+            found.append((e.name, kind, e.stat(follow_symlinks=False).st_size if sizes and kind == _FILE else 0))
+    return found
 
 
 def _link_detail(root: _Root, rel: str) -> str:
