@@ -539,6 +539,7 @@ class Report:
     findings: Findings
     live: Live
     resumed_from: str | None = None
+    resumed_phase: str | None = None  # "local" or "s3": the walk a --resume continued
     phase: str = "local"
     cursor: str | None = None
     complete: bool = False
@@ -575,7 +576,8 @@ class Report:
         return {
             "command": self.command, "dry_run": self.dry_run, "storages": self.storages,
             "pairs_selected": self.pairs_selected, "rate": self.rate, "workers": self.workers,
-            "resumed_from": self.resumed_from, "cursor": self.cursor, "complete": self.complete,
+            "resumed_from": self.resumed_from, "resumed_phase": self.resumed_phase, "phase": self.phase,
+            "cursor": self.cursor, "complete": self.complete,
             "stopped": self.stopped, "clean": self.clean(), "problems_found": self.problems(),
             "repaired": self.repaired(), "total": f.total.as_json(), "pairs": pairs,
             "s3": {"bucket": self.s3, **f.s3.as_json()} if self.s3 else None,
@@ -726,8 +728,8 @@ class Scrub:
             self.state.unlock()
         return report
 
-    def _start_state(self) -> walkrun.Saved | None:
-        """The saved cursor to resume after (and the earlier part's findings), if asked for and it fits."""
+    def _start_state(self) -> Digest | None:
+        """The saved cursor to resume after (the earlier part's findings loaded), if asked for and it fits."""
         if not self.options.resume:
             self.state.remove()
             return None
@@ -743,15 +745,19 @@ class Scrub:
             log.warning("state file %s holds unreadable counts (%s): starting from the first blob", self.state.path, e)
             self.committed = self.report.findings = Findings()
             return None
-        self.report.resumed_from = saved.cursor.hex
         self.report.phase = "s3" if payload.get("phase") == "s3" else "local"
-        return saved
+        if self.report.phase == "s3" and not payload.get("s3_started"):
+            self.report.resumed_from = None
+            self.report.resumed_phase = "s3"
+            return None  # the local walk was done, and the bucket's not begun
+        self.report.resumed_from = saved.cursor.hex
+        self.report.resumed_phase = self.report.phase
+        return saved.cursor
 
-    def _walks(self, saved: walkrun.Saved | None) -> None:
+    def _walks(self, after: Digest | None) -> None:
         report = self.report
         started = time.monotonic()
         try:
-            after = saved.cursor if saved is not None else None
             if report.phase == "local":
                 log.info("%s of %s%s, %d workers%s", self.command, ", ".join(map(str, self.selection.storages)) or
                          "no local storage", f", after {after}" if after else "", self.workers, _rate_text(self.pacer))
@@ -772,6 +778,7 @@ class Scrub:
             self._fold_pending()
             self.frontier = Frontier(None)
             self._saved = None
+        self._save(force=True)  # a stop before the first object is done resumes with the bucket, not the disks
 
     def _finish(self) -> None:
         report = self.report
@@ -952,12 +959,15 @@ class Scrub:
             return
         self._saved_at = now
         with self.lock:
+            phase = self.report.phase
             cursor = self.frontier.cursor
+            if cursor is None and phase == "s3":
+                cursor = _BEFORE_THE_BUCKET
             if cursor is None or cursor == self._saved:
                 return
             payload = {
-                "phase": self.report.phase, "findings": self.committed.as_state(),
-                "seconds": self.report.earlier_seconds + (now - self.live.started),
+                "phase": phase, "s3_started": phase == "s3" and cursor != _BEFORE_THE_BUCKET,
+                "findings": self.committed.as_state(), "seconds": self.report.earlier_seconds + (now - self.live.started),
             }  # fmt: skip
         try:
             self.state.save(self.identity, cursor, payload)
@@ -1535,6 +1545,9 @@ class Scrub:
 
 
 _QUARANTINE_PREFIX = ".stor-quarantine/"
+# The state file's cursor once the local walk is done and the bucket's has not passed an object yet (a state
+# file's cursor is a sha; "s3_started" false says this one is no object's).
+_BEFORE_THE_BUCKET = "f" * 64
 _HASHED = ("good", "corrupt", "truncated", "unreadable")
 
 

@@ -711,6 +711,52 @@ def test_s3_scrub_finds_a_corrupt_object_and_repair_replaces_it_from_a_verified_
     assert report["s3"]["objects_listed"] == 20  # the quarantined object is not one of the blobs
 
 
+def state_payload(state: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads(state.read_text()).get("payload", {}))
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def test_sigterm_in_the_bucket_walk_and_a_resume_that_does_not_walk_the_disks_again(
+    tmp_path: Path, pair: tuple[Path, Path], seaweed: SeaweedFS, s3_bucket: str
+) -> None:
+    local = sorted(store(pair, d) for d in blobs(3, 1000))
+    objects = {sha256(d): d for d in blobs(24, 256 * KIB, b"obj")}
+    for sha, data in objects.items():
+        put_object(seaweed, s3_bucket, sha, data)
+    config = write_config(tmp_path, s3_config(pair, seaweed, s3_bucket))
+    state = pair[0] / STATE_NAME
+    # 6 MiB of objects at 1 MiB/s: the bucket's first cursor is saved (every 2 s) long before its end.
+    started = subprocess.Popen(command(config, "scrub", "--s3", "--rate", "1M", "--json"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, cwd=STOR_DIR, env=child_env())
+    try:
+        wait_for(lambda: state_payload(state).get("s3_started") is True or started.poll() is not None, timeout=30,
+                 what="a saved cursor in the bucket")
+        started.send_signal(signal.SIGTERM)
+        out, err = started.communicate(timeout=30)
+    finally:
+        if started.poll() is None:
+            started.kill()
+    assert started.returncode == 143, f"exit {started.returncode}:\n{err.decode()}"
+    first = json.loads(out)
+    assert (first["stopped"], first["phase"]) == ("SIGTERM", "s3")
+    assert first["total"]["blobs_verified"] == 3 and 0 < first["s3"]["objects_verified"] < 24
+    cursor = first["cursor"]
+    assert cursor in objects
+
+    code, second, err2 = scrub(config, "--s3", "--resume")
+    assert code == 0, err2
+    assert (second["resumed_from"], second["resumed_phase"]) == (cursor, "s3")
+    assert second["this_run"]["blobs_verified"] == 0  # the disks are not walked again
+    rest = [sha for sha in objects if sha > cursor]
+    assert second["this_run"]["objects_verified"] == len(rest)
+    assert second["this_run"]["bytes_read"] == 256 * KIB * len(rest)
+    assert second["total"]["blobs_verified"] == 3 and second["s3"]["objects_verified"] == 24
+    assert second["s3"]["objects_listed"] == 24
+    assert not state.exists()
+
+
 # ---- on a terminal -----------------------------------------------------------------------------
 
 
