@@ -476,7 +476,7 @@ class Findings:
     def as_state(self) -> dict[str, Any]:
         return {
             "total": self.total.as_json(), "pairs": {str(n): c.as_json() for n, c in self.pairs.items()},
-            "s3": self.s3.as_json(), "problems": self.problems, "actions": self.actions,
+            "s3": self.s3.as_json(), "problems": list(self.problems), "actions": list(self.actions),
         }  # fmt: skip
 
     @classmethod
@@ -856,6 +856,9 @@ class Scrub:
             log.exception("the walk failed")
             self._stop(f"the walk failed: {type(e).__name__}: {e}")
         finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # its directories closed, the bucket's listing ended while the S3 loop still runs
             for _ in threads:
                 while not self._put(todo, None) and not self.hurry.is_set():
                     pass
@@ -994,10 +997,11 @@ class Scrub:
         examined = self._restricted(examined)
         touched: dict[int, tuple[int, int]] = {}
         for ex in read:
+            last = ex is read[-1]  # a copy counts once, its bytes each time they were read
             for c in ex.copies:
                 if c.state in _HASHED and c.pair in self.selection.pairs:
                     n, b = touched.get(c.pair, (0, 0))
-                    touched[c.pair] = (n + 1, b + _bytes_read(c))
+                    touched[c.pair] = (n + last, b + _bytes_read(c))
         tally = Tally([(pair, n, b) for pair, (n, b) in touched.items()], sum(ex.bytes_read for ex in read))
         found = copies.problems(examined)
         if not found:
@@ -1441,8 +1445,10 @@ class Scrub:
     def _check_object(self, digest: Digest) -> Outcome:
         """One object of the bucket read whole and hashed (once more on a mismatch); a corrupt one repaired."""
         assert self.bucket is not None
+        from stor.store.s3 import object_key
+
         outcome = Findings()
-        name = f"{self.bucket.name}/{_key(digest)}"
+        name = f"{self.bucket.name}/{object_key(digest)}"
         try:
             got = self._hash_object(digest)
             if got is None:
@@ -1506,6 +1512,7 @@ class Scrub:
         assert self.bucket is not None and self.loop is not None
         from stor.store import copies
         from stor.store.copyqueue import copy_blob
+        from stor.store.s3 import object_key
 
         bucket, loop = self.bucket, self.loop
         sha, where = digest.hex, bucket.name
@@ -1524,7 +1531,7 @@ class Scrub:
                 _s3_action("copy", sha, where, f"corrupt object replaced from {source}", False),
             ]
         actions = []
-        key = _key(digest)
+        key = object_key(digest)
         try:
             loop.run(bucket.writer.copy_object(Bucket=bucket.bucket, Key=aside,
                                                CopySource={"Bucket": bucket.bucket, "Key": key}))
@@ -1677,11 +1684,6 @@ def _check_readable(root: _Root) -> None:
 
 def _shown(root: _Root, path: str) -> str:
     return f"{root.storage}{path[len(root.real):]}" if path.startswith(root.real + "/") else path
-
-
-def _key(digest: Digest) -> str:
-    h = digest.hex
-    return f"{h[0:2]}/{h[2:4]}/{h[4:6]}/{h}"
 
 
 def _rate_text(pacer: Pacer) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import pty
@@ -27,7 +26,7 @@ from typing import Any
 import pytest
 from conftest import layout_path, pair_config, sha256, wait_for
 from seaweed import SeaweedFS
-from test_s3_tier import key_of, object_bytes, put_object, s3_config
+from test_s3_tier import object_bytes, put_object, s3_config
 
 KIB, MIB = 1024, 1024 * 1024
 STATE_NAME = ".stor-scrub.json"
@@ -85,7 +84,7 @@ def command(config: Path, verb: str, *args: str) -> list[str]:
 def run(config: Path, *args: str, verb: str = "scrub", timeout: float = 60) -> tuple[int, dict[str, Any] | None, str]:
     """The command run to its end: its exit code, its JSON report (None if stdout held none), its stderr."""
     done = subprocess.run(command(config, verb, *args), capture_output=True, timeout=timeout, cwd=STOR_DIR,
-                          env=child_env())
+                          env=child_env(), check=False)
     out = done.stdout.decode().strip()
     return done.returncode, json.loads(out) if out else None, done.stderr.decode()
 
@@ -273,7 +272,7 @@ def test_both_copies_corrupt_are_reported_and_never_repaired(pair: tuple[Path, P
 def test_a_stale_temporary_is_reported_and_removed_a_fresh_or_locked_one_is_not(
     pair: tuple[Path, Path], config: Path
 ) -> None:
-    a, b = pair
+    a, _ = pair
     store(pair, b"one blob")
     tmp = a / ".stor-tmp"
     tmp.mkdir()
@@ -459,7 +458,7 @@ def saved_cursor(state: Path) -> str | None:
 def test_an_interrupted_scrub_resumes_after_its_cursor_without_hashing_again(
     pair: tuple[Path, Path], config: Path
 ) -> None:
-    a, b = pair
+    a, _ = pair
     size = 256 * KIB
     shas = sorted(store(pair, d) for d in blobs(40, size))
     (a / "junk").write_text("a stray, reported once over both runs")
@@ -529,7 +528,7 @@ def test_a_resume_with_another_selection_starts_over(pair: tuple[Path, Path], co
 
 
 def test_the_rate_limit_is_honoured_within_ten_percent(tmp_path: Path, pair: tuple[Path, Path], config: Path) -> None:
-    a, b = pair
+    a, _ = pair
     shas = [store(pair, d) for d in blobs(12, MIB)]  # 24 MiB over both mirrors
     flip_byte(layout_path(a, shas[3]))  # its re-read counts against the rate too
     empty = (tmp_path / "e1", tmp_path / "e2")
@@ -721,7 +720,8 @@ def state_payload(state: Path) -> dict[str, Any]:
 def test_sigterm_in_the_bucket_walk_and_a_resume_that_does_not_walk_the_disks_again(
     tmp_path: Path, pair: tuple[Path, Path], seaweed: SeaweedFS, s3_bucket: str
 ) -> None:
-    local = sorted(store(pair, d) for d in blobs(3, 1000))
+    for d in blobs(3, 1000):
+        store(pair, d)
     objects = {sha256(d): d for d in blobs(24, 256 * KIB, b"obj")}
     for sha, data in objects.items():
         put_object(seaweed, s3_bucket, sha, data)
