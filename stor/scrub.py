@@ -622,16 +622,32 @@ class _Stopped(Exception):
 
 
 class _StoppablePacer(Pacer):
-    """The run's one Pacer, which also ends the hashing in progress once the run stops (between chunks)."""
+    """The run's one Pacer, which also ends the hashing in progress once the run stops.
+
+    A chunk's bytes are paid for in slices of STOP_SECONDS' worth, with a
+    look at the stop between them: at a low rate a whole chunk's pause is
+    seconds long (1 MiB at 100 kB/s: 10 s), and a Ctrl-C must not wait
+    for it. The pace is the same (Pacer's due time adds up the slices).
+    """
+
+    STOP_SECONDS = 0.1
 
     def __init__(self, rate: float | None, stopping: threading.Event) -> None:
         super().__init__(rate)
         self.stopping = stopping
+        self.slice = max(1, int(rate * self.STOP_SECONDS)) if rate is not None else 0
 
     def took(self, nbytes: int) -> None:
         if self.stopping.is_set():
             raise _Stopped()
-        super().took(nbytes)
+        if self.rate is None:
+            return
+        while nbytes > 0:
+            n = min(nbytes, self.slice)
+            super().took(n)
+            nbytes -= n
+            if nbytes and self.stopping.is_set():
+                raise _Stopped()
 
 
 @dataclass(slots=True, eq=False)  # compared and hashed as itself: one per storage walked
