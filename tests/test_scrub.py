@@ -575,6 +575,20 @@ def test_two_workers_give_the_same_report_as_one(pair: tuple[Path, Path], config
     assert reports[0]["problems_found"] == 6 and reports[0]["total"]["blobs_verified"] == 30
 
 
+def test_rates_are_read_as_dd_reads_sizes() -> None:
+    from stor.scrub import parse_rate
+
+    assert parse_rate("1048576") == MIB
+    assert parse_rate("200k") == parse_rate("200K") == parse_rate("200KiB") == 200 * KIB
+    assert parse_rate("50M") == parse_rate("50MiB") == 50 * MIB
+    assert parse_rate("1.5G") == 3 * 512 * MIB
+    assert parse_rate("8MB") == 8_000_000 and parse_rate("2kB") == 2000  # "B" alone: decimal
+    assert parse_rate("0") is None and parse_rate("unlimited") is None
+    for bad in ("fast", "-1", "5X", "M", "1e9", "0.1"):
+        with pytest.raises(ValueError):
+            parse_rate(bad)
+
+
 # ---- could not run -----------------------------------------------------------------------------
 
 
