@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark the cost of stor's integrity checks (issue 17): verified reads, and scrub throughput.
 
-    python bench/integrity.py                 # full: GETs with --workers 2 then 1, scrub over 2 GiB a mirror (~10 min)
+    python bench/integrity.py                 # full: GETs with --workers 2 then 1, scrub over 2 GiB a mirror (~11 min)
     python bench/integrity.py --quick         # smoke: 1 run of 2 s per GET figure, scrub over 256 MiB a mirror
     python bench/integrity.py --only get --workers 2
     python bench/integrity.py --only scrub --scrub-mib 1024
@@ -224,13 +224,15 @@ class IntegrityBench(Bench):
                 sha = self.blobs[key]
                 rps = {n: Series("req/s") for n in on}
                 mbs = {n: Series("MB/s") for n in on}
+                # The servers' CPU per unit of work: less disturbed by the load generator sharing the cores.
+                cpu_unit = {n: Series("us/request" if key == "4k" else "s/GB") for n in on}
                 client = self.get_client(size)
                 log(f"w{workers} GET {key} ({client}): warm-up of {', '.join(on)}")
                 for n in on:
                     self.get_run(servers[n]["port"], f"/{sha}", size, a.warmup)
 
                 def one(n: str, key: str = key, sha: str = sha, size: int = size, client: str = client,
-                        rps: dict = rps, mbs: dict = mbs) -> None:
+                        rps: dict = rps, mbs: dict = mbs, cpu_unit: dict = cpu_unit) -> None:
                     srv = servers[n]
                     cpu0, machine = cpu_seconds(srv["pids"]), MachineCPU()
                     r = self.get_run(srv["port"], f"/{sha}", size, a.duration)
@@ -242,6 +244,7 @@ class IntegrityBench(Bench):
                                server_cpu_us_per_request=cpu / max(1, r["requests"]) * 1e6,
                                **({"p99_ms": r["latency_p99_us"] / 1e3} if "latency_p99_us" in r else {}))
                     mbs[n].add(r["bytes"] / d / 1e6)
+                    cpu_unit[n].add(cpu / max(1, r["requests"]) * 1e6 if key == "4k" else cpu / max(1, r["bytes"]) * 1e9)
                     log(f"w{workers} GET {key} [{n}]: {rps[n].values[-1]:,.0f} req/s, {mbs[n].values[-1]:,.0f} MB/s, "
                         f"server CPU {cpu / d:.2f} cores, machine {busy:.2f}")
 
@@ -253,9 +256,11 @@ class IntegrityBench(Bench):
                     results[fig] = {"stor": main[measured], "reference": main[ref],
                                     "reference_name": SERVERS[ref][2] if key == "4k" else "verify off",
                                     "also": {f"{measured} {other[measured].unit}": other[measured],
-                                             f"{ref} {other[ref].unit}": other[ref]}}
+                                             f"{ref} {other[ref].unit}": other[ref]},
+                                    "cpu": cpu_unit[measured], "cpu_reference": cpu_unit[ref]}
                 # Every server's figures for this blob, for the JSON (the off/hot-off one is in two rows).
                 results[f"all_{key}"] = {n: (rps[n] if key == "4k" else mbs[n]) for n in on}
+                results[f"all_{key}_cpu"] = cpu_unit
             for srv in servers.values():
                 if srv["proc"].poll() is not None:
                     raise BenchError(f"[{srv['name']}] stor serve exited with {srv['proc'].returncode} during the round")
@@ -543,6 +548,9 @@ def build_rows(get_rounds: list[dict], scrub: dict | None, args: argparse.Namesp
             if r is not None:
                 ref_name = r["reference_name"].replace("verify off, ", "off, ")
                 row(key, f"w{rnd['workers']} {label}", r["stor"], r["reference"], ref_name)
+                what = label.rsplit(" (", 1)[0]
+                unit = "server CPU us/request" if key.startswith("get_4k") else "server CPU s/GB"
+                row(f"{key}_cpu", f"w{rnd['workers']} {what}: {unit}", r["cpu"], r["cpu_reference"], ref_name)
     if scrub:
         for cache in ("cold", "warm"):
             for name, label in (("hashlib", f"raw read+hash, hashlib {NCPU} threads"),
@@ -592,8 +600,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", help=f"comma-separated parts: {','.join(GROUPS)} (default both)")
     p.add_argument("--workers", type=int, action="append",
                    help="stor serve --workers for a GET round (repeatable; default: 2, then 1)")
-    p.add_argument("--runs", type=int, help="runs per GET figure; the median is reported (default 3, --quick 1)")
-    p.add_argument("--duration", type=int, help="seconds per load-generator run (default 5, --quick 2)")
+    p.add_argument("--runs", type=int, help="runs per GET figure; the median is reported (default 5, --quick 1)")
+    p.add_argument("--duration", type=int, help="seconds per load-generator run (default 3, --quick 2)")
     p.add_argument("--warmup", type=int, default=1, help="seconds of warm-up per server and blob (default 1)")
     p.add_argument("--connections", type=int, default=16, help="concurrent connections (default 16)")
     p.add_argument("--threads", type=int, default=2, help="load-generator threads (default 2)")
@@ -618,8 +626,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tmpdir", help="where to make the storage directories (default: the system temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
     a = p.parse_args(argv)
-    a.runs = a.runs or (1 if a.quick else 3)
-    a.duration = a.duration or (2 if a.quick else 5)
+    a.runs = a.runs or (1 if a.quick else 5)
+    a.duration = a.duration or (2 if a.quick else 3)
     a.workers = a.workers or [2, 1]
     a.scrub_mib = a.scrub_mib or (256 if a.quick else 2048)
     a.scrub_runs = a.scrub_runs or (1 if a.quick else 2)
