@@ -197,6 +197,11 @@ def add_arguments(parser: argparse.ArgumentParser, repair: bool = False) -> None
         help="with --repair: list what would be done (done: false), changing nothing",
     )
     parser.add_argument(
+        "--read-only-pairs", action="store_true",
+        help="with --repair: also write into pairs that take no uploads (writable_pairs_regex), which are "
+        "otherwise reported and left as they are",
+    )
+    parser.add_argument(
         "--s3", action="store_true",
         help="scrub the S3 tier's bucket too, after the local storages (needs the S3 tier configured)",
     )
@@ -253,6 +258,7 @@ class Options:
     resume: bool
     s3: bool
     s3_sample: float
+    read_only_pairs: bool = False
 
 
 def _options(args: argparse.Namespace, repair: bool) -> Options:
@@ -270,7 +276,9 @@ def _options(args: argparse.Namespace, repair: bool) -> Options:
         raise CannotRun(f"--s3-sample: a fraction in (0, 1], not {args.s3_sample}")
     if args.s3_sample != 1.0 and not args.s3:
         raise CannotRun("--s3-sample: only with --s3")
-    return Options(repair, args.dry_run, rate, args.workers, args.resume, args.s3, args.s3_sample)
+    if args.read_only_pairs and not repair:
+        raise CannotRun("--read-only-pairs: only with --repair")
+    return Options(repair, args.dry_run, rate, args.workers, args.resume, args.s3, args.s3_sample, args.read_only_pairs)
 
 
 def _settings(path: str | None, options: Options) -> Settings:
@@ -1027,7 +1035,9 @@ class Scrub:
         for p in found:
             outcome.problem(_entry(p.kind, p.sha, p.pair, p.storage, None, p.detail))
         if found and self.options.repair:
-            actions = copies.repair(self.local, examined, self.s3_source, self.options.dry_run)
+            actions = copies.repair(
+                self.local, examined, self.s3_source, self.options.dry_run, self.options.read_only_pairs
+            )
             for a in actions:
                 outcome.action(a.as_json())
             if _all_done(actions):

@@ -803,3 +803,24 @@ def test_a_terminal_gets_a_progress_bar_with_rate_and_eta(pair: tuple[Path, Path
     assert "MiB/s" in text
     assert "scrub: 8 blobs verified" in text and "0 problems" in text  # the one-line summary
     assert '"total"' not in text  # no JSON on a terminal unless --json
+
+
+def test_a_pair_that_takes_no_writes_is_repaired_only_when_asked(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    a, b = pair
+    config = write_config(tmp_path, pair_config(pair, writable_pairs_regex="^/nowhere"))
+    sha = store(pair, os.urandom(20_000))
+    layout_path(a, sha).unlink()
+
+    code, report, err = repair(config)
+    assert code == 1, err  # found, and left: an operator froze that pair
+    assert [(x["action"], x["done"]) for x in report["actions"]] == [("none", False)]
+    assert "takes no writes" in report["actions"][0]["detail"]
+    assert not layout_path(a, sha).exists()
+
+    code, report, err = repair(config, "--read-only-pairs")
+    assert code == 0, err
+    assert [(x["action"], x["done"]) for x in report["actions"]] == [("copy", True)]
+    assert sha256(layout_path(a, sha).read_bytes()) == sha
+
+    code, _, err = run(config, "--read-only-pairs")  # a scrub changes nothing: the option is refused
+    assert code == 2 and "--read-only-pairs: only with --repair" in err
