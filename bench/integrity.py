@@ -35,6 +35,7 @@ import resource
 import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -531,10 +532,15 @@ def build_rows(get_rounds: list[dict], scrub: dict | None, args: argparse.Namesp
             verdict: str = "-", ratio: float | None = None) -> None:
         if ratio is None and ref is not None and ref.values and ref.median:
             ratio = s.median / ref.median
+        # The runs of a figure and of its reference alternate (a, b, b, a, ...): run i of each ran side by side,
+        # so the median of their run-by-run ratios is less moved by the machine's slow swings than the medians'.
+        paired = None
+        if ref is not None and len(ref.values) == len(s.values) > 1 and all(ref.values):
+            paired = statistics.median(x / y for x, y in zip(s.values, ref.values))
         rows.append({"key": key, "benchmark": label, "stor": cell(s),
                      "reference": f"{cell(ref)} {ref_name}".strip() if ref is not None else "-",
                      "ratio": f"{ratio:.3f}" if ratio is not None else "-", "target": target, "verdict": verdict,
-                     "ratio_value": ratio})
+                     "ratio_value": ratio, "paired_ratio": paired})
 
     labels = {
         "get_4k_hot": "GET 4 KiB, verify always, hot layer on (default) (req/s)",
@@ -700,6 +706,10 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append(f"cold walk alone (find over both mirrors, page cache dropped): "
                              f"{cell(scrub['walk_cold_seconds'])} s")
             notes.append(f"sha256sum reference: {bench.sha256sum_cmd()}")
+        paired = [f"{r['benchmark'].split(' (')[0]}: {r['paired_ratio']:.3f}" for r in rows
+                  if r.get("paired_ratio") is not None and r["key"].startswith("get_") and not r["key"].endswith("_cpu")]
+        if paired:
+            notes.append("GET ratios run by run (median of always/off of runs side by side): " + "; ".join(paired))
         for n in notes:
             print(n)
         for w in bench.warnings:
