@@ -1319,7 +1319,7 @@ class Scrub:
             if stray.kind == "stale_temporary":
                 if dry:
                     return action("remove", "stale upload temporary file removed", False)
-                removed = tempfiles._remove_if_stale(Path(path), self.settings.uploads.tempfile_max_age, time.time())
+                removed = tempfiles.remove_if_stale(Path(path), self.settings.uploads.tempfile_max_age, time.time())
                 if not removed:
                     return action("none", "no longer stale, or gone: left as it is", False)
                 return action("remove", "stale upload temporary file removed", True)
@@ -1666,7 +1666,7 @@ def _link_detail(root: _Root, rel: str) -> str:
 def _stale_age(path: str, max_age: float, now: float) -> float | None:
     """How old an unlocked temporary file older than max_age is; None if it is younger, locked or gone.
 
-    The sweep's rule (stor.store.tempfiles._remove_if_stale), without removing anything.
+    The sweep's rule (stor.store.tempfiles.remove_if_stale), without removing anything.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)

@@ -140,12 +140,12 @@ def sweep(roots: Iterable[Path], max_age: float, now: float | None = None) -> in
             log.warning("cannot list %s: %s", temp_dir(root), e)
             continue
         for entry in entries:
-            if entry.name.endswith(TEMP_SUFFIX) and _remove_if_stale(Path(entry.path), max_age, now):
+            if entry.name.endswith(TEMP_SUFFIX) and remove_if_stale(Path(entry.path), max_age, now):
                 removed += 1
     return removed
 
 
-def _remove_if_stale(path: Path, max_age: float, now: float) -> bool:
+def remove_if_stale(path: Path, max_age: float, now: float) -> bool:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
