@@ -36,7 +36,6 @@ import argparse
 import asyncio
 import contextlib
 import errno
-import json
 import logging
 import os
 import signal
@@ -51,7 +50,6 @@ from stor import aio, walkrun
 from stor.config import CONFIG_ENV, ConfigError, Settings, load_settings
 from stor.digest import Digest
 from stor.walkrun import (
-    EXIT_CANNOT_RUN,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_SIGNALLED,
@@ -106,15 +104,8 @@ def main(args: argparse.Namespace) -> int:
         run = Backfill(settings, state, args.jobs, args.batch, args.restart, ui)
         summary = asyncio.run(run.run())
     except CannotRun as e:
-        ui.close()
-        print(f"stor s3-backfill: {e}", file=sys.stderr)
-        return EXIT_CANNOT_RUN
-    ui.close()
-    if out_json:
-        print(json.dumps(summary.as_json()), flush=True)
-    if show_progress:
-        print(summary.one_line(), file=sys.stderr)
-    return summary.exit_code()
+        return walkrun.could_not_run(ui, "s3-backfill", e)
+    return walkrun.conclude(ui, summary, out_json, show_progress)
 
 
 def _settings(path: str | None) -> Settings:

@@ -65,6 +65,30 @@ def add_common_arguments(parser: argparse.ArgumentParser, report: str, state_nam
     parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
 
 
+class Outcome(Protocol):
+    """What a run reports when it ends: its JSON report, its one-line summary and its exit code."""
+
+    def as_json(self) -> dict[str, Any]: ...
+    def one_line(self) -> str: ...
+    def exit_code(self) -> int: ...
+
+
+def conclude(ui: Ui[Any], outcome: Outcome, out_json: bool, show_progress: bool) -> int:
+    """The end of a command's run: the progress bar gone, the JSON report on stdout, the line on a terminal."""
+    ui.close()
+    if out_json:
+        print(json.dumps(outcome.as_json()), flush=True)
+    if show_progress:
+        print(outcome.one_line(), file=sys.stderr)
+    return outcome.exit_code()
+
+
+def could_not_run(ui: Ui[Any], command: str, e: CannotRun) -> int:
+    ui.close()
+    print(f"stor {command}: {e}", file=sys.stderr)
+    return EXIT_CANNOT_RUN
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
