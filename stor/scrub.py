@@ -70,7 +70,6 @@ import contextlib
 import errno
 import fcntl
 import hashlib
-import json
 import logging
 import os
 import queue
@@ -92,7 +91,6 @@ from stor.config import CONFIG_ENV, ConfigError, Settings, load_settings
 from stor.digest import Digest
 from stor.store.verify import Pacer
 from stor.walkrun import (
-    EXIT_CANNOT_RUN,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_SIGNALLED,
@@ -238,15 +236,8 @@ def main(args: argparse.Namespace) -> int:
         run = Scrub(settings, selection, options, StateFile(state_path, command), ui)
         report = run.run()
     except CannotRun as e:
-        ui.close()
-        print(f"stor {command}: {e}", file=sys.stderr)
-        return EXIT_CANNOT_RUN
-    ui.close()
-    if out_json:
-        print(json.dumps(report.as_json()), flush=True)
-    if show_progress:
-        print(report.one_line(), file=sys.stderr)
-    return report.exit_code()
+        return walkrun.could_not_run(ui, command, e)
+    return walkrun.conclude(ui, report, out_json, show_progress)
 
 
 @dataclass
@@ -711,6 +702,8 @@ class Scrub:
         self._ui_at = 0.0
         self._warned_save = False
         self.moved: set[str] = set()  # misplaced blobs moved into place by this run, and examined then
+        # What the walk's listings found of each blob handed out and not examined yet (copies.examine's `listed`).
+        self.listed: dict[str, dict[Path, tuple[bool, bool]]] = {}
 
     # ---- the whole run ---------------------------------------------------------------------
 
@@ -1011,7 +1004,7 @@ class Scrub:
         from stor.store import copies
 
         checked = None if self.selection.everything else self._checked
-        examined = copies.examine(self.local, digest, self.pacer, checked)
+        examined = copies.examine(self.local, digest, self.pacer, checked, self.listed.pop(digest.hex, None))
         read = [examined]
         if self._missing_appeared(examined):
             # A copy missing while its twin is there: an upload of it may have been renaming its mirrors
@@ -1110,11 +1103,17 @@ class Scrub:
         below: dict[str, list[_Root]] = {}
         blobs: set[str] = set()
         strays: list[_Stray] = []
+        # In a leaf, what each storage's listing holds, for the workers (copies.examine's `listed`): a storage
+        # walked that has no such directory holds none of its blobs; one whose listing failed is not known.
+        held: dict[Path, tuple[set[str], set[str]]] = {} if not leaf else {
+            root.storage: (set(), set()) for root in self.roots if all(root is not r for r, _ in listed)
+        }
         for root, entries in listed:
             if entries is None:
                 continue
             if leaf:
-                blobs.update(self._leaf(root, parts, entries, strays))
+                held[root.storage] = self._leaf(root, parts, entries, strays)
+                blobs.update(held[root.storage][0])
                 continue
             for name, kind, _ in entries:
                 if kind == _LINK:
@@ -1132,6 +1131,7 @@ class Scrub:
         if leaf:
             for sha in sorted(blobs):
                 if sha > bound and sha not in self.moved:
+                    self.listed[sha.lower()] = {d: (sha in dats, sha in metas) for d, (dats, metas) in held.items()}
                     yield Digest.parse(sha)
             return
         for name in sorted(below):
@@ -1190,8 +1190,8 @@ class Scrub:
                 ))
 
     def _leaf(self, root: _Root, parts: tuple[str, ...], entries: list[_Entry],
-              strays: list[_Stray]) -> set[str]:
-        """The blobs of one AA/BB/CC directory of one storage; its strays added to strays."""
+              strays: list[_Stray]) -> tuple[set[str], set[str]]:
+        """The blobs of one AA/BB/CC directory of one storage, and its sidecars; its strays added to strays."""
         prefix = "".join(parts)
         blobs: set[str] = set()
         sidecars: list[str] = []
@@ -1212,7 +1212,7 @@ class Scrub:
                 rel = "/".join((*parts, f"{sha}.meta"))
                 strays.append(_Stray(root, rel, "orphan_sidecar", "a sidecar without its blob on this mirror",
                                      sha.lower()))
-        return blobs
+        return blobs, set(sidecars)
 
     def _temporaries(self, root: _Root, root_fd: int) -> list[_Stray]:
         """The stale upload temporaries of a storage (its .stor-tmp's *.part), and symlinks there."""

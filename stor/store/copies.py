@@ -26,7 +26,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -94,23 +94,36 @@ class Examined:
 
 
 def examine(
-    local: LocalStore, digest: Digest, pacer: Pacer = UNPACED, checked: Callable[[Path], bool] | None = None
+    local: LocalStore, digest: Digest, pacer: Pacer = UNPACED, checked: Callable[[Path], bool] | None = None,
+    listed: Mapping[Path, tuple[bool, bool]] | None = None,
 ) -> Examined:
-    """Each copy of the blob on each pair holding it, hashed (only in the storages `checked` accepts, if given)."""
+    """Each copy of the blob on each pair holding it, hashed (only in the storages `checked` accepts, if given).
+
+    listed: what a listing of the blob's directory just found in some
+    storages (blob there, sidecar there), so that they are not asked again
+    (a scrub lists every directory anyway, and for small blobs those
+    questions cost more than the hashing). A blob listed but gone since is
+    found missing when opened; one not listed is not looked for there.
+    """
     examined = Examined(digest)
     rel = digest.relative_path
+    meta_rel = meta_relative_path(digest)
+    known = listed or {}
     for pair in local.pairs:
         paths = [f"{local.real_path(d)}/{rel}" for d in pair.dirs]
-        if not any(BLOCKING.is_file(p) for p in paths):
+        present = [known[d][0] if d in known else BLOCKING.is_file(p) for d, p in zip(pair.dirs, paths)]
+        if not any(present):
             continue
-        for directory, path in zip(pair.dirs, paths):
+        for directory, path, there in zip(pair.dirs, paths, present):
             copy = Copy(directory, pair.index, MISSING)
-            if checked is not None and not checked(directory):
-                if BLOCKING.is_file(path):
-                    copy.state = UNCHECKED
+            if not there:
+                pass
+            elif checked is not None and not checked(directory):
+                copy.state = UNCHECKED
             else:
                 examined.bytes_read += _hash_copy(copy, path, digest, pacer)
-            copy.sidecar = _sidecar(f"{local.real_path(directory)}/{meta_relative_path(digest)}")
+            if directory not in known or known[directory][1]:
+                copy.sidecar = _sidecar(f"{local.real_path(directory)}/{meta_rel}")
             examined.copies.append(copy)
     sizes = [c.size for c in examined.copies if c.state == GOOD and c.size is not None]
     for c in examined.copies:
