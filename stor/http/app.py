@@ -70,7 +70,9 @@ def build_store(settings: Settings, metrics: Metrics) -> tuple[BlobStore, HealQu
             settings.cleanup_tempdir_period,
             verify=ReadVerification(integrity.verify_reads),
         )
-        heal = HealQueue(raw_local, integrity.heal_queue, integrity.heal_concurrency, metrics, integrity.heal)
+        # A repair holds an I/O thread while it runs (and, restoring from S3, waits on others): at most half.
+        concurrency = min(integrity.heal_concurrency, max(1, settings.storage.io_threads // 2))
+        heal = HealQueue(raw_local, integrity.heal_queue, concurrency, metrics, integrity.heal)
         located = LocatedStore(raw_local, _location_cache(settings, metrics), settings.cache.local_size)
         local = MeteredStore(HotStore(located, settings.hot), metrics)
     if not settings.s3_tier:
