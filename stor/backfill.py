@@ -41,7 +41,6 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -493,26 +492,12 @@ QuietUi = walkrun.QuietUi[Summary]
 class TerminalUi(walkrun.TerminalUi[Summary]):
     """On a terminal (stderr): a rich progress bar of the blobs checked, with log lines printed above it."""
 
-    def columns(self) -> Sequence[Any]:
-        from rich.progress import (
-            BarColumn,
-            SpinnerColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        return (
-            SpinnerColumn(),
-            TextColumn("[bold]s3-backfill"),
-            BarColumn(finished_style="green"),  # the default turns grey on a 16-colour terminal
-            TextColumn("{task.fields[checked]}"),
-            TextColumn("copied {task.fields[copied]} ({task.fields[bytes]}), failed {task.fields[failed]}"),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-        )
+    title = "s3-backfill"
+    texts = (
+        "{task.fields[checked]}",
+        "copied {task.fields[copied]} ({task.fields[bytes]}), failed {task.fields[failed]}",
+        "{task.fields[rate]}",
+    )
 
     def fields(self, summary: Summary) -> dict[str, str]:
         elapsed = max(time.monotonic() - summary.started, 1e-6)

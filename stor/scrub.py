@@ -1773,30 +1773,11 @@ class _LoopThread:
 class TerminalUi(walkrun.TerminalUi[Live]):
     """On a terminal (stderr): a bar of the bytes read, out of those counted, with the rate and the ETA."""
 
+    texts = ("{task.fields[bytes]}", "{task.fields[rate]}", "{task.fields[blobs]}, {task.fields[problems]} problems")
+
     def __init__(self, command: str) -> None:
         super().__init__()
-        self.command = command
-
-    def columns(self) -> Sequence[Any]:
-        from rich.progress import (
-            BarColumn,
-            SpinnerColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        return (
-            SpinnerColumn(),
-            TextColumn(f"[bold]{self.command}"),
-            BarColumn(finished_style="green"),  # the default turns grey on a 16-colour terminal
-            TextColumn("{task.fields[bytes]}"),
-            TextColumn("{task.fields[rate]}"),
-            TextColumn("{task.fields[blobs]}, {task.fields[problems]} problems"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-        )
+        self.title = command
 
     def fields(self, summary: Live) -> dict[str, str]:
         elapsed = max(time.monotonic() - summary.started, 1e-6)

@@ -342,8 +342,8 @@ class QuietUi(Generic[S_]):
 class TerminalUi(Generic[S_]):
     """On a terminal (stderr): a rich progress bar, with log lines printed above it.
 
-    A command says what its bar shows: columns() (rich columns; a text
-    column's `{task.fields[x]}` comes from fields()), and completed(), the
+    A command says what its bar shows: its title and texts (rich text
+    columns; a `{task.fields[x]}` comes from fields()), and completed(), the
     bar's position, out of the total given to total() once counted.
     update() may be called from any thread (rich's Progress locks).
     """
@@ -365,8 +365,21 @@ class TerminalUi(Generic[S_]):
         logging.getLogger().addHandler(handler)
         configure_levels(level)
 
+    title = ""  # the command's name, at the bar's left
+    texts: Sequence[str] = ()  # the command's own text columns, between the bar and the times
+
     def columns(self) -> Sequence[Any]:
-        raise NotImplementedError
+        from rich.progress import BarColumn, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        return (
+            SpinnerColumn(),
+            TextColumn(f"[bold]{self.title}"),
+            BarColumn(finished_style="green"),  # the default turns grey on a 16-colour terminal
+            *(TextColumn(text) for text in self.texts),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        )
 
     def fields(self, summary: S_) -> dict[str, str]:
         return {}

@@ -33,6 +33,55 @@ def layout_path(root: Path, sha: str) -> Path:
     return root / u[0:2] / u[2:4] / u[4:6] / f"{u}.dat"
 
 
+STOR_DIR = Path(__file__).resolve().parent.parent
+
+
+def flip_byte(path: Path, offset: int = 7) -> None:
+    """Damage a stored file for real: one byte inverted in place."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a `stor` command the test runs: this one's, without a CONFIG_FILE of its own."""
+    env = {k: v for k, v in os.environ.items() if k != "CONFIG_FILE"}
+    env.update(extra)
+    return env
+
+
+def run_on_a_terminal(cmd: list[str], timeout: float = 30) -> tuple[int, str]:
+    """cmd run with a pseudo-terminal (200 columns) as stdin, stdout and stderr: its exit code and all it wrote."""
+    import errno
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))
+    started = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, cwd=STOR_DIR,
+                               env=child_env(TERM="xterm-256color"), close_fds=True)
+    os.close(slave)
+    output = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError as e:  # EIO: the child ended and the terminal's other side is closed
+                assert e.errno == errno.EIO
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        os.close(master)
+        code = started.wait(timeout=timeout)
+    return code, output.decode(errors="replace")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -6,26 +6,20 @@ pair of directories in the original layout, as an existing archive has them.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
-import pty
 import signal
-import struct
 import subprocess
 import sys
-import termios
 from pathlib import Path
 from typing import Any
 
-from conftest import free_port, layout_path, pair_config, wait_for
+from conftest import STOR_DIR, child_env, free_port, layout_path, pair_config, run_on_a_terminal, wait_for
 from seaweed import SeaweedFS
 from test_s3_tier import key_of, store_locally
 
 MIB = 1024 * 1024
 STATE_NAME = ".stor-s3-backfill.json"
-STOR_DIR = Path(__file__).resolve().parent.parent
 
 
 def blobs(n: int, size: int = 200, tag: bytes = b"") -> list[bytes]:
@@ -48,12 +42,6 @@ def write_config(tmp_path: Path, mirrors: tuple[Path, Path], weed: SeaweedFS | N
 
 def command(config: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "stor", "s3-backfill", "--config", str(config), *args]
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "CONFIG_FILE"}
-    env.update(extra)
-    return env
 
 
 def backfill(config: Path, *args: str) -> tuple[int, dict[str, Any] | None, str]:
@@ -258,28 +246,7 @@ def test_a_terminal_gets_a_progress_bar_and_a_one_line_summary(
     for d in blobs(5):
         store_locally(mirrors, d)
     config = write_config(tmp_path, mirrors, seaweed, s3_bucket)
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))
-    run = subprocess.Popen(
-        command(config), stdin=slave, stdout=slave, stderr=slave, cwd=STOR_DIR,
-        env=child_env(TERM="xterm-256color"), close_fds=True,
-    )
-    os.close(slave)
-    output = b""
-    try:
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError as e:  # EIO: the child ended and the terminal's other side is closed
-                assert e.errno == errno.EIO
-                break
-            if not chunk:
-                break
-            output += chunk
-    finally:
-        os.close(master)
-        code = run.wait(timeout=30)
-    text = output.decode(errors="replace")
+    code, text = run_on_a_terminal(command(config))
     assert code == 0, text
     assert "━" in text  # rich's bar
     assert "checked 5/5" in text and "copied 5" in text and "blobs/s" in text

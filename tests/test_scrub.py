@@ -8,29 +8,24 @@ disk afterwards. The S3 tests use the session's SeaweedFS.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
-import pty
 import re
 import signal
-import struct
 import subprocess
 import sys
-import termios
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import layout_path, pair_config, sha256, wait_for
+from conftest import STOR_DIR, child_env, flip_byte, layout_path, pair_config, run_on_a_terminal, sha256, wait_for
 from seaweed import SeaweedFS
 from test_s3_tier import object_bytes, put_object, s3_config
 
 KIB, MIB = 1024, 1024 * 1024
 STATE_NAME = ".stor-scrub.json"
-STOR_DIR = Path(__file__).resolve().parent.parent
 HOUR = 3600.0
 
 
@@ -57,24 +52,10 @@ def blobs(n: int, size: int, tag: bytes = b"") -> list[bytes]:
     return [tag + i.to_bytes(4, "big") + os.urandom(size - len(tag) - 4) for i in range(n)]
 
 
-def flip_byte(path: Path, offset: int = 7) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0xFF]))
-
-
 def write_config(tmp_path: Path, config: dict[str, Any], name: str = "config.json") -> Path:
     path = tmp_path / name
     path.write_text(json.dumps(config))
     return path
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "CONFIG_FILE"}
-    env.update(extra)
-    return env
 
 
 def command(config: Path, verb: str, *args: str) -> list[str]:
@@ -777,26 +758,8 @@ def test_sigterm_in_the_bucket_walk_and_a_resume_that_does_not_walk_the_disks_ag
 def test_a_terminal_gets_a_progress_bar_with_rate_and_eta(pair: tuple[Path, Path], config: Path) -> None:
     for d in blobs(8, 512 * KIB):
         store(pair, d)
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))
-    started = subprocess.Popen(command(config, "scrub", "--rate", "8M"), stdin=slave, stdout=slave, stderr=slave,
-                               cwd=STOR_DIR, env=child_env(TERM="xterm-256color"), close_fds=True)
-    os.close(slave)
-    output = b""
-    try:
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError as e:  # EIO: the child ended and the terminal's other side is closed
-                assert e.errno == errno.EIO
-                break
-            if not chunk:
-                break
-            output += chunk
-    finally:
-        os.close(master)
-        code = started.wait(timeout=30)
-    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", output.decode(errors="replace"))
+    code, output = run_on_a_terminal(command(config, "scrub", "--rate", "8M"))
+    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", output)
     assert code == 0, text
     assert "━" in text and "ETA" in text  # rich's bar, with the time left
     assert "8.0 MiB/8.0 MiB" in text  # the bytes read out of those counted first

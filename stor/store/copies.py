@@ -320,12 +320,16 @@ def _fill(
                    False)
             for t in targets
         ]
-    if winner is None and from_s3:
-        data = s3.sidecar(digest) if s3 is not None else None
-        winner = Sidecar(data, 0.0) if data else None
+    if from_s3:
+        assert s3 is not None
+        origin = s3.name
+        if winner is None:
+            data = s3.sidecar(digest)
+            winner = Sidecar(data, 0.0) if data else None
+    else:
+        origin = str(sources[0].storage)
+    what = "restore" if from_s3 else "copy"
     for target in targets:
-        what = "restore" if from_s3 else "copy"
-        origin = s3.name if from_s3 and s3 is not None else str(sources[0].storage) if sources else "?"
         detail = f"{'missing' if target.state == MISSING else target.state} copy replaced from {origin}"
         if dry_run:
             if target.state in BAD:
@@ -419,7 +423,7 @@ def _agree(
 ) -> list[Action]:
     """The oldest sidecar on every mirror of the pair that has the blob and another one (or none)."""
     present = [c for c in copies if c.state != MISSING]
-    if winner is None or _sidecars_agree(present) and len(present) == len(copies):
+    if winner is None or (_sidecars_agree(present) and len(present) == len(copies)):
         return []
     holder = _holder(copies, winner)
     actions = []
