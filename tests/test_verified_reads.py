@@ -10,7 +10,6 @@ copy quarantined, a good one in its place).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import re
 import socket
@@ -22,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import AUTH, layout_path, pair_config, sha256, wait_for
+from conftest import AUTH, flip_byte, layout_path, pair_config, sha256, wait_for
 from test_s3_tier import scrape
 
 KiB, MiB = 1024, 1024 * 1024
@@ -35,14 +34,6 @@ def store(url: str, data: bytes) -> str:
     sha = sha256(data)
     assert httpx.post(f"{url}/{sha}", content=data, auth=AUTH, timeout=30).status_code == 201
     return sha
-
-
-def flip_byte(path: Path, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0xFF]))
 
 
 def raw_get(port: int, sha: str) -> tuple[int, int, bytes]:
@@ -295,3 +286,29 @@ def test_a_blob_corrupt_on_both_mirrors_is_served_from_s3_and_restored_from_it(
     wait_for(lambda: all(good(layout_path(r, sha), sha) for r in mirrors), timeout=60, what="the restore from S3")
     assert [len(quarantined(r)) for r in mirrors] == [1, 1]
     assert b"sample.exe" in layout_path(mirrors[0], sha).with_suffix(".meta").read_bytes()
+
+
+def test_a_blob_kept_in_memory_is_verified_before_it_is_kept(start_server: Any, mirrors: tuple[Path, Path]) -> None:
+    """A blob above the read-ahead but small enough for the hot layer (hot.max_blob_bytes): checked while sent,
+    so it is not taken into memory (whence later reads would be answered unchecked) until a read has checked it."""
+    server = start_server(verified(mirrors))
+    data = os.urandom(512 * KiB)
+    sha = store(server.url, data)  # its pages and directory entries in the kernel's caches: a hot layer's take
+    for root in mirrors:
+        flip_byte(layout_path(root, sha), 7)
+    for _ in range(4):
+        status, length, body = raw_get(server.port, sha)
+        assert status == 500 or len(body) < length, "a complete answer with corrupt bytes"
+
+
+def test_a_blob_a_head_found_is_still_verified_when_read(start_server: Any, mirrors: tuple[Path, Path]) -> None:
+    """A HEAD reads no bytes to check: what it finds is not kept in memory for the GET that follows."""
+    server = start_server(verified(mirrors))
+    data = os.urandom(4 * KiB)
+    sha = store(server.url, data)
+    for root in mirrors:
+        flip_byte(layout_path(root, sha), 7)
+    for _ in range(2):
+        assert httpx.head(f"{server.url}/{sha}", timeout=30).status_code == 200  # HEAD checks nothing
+        got = httpx.get(f"{server.url}/{sha}", timeout=30)
+        assert got.status_code == 500 and got.content != data

@@ -74,7 +74,7 @@ def build_store(settings: Settings, metrics: Metrics) -> tuple[BlobStore, HealQu
         concurrency = min(integrity.heal_concurrency, max(1, settings.storage.io_threads // 2))
         heal = HealQueue(raw_local, integrity.heal_queue, concurrency, metrics, integrity.heal)
         located = LocatedStore(raw_local, _location_cache(settings, metrics), settings.cache.local_size)
-        local = MeteredStore(HotStore(located, settings.hot), metrics)
+        local = MeteredStore(HotStore(located, settings.hot, verifying=integrity.verify_reads > 0), metrics)
     if not settings.s3_tier:
         assert local is not None  # the configuration allows no pairs only with the S3 tier
         return local, heal

@@ -107,9 +107,11 @@ class HotBlobs:
 class HotStore(Layer):
     """A layer answering reads of hot blobs from memory."""
 
-    def __init__(self, inner: BlobStore, settings: HotSettings) -> None:
+    def __init__(self, inner: BlobStore, settings: HotSettings, verifying: bool = False) -> None:
         super().__init__(inner)
         self.hot = HotBlobs(settings)
+        # With verified reads on, only bytes a read handed over are kept (a HEAD's, read here, were never checked).
+        self.verifying = verifying
         self._expiring: asyncio.Task[None] | None = None
 
     async def head(self, digest: Digest, at: str | None = None) -> BlobInfo | Missing:
@@ -141,11 +143,15 @@ class HotStore(Layer):
         disk, which a HEAD does not need.
         """
         region = opened.body
-        if not isinstance(region, FileRegion) or region.fd < 0:
+        # A region still to be checked (a verified read, FileRegion.check) is not kept: answers from memory
+        # would skip its check. A blob read ahead was checked before it got here.
+        if not isinstance(region, FileRegion) or region.fd < 0 or region.check is not None:
             return
         size = opened.info.size
         data = region.data if region.length == size else None
         if data is None:
+            if self.verifying:
+                return
             try:
                 data = CACHED_ONLY.pread(region.fd, size, 0)
             except WouldBlock:
