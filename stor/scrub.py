@@ -111,8 +111,6 @@ log = logging.getLogger("stor.scrub")
 STATE_NAME = ".stor-scrub.json"
 MAX_LISTED = 1000  # problems and actions listed in the report; the counts are always complete
 SAVE_SECONDS = 2.0  # the cursor is saved this often (and when the run stops)
-QUEUE_PER_WORKER = 2  # batches of digests waiting for the workers, per worker
-BATCH = 16  # digests handed to a worker at once, at most
 MAX_AHEAD = 10_000  # blobs handed out beyond the cursor before the walk waits for it
 UI_SECONDS = 0.1  # the bar is updated at most this often by the workers
 WAIT = 0.2  # how long a wait lasts before the stop, the save and the bar are looked at again
@@ -847,11 +845,15 @@ class Scrub:
     # ---- the walk: blobs handed to the workers in order ------------------------------------
 
     def _walk(self, items: Iterator[Digest], check: Callable[[Digest], Outcome], after: Digest | None) -> None:
-        """Each item checked by a worker, in walk order; the cursor saved as they are done."""
+        """Each item checked by a worker, in walk order; the cursor saved as they are done.
+
+        The workers take one digest at a time (a large blob never holds others
+        back) from a queue without a bound of its own: the walk waits instead
+        once MAX_AHEAD blobs are handed out beyond the cursor.
+        """
         with self.lock:
             self.frontier = Frontier(after.hex if after is not None else None, self._passed)
-        todo: queue.Queue[list[Digest] | None] = queue.Queue(maxsize=self.workers * QUEUE_PER_WORKER)
-        self._batch: list[Digest] = []
+        todo: queue.SimpleQueue[Digest | None] = queue.SimpleQueue()
         threads = [
             threading.Thread(target=self._work, args=(todo, check), name=f"stor-scrub-{i}", daemon=True)
             for i in range(self.workers)
@@ -863,10 +865,9 @@ class Scrub:
             threading.Thread(target=self._count, args=(after,), name="stor-scrub-count", daemon=True).start()
         try:
             for digest in items:
-                if self.stopping.is_set() or not self._hand_out(digest, todo):
+                if self.stopping.is_set() or not self._hand_out(digest):
                     break
-            else:
-                self._flush(todo)
+                todo.put(digest)
         except _Stopped:
             pass
         except Exception as e:
@@ -877,69 +878,43 @@ class Scrub:
             if close is not None:
                 close()  # its directories closed, the bucket's listing ended while the S3 loop still runs
             for _ in threads:
-                while not self._put(todo, None) and not self.hurry.is_set():
-                    pass
+                todo.put(None)
             for t in threads:
                 while t.is_alive() and not self.hurry.is_set():
                     t.join(WAIT)
                     self._save()
             self.ui.stop(self.live)
 
-    def _hand_out(self, digest: Digest, todo: queue.Queue[list[Digest] | None]) -> bool:
-        """The digest on its way to a worker (False: the run stopped first).
-
-        In batches of up to BATCH while the workers are busy (fewer hand-offs
-        between threads, which cost as much as examining a small blob), one
-        at a time when one is waiting for work.
-        """
-        with self.lock:
-            if self.frontier.ahead >= MAX_AHEAD:
-                if not self._flush(todo):
+    def _hand_out(self, digest: Digest) -> bool:
+        """The digest entered in the frontier, to be handed to a worker (False: the run stopped first)."""
+        while True:
+            with self.lock:
+                if self.stopping.is_set():
                     return False
-                while self.frontier.ahead >= MAX_AHEAD and not self.stopping.is_set():
-                    self.lock.wait(WAIT)
-            self.frontier.add(digest.hex)
-            if self.pending is not None:
-                self.attached[digest.hex], self.pending = self.pending, None
-        self._batch.append(digest)
-        if len(self._batch) >= BATCH or todo.empty():
-            return self._flush(todo)
-        return True
-
-    def _flush(self, todo: queue.Queue[list[Digest] | None]) -> bool:
-        """The batch handed to the workers (False: the run stopped first)."""
-        batch, self._batch = self._batch, []
-        if not batch:
-            return True
-        while not self._put(todo, batch):
-            if self.stopping.is_set():
-                return False
-        return True
-
-    def _put(self, todo: queue.Queue[list[Digest] | None], item: list[Digest] | None) -> bool:
-        try:
-            todo.put(item, timeout=WAIT)
-        except queue.Full:
+                if self.frontier.ahead < MAX_AHEAD:
+                    self.frontier.add(digest.hex)
+                    if self.pending is not None:
+                        self.attached[digest.hex], self.pending = self.pending, None
+                    break
+                self.lock.wait(WAIT)
             self._save()
-            return False
         self._save()
         return True
 
-    def _work(self, todo: queue.Queue[list[Digest] | None], check: Callable[[Digest], Outcome]) -> None:
-        while (batch := todo.get()) is not None:
-            for digest in batch:
-                if self.stopping.is_set():
-                    break  # not done: the cursor stays before it
-                try:
-                    outcome = check(digest)
-                except _Stopped:
-                    break
-                except Exception as e:  # a bug, or a fault the examination does not expect: reported, walk goes on
-                    log.exception("examining %s failed", digest)
-                    found = Findings()
-                    found.problem(_entry(ERROR, digest.hex, None, None, None, f"{type(e).__name__}: {e}"))
-                    outcome = found
-                self._done(digest, outcome)
+    def _work(self, todo: queue.SimpleQueue[Digest | None], check: Callable[[Digest], Outcome]) -> None:
+        while (digest := todo.get()) is not None:
+            if self.stopping.is_set():
+                continue  # not done: the cursor stays before it (the walk's None still ends the loop)
+            try:
+                outcome = check(digest)
+            except _Stopped:
+                continue
+            except Exception as e:  # a bug, or a fault the examination does not expect: reported, walk goes on
+                log.exception("examining %s failed", digest)
+                found = Findings()
+                found.problem(_entry(ERROR, digest.hex, None, None, None, f"{type(e).__name__}: {e}"))
+                outcome = found
+            self._done(digest, outcome)
 
     def _done(self, digest: Digest, outcome: Outcome) -> None:
         now = time.monotonic()
@@ -1354,7 +1329,7 @@ class Scrub:
         empty; a sidecar whose blob is in place and has none. None: it is quarantined instead."""
         from stor.store.fileaccess import BLOCKING
         from stor.store.metadata import meta_relative_path
-        from stor.store.verify import hash_fd
+        from stor.store.verify import hash_fd, read_from_disk
 
         assert stray.sha is not None
         digest = Digest.parse(stray.sha)
@@ -1371,6 +1346,7 @@ class Scrub:
         if fd is None:
             return None
         try:
+            read_from_disk(fd)
             size = os.fstat(fd).st_size
             actual, read = hash_fd(fd, size, self.pacer)
         finally:

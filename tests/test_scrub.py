@@ -556,6 +556,36 @@ def test_two_workers_give_the_same_report_as_one(pair: tuple[Path, Path], config
     assert reports[0]["problems_found"] == 6 and reports[0]["total"]["blobs_verified"] == 30
 
 
+def resident_bytes(path: Path) -> int:
+    """How much of the file the page cache holds (util-linux fincore)."""
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)], capture_output=True,
+                         text=True, check=True).stdout
+    return int(out.strip())
+
+
+def test_the_scrub_reads_the_disk_and_leaves_the_page_cache_as_it_was(pair: tuple[Path, Path], config: Path) -> None:
+    a, b = pair
+    small, large = (store(pair, d) for d in (os.urandom(100_000), os.urandom(3 * MIB + 123)))
+    paths = [layout_path(root, sha) for root in pair for sha in (small, large)]
+    for path in paths:  # out of the cache: written back first, then dropped
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        assert resident_bytes(path) == 0, f"{path}: the page cache cannot be dropped on this filesystem"
+    code, report, err = scrub(config)
+    assert code == 0, err
+    assert report["total"]["copies_verified"] == 4
+    assert report["total"]["bytes_read"] == 2 * (100_000 + 3 * MIB + 123)
+    # Read with O_DIRECT: hashed from the disk, and nothing the service keeps cached was pushed out for it.
+    assert [resident_bytes(path) for path in paths] == [0, 0, 0, 0]
+    flip_byte(layout_path(b, large))  # a change still in the page cache (not written back) is what the disk holds
+    code, report, err = scrub(config)
+    assert code == 1 and kinds(report) == [("corrupt", large)], err
+
+
 def test_rates_are_read_as_dd_reads_sizes() -> None:
     from stor.scrub import parse_rate
 

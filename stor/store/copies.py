@@ -38,7 +38,7 @@ from stor.store.durable import fsync_dir, make_dirs_durably, write_all, write_fi
 from stor.store.fileaccess import BLOCKING
 from stor.store.metadata import MAX_META_BYTES, meta_relative_path
 from stor.store.quarantine import quarantine
-from stor.store.verify import HASH_CHUNK, UNPACED, Pacer, hash_fd
+from stor.store.verify import HASH_CHUNK, UNPACED, Pacer, hash_fd, read_from_disk
 
 if TYPE_CHECKING:
     from stor.store.local import LocalStore
@@ -142,6 +142,7 @@ def _hash_copy(copy: Copy, path: str, digest: Digest, pacer: Pacer) -> int:
     if fd is None:
         return 0  # gone since it was seen: missing
     try:
+        read_from_disk(fd)
         copy.size = size = os.fstat(fd).st_size
         actual, read = hash_fd(fd, size, pacer)
         if actual != digest.hex:

@@ -7,7 +7,9 @@ repair, which hash every copy (stor.store.copies).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import mmap
 import os
 import random
 import threading
@@ -84,16 +86,55 @@ def hash_fd(fd: int, length: int, pacer: Pacer = UNPACED, uncached: bool = False
     uncached: the file's pages are dropped from the page cache first, so
     that the bytes come from the disk again (a re-read after a mismatch
     must not hash the same cached, possibly bad, pages).
+
+    fd may be set to read from the disk (read_from_disk): reads are then of
+    whole blocks into an aligned buffer, as O_DIRECT wants, and the bytes
+    past `length` are not hashed.
     """
     if uncached:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     hasher = hashlib.sha256()
+    buffer = _buffer()
     done = 0
     while done < length:
-        chunk = os.pread(fd, min(HASH_CHUNK, length - done), done)
-        if not chunk:
+        wanted = min(HASH_CHUNK, length - done)
+        n = os.preadv(fd, [buffer[: -(-wanted // DISK_BLOCK) * DISK_BLOCK]], done)
+        if not n:
             break
-        hasher.update(chunk)
-        done += len(chunk)
-        pacer.took(len(chunk))
+        used = min(n, wanted)
+        hasher.update(buffer[:used])
+        done += used
+        pacer.took(used)
+        if n < wanted:
+            break  # the end of the file: a read from the disk may not go on from an offset inside a block
     return hasher.hexdigest(), done
+
+
+def read_from_disk(fd: int) -> bool:
+    """fd's reads from now on come from the disk, not the page cache, and leave the cache as it was (O_DIRECT).
+
+    What a scrub wants: the bytes on the disk checked (not a cached copy of
+    them), and the service's cached hot blobs not evicted by a pass over the
+    whole storage. False, and fd unchanged, on a filesystem that cannot.
+    """
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
+    except OSError:
+        return False
+    return True
+
+
+# A read from the disk (O_DIRECT) is of whole blocks, into memory aligned to them: 4 KiB covers the
+# disks' logical blocks (512 B or 4 KiB), and the buffer is page-aligned (mmap).
+DISK_BLOCK = 4096
+
+_buffers = threading.local()
+
+
+def _buffer() -> memoryview:
+    """This thread's read buffer: one allocation per thread, not one (of up to HASH_CHUNK) per read."""
+    try:
+        return _buffers.view
+    except AttributeError:
+        _buffers.view = memoryview(mmap.mmap(-1, HASH_CHUNK))
+        return _buffers.view
