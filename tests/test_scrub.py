@@ -564,7 +564,7 @@ def resident_bytes(path: Path) -> int:
 
 
 def test_the_scrub_reads_the_disk_and_leaves_the_page_cache_as_it_was(pair: tuple[Path, Path], config: Path) -> None:
-    a, b = pair
+    _, b = pair
     small, large = (store(pair, d) for d in (os.urandom(100_000), os.urandom(3 * MIB + 123)))
     paths = [layout_path(root, sha) for root in pair for sha in (small, large)]
     for path in paths:  # out of the cache: written back first, then dropped

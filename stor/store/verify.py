@@ -87,9 +87,9 @@ def hash_fd(fd: int, length: int, pacer: Pacer = UNPACED, uncached: bool = False
     that the bytes come from the disk again (a re-read after a mismatch
     must not hash the same cached, possibly bad, pages).
 
-    fd may be set to read from the disk (read_from_disk): reads are then of
-    whole blocks into an aligned buffer, as O_DIRECT wants, and the bytes
-    past `length` are not hashed.
+    Reads are of whole blocks into an aligned buffer, as a descriptor set
+    to read from the disk (read_from_disk) wants; bytes past `length` are
+    not hashed.
     """
     if uncached:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -105,8 +105,8 @@ def hash_fd(fd: int, length: int, pacer: Pacer = UNPACED, uncached: bool = False
         hasher.update(buffer[:used])
         done += used
         pacer.took(used)
-        if n < wanted:
-            break  # the end of the file: a read from the disk may not go on from an offset inside a block
+        if n % DISK_BLOCK:
+            break  # ended inside a block: the end of the file (and a read from the disk may not start there)
     return hasher.hexdigest(), done
 
 
