@@ -9,16 +9,8 @@ import resource
 import sys
 from pathlib import Path
 
-from stor import __version__, metricsdir
-from stor.config import (
-    CONFIG_ENV,
-    CREDENTIALS_ENV,
-    NO_FAST_PATH_ENV,
-    ConfigError,
-    load_settings,
-    with_fast_path,
-)
-from stor.http.auth import generate_credentials
+from stor import __version__
+from stor.client import cli as client  # light: the client imports nothing of the server
 
 log = logging.getLogger("stor")
 
@@ -26,6 +18,13 @@ PROMETHEUS_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in client.COMMANDS:
+        # Straight to the client, without the server's modules: `stor exists` in a shell loop
+        # should cost what httpx costs to start, not what the service does.
+        return client.run(argv)
+    from stor.config import CONFIG_ENV
+
     parser = argparse.ArgumentParser(prog="stor", description="Store and serve files by their SHA-256.")
     parser.add_argument("--version", action="version", version=f"stor {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -93,7 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     scrubbing.add_arguments(repair, repair=True)
 
+    client.add_commands(commands)
+
     args = parser.parse_args(argv)
+    if args.command in client.COMMANDS:
+        return client.main(args)
     if args.command == "s3-backfill":
         return s3_backfill.main(args)
     if args.command in ("scrub", "repair"):
@@ -102,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from stor import metricsdir
+    from stor.config import CONFIG_ENV, CREDENTIALS_ENV, NO_FAST_PATH_ENV, ConfigError, load_settings, with_fast_path
+    from stor.http.auth import generate_credentials
+
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = args.config or os.environ.get(CONFIG_ENV)
     if config:

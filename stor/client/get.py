@@ -1,0 +1,297 @@
+"""`stor get` and `stor cat`: downloads verified against their sha, resumed where they stopped.
+
+A download goes to `<target>.part` and is renamed to its target only once
+its bytes hash to the sha asked for: a target is always whole and right. A
+`.part` left by an interrupted run (or a dropped connection, retried) is
+hashed and continued with `Range: bytes=N-` and `If-Range: "<sha>"`, so a
+server that would send something else sends it all (200) and the part is
+started over. Bytes that hash to anything else delete the part and fail the
+item: they are never retried into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from collections.abc import Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+import httpx
+
+from stor.client.connection import Connection, Failed, Retryable, Stopped, check_response, transport_reason
+from stor.client.exists import is_sha256
+from stor.client.report import Reporter, Transfer, size_text
+
+READ = 1 << 20
+PART_SUFFIX = ".part"
+
+
+class Sink(Protocol):
+    """Where a download's bytes go: a .part file (can start over) or stdout (cannot)."""
+
+    offset: int
+
+    def write(self, data: bytes) -> None: ...
+    def start_over(self) -> bool: ...
+
+
+class FileSink:
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.offset = f.seek(0, os.SEEK_END)
+
+    def write(self, data: bytes) -> None:
+        self.f.write(data)
+        self.offset += len(data)
+
+    def start_over(self) -> bool:
+        self.f.seek(0)
+        self.f.truncate()
+        self.offset = 0
+        return True
+
+
+class StreamSink:
+    def __init__(self, out: BinaryIO) -> None:
+        self.out, self.offset = out, 0
+
+    def write(self, data: bytes) -> None:
+        self.out.write(data)
+        self.offset += len(data)
+
+    def start_over(self) -> bool:
+        return False  # what went to stdout is gone: a 200 after a cut is read past what was sent
+
+
+@dataclass
+class Download:
+    """One sha's transfer: the hash of what the sink holds so far, carried across attempts."""
+
+    conn: Connection
+    sha: str
+    sink: Sink
+    bar: Transfer
+    digest: Any = None
+    size: int | None = None
+
+    def run(self) -> None:
+        """Fill the sink with the blob (retrying, resuming), then check the whole hashes to the sha."""
+        if self.digest is None:
+            self.digest = hashlib.sha256()
+        self.conn.attempt(f"GET {self.sha}", self._attempt)
+        actual = self.digest.hexdigest()
+        if actual != self.sha:
+            raise Mismatch(f"sha mismatch: the {self.sink.offset} bytes received hash to {actual}")
+
+    def _attempt(self) -> None:
+        headers = {}
+        if self.sink.offset:
+            headers = {"Range": f"bytes={self.sink.offset}-", "If-Range": f'"{self.sha}"'}
+        skip = 0
+        try:
+            with self.conn.http.stream("GET", self.conn.url(f"/{self.sha}"), headers=headers) as response:
+                status = response.status_code
+                if status == 416 and self.sink.offset:
+                    total = _range_total(response.headers.get("content-range"))
+                    if total == self.sink.offset:
+                        return  # the part is the whole blob already: its hash decides
+                    self._start_over()
+                    raise Retryable(f"416: the partial download ({self.sink.offset} bytes) is not of this blob")
+                if status == 404:
+                    raise Failed("not found")
+                check_response(response)
+                if status == 200 and self.sink.offset:
+                    if not self.sink.start_over():
+                        skip = self.sink.offset  # already sent on: read past it
+                    else:
+                        self.digest = hashlib.sha256()
+                    self.bar.restart()
+                elif status == 206:
+                    start = _range_start(response.headers.get("content-range"))
+                    if start != self.sink.offset:
+                        raise Failed(f"the server resumed at byte {start}, not {self.sink.offset}")
+                length = response.headers.get("content-length")
+                if length is not None and length.isdigit():
+                    self.size = int(length) + (self.sink.offset if status == 206 else 0)
+                    self.bar.resize(self.size)
+                for chunk in response.iter_raw(READ):
+                    if self.conn.stopping.is_set():
+                        raise Stopped()
+                    if skip:
+                        dropped = min(skip, len(chunk))
+                        chunk, skip = chunk[dropped:], skip - dropped
+                        if not chunk:
+                            continue
+                    self.sink.write(chunk)
+                    self.digest.update(chunk)
+                    self.bar.advance(len(chunk))
+        except httpx.TransportError as e:
+            raise Retryable(transport_reason(e), connection=True) from None
+
+    def _start_over(self) -> None:
+        if self.sink.start_over():
+            self.digest = hashlib.sha256()
+            self.bar.restart()
+
+
+class Mismatch(Failed):
+    """The bytes do not hash to the sha: never retried, never kept."""
+
+
+def _range_total(value: str | None) -> int | None:
+    if value and "/" in value:
+        total = value.rsplit("/", 1)[1]
+        return int(total) if total.isdigit() else None
+    return None
+
+
+def _range_start(value: str | None) -> int | None:
+    try:
+        return int(value.split()[1].split("-")[0]) if value else None
+    except (IndexError, ValueError):
+        return None
+
+
+def fetch_to(conn: Connection, sha: str, target: Path, bar: Transfer, sync: bool) -> tuple[str, int]:
+    """Download sha into target, verified: ("fetched", size), or ("present", size) when target already
+    holds exactly the blob. The .part beside it is continued, and removed on a mismatch."""
+    if target.is_file() and _file_sha(target) == sha:
+        return "present", target.stat().st_size
+    part = target.with_name(target.name + PART_SUFFIX)
+    with open(part, "ab+") as f:
+        sink = FileSink(f)
+        download = Download(conn, sha, sink, bar)
+        if sink.offset:
+            download.digest = _hash_of(f, sink.offset)
+            bar.advance(sink.offset)
+        try:
+            download.run()
+        except Mismatch:
+            part.unlink(missing_ok=True)
+            raise
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(part, target)
+    return "fetched", sink.offset
+
+
+def _hash_of(f: BinaryIO, length: int) -> Any:
+    f.seek(0)
+    digest = hashlib.sha256()
+    while length > 0 and (chunk := f.read(min(READ, length))):
+        digest.update(chunk)
+        length -= len(chunk)
+    f.seek(0, os.SEEK_END)
+    return digest
+
+
+def _file_sha(path: Path) -> str:
+    with open(path, "rb") as f:
+        return _hash_of(f, path.stat().st_size).hexdigest()
+
+
+class Get:
+    """Each sha to output/<sha> (output a directory, default .) or, for a single sha, to output as a file."""
+
+    def __init__(self, conn: Connection, report: Reporter, output: str | None, parallel: int, sync: bool) -> None:
+        self.conn, self.report, self.output, self.parallel, self.sync = conn, report, output, parallel, sync
+        self.counts = {"blobs": 0, "fetched": 0, "present": 0, "failed": 0}
+        self.wanted = 0
+        self.bytes_received = 0
+        self.interrupted = False
+        self.started = time.monotonic()
+
+    def run(self, shas: Iterable[str]) -> None:
+        wanted = list(dict.fromkeys(shas))  # once each, in order
+        self.wanted = len(wanted)
+        into_file = self.output is not None and len(wanted) == 1 and not Path(self.output).is_dir()
+        if not into_file:
+            Path(self.output or ".").mkdir(parents=True, exist_ok=True)
+        pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="get")
+        running: dict[Future[tuple[str, int]], tuple[str, Path]] = {}
+        try:
+            for text in wanted:
+                sha = text.lower()
+                if not is_sha256(text):
+                    self._finish(text, None, "failed", 0, "not a sha256 (64 hex digits)")
+                    continue
+                target = Path(self.output) if into_file else Path(self.output or ".") / sha  # type: ignore[arg-type]
+                self.report.found(1, 0)
+                running[pool.submit(self._job, sha, target)] = (sha, target)
+                while len(running) >= 2 * self.parallel:
+                    self._collect(running, wait(running, return_when=FIRST_COMPLETED)[0])
+            while running:
+                self._collect(running, wait(running, return_when=FIRST_COMPLETED)[0])
+        except KeyboardInterrupt:
+            self.interrupted = True
+            self.conn.stopping.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            self._collect(running, {f for f in running if f.done() and not f.cancelled()})
+        finally:
+            self.conn.stopping.set()  # on any way out (the server unreachable, say), what is in flight stops
+            pool.shutdown(wait=True)
+
+    def _job(self, sha: str, target: Path) -> tuple[str, int]:
+        bar = self.report.transfer(sha[:16] + "…", None)
+        try:
+            return fetch_to(self.conn, sha, target, bar, self.sync)
+        finally:
+            bar.done()
+
+    def _collect(self, running: dict[Future[tuple[str, int]], tuple[str, Path]], done: set[Any]) -> None:
+        for future in done:
+            sha, target = running.pop(future)
+            try:
+                status, size = future.result()
+            except Stopped:
+                continue
+            except Failed as e:
+                self._finish(sha, target, "failed", 0, str(e))
+            except OSError as e:
+                self._finish(sha, target, "failed", 0, f"cannot write {e.filename or target}: {e.strerror or e}")
+            else:
+                self._finish(sha, target, status, size)
+
+    def _finish(self, sha: str, target: Path | None, status: str, size: int, reason: str = "") -> None:
+        self.counts["blobs"] += 1
+        self.counts[status] += 1
+        record: dict[str, Any] = {"sha256": sha, "path": str(target) if target else None, "size": size,
+                                  "status": status}
+        text = f"{sha}  {target or '-'}  {status}"
+        if reason:
+            record["reason"] = reason
+            text += f": {reason}"
+        if status == "fetched":
+            self.bytes_received += size
+        self.report.item(record, text)
+        self.report.finished(1, size)
+
+    def summary(self) -> tuple[dict[str, Any], str]:
+        seconds = time.monotonic() - self.started
+        c = self.counts
+        not_done = self.wanted - c["blobs"]
+        record = {**c, "bytes_received": self.bytes_received, "seconds": round(seconds, 3),
+                  "interrupted": self.interrupted, "not_done": not_done}
+        text = (f"{c['blobs']} blobs: {c['fetched']} fetched ({size_text(self.bytes_received)}), "
+                f"{c['present']} already here, {c['failed']} failed in {seconds:.1f} s")
+        if self.interrupted:
+            text = f"interrupted: {text}; {not_done} not done (run the same command again to finish)"
+        return record, text
+
+
+def run_cat(conn: Connection, sha: str, out: BinaryIO | None = None) -> None:
+    """The blob to stdout as it comes; a cut connection is resumed at the byte it stopped at. Raises
+    Mismatch (after the bytes were written: a stream cannot be taken back) or Failed."""
+    if not is_sha256(sha):
+        raise Failed(f"{sha[:100]!r} is not a sha256 (64 hex digits)")
+    stream = out if out is not None else sys.stdout.buffer
+    from stor.client.report import NO_TRANSFER
+
+    Download(conn, sha.lower(), StreamSink(stream), NO_TRANSFER).run()
+    stream.flush()
