@@ -130,7 +130,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, conn: Any, parallel: int, signalled: list[int]) -> int:
-    from stor.client.connection import Failed, Unreachable
+    from stor.client.connection import Failed, Unreachable, UsageError
     from stor.client.report import reporter
 
     def stopped() -> int:
@@ -169,16 +169,18 @@ def _run(args: argparse.Namespace, conn: Any, parallel: int, signalled: list[int
         report = reporter(args.json, "get", "blobs")
         job = Get(conn, report, args.output, parallel, args.sync)
         run = lambda: job.run(read_shas(args.shas, sys.stdin))  # noqa: E731
-    unreachable: Unreachable | None = None
+    stopped_by: Exception | None = None
     try:
         run()
-    except Unreachable as e:
-        unreachable = e
+    except (Unreachable, UsageError) as e:
+        stopped_by = e  # said after the summary of what was done
     finally:
         record, text = job.summary()
+        if stopped_by is not None:
+            record["error"] = str(stopped_by)
         report.summary(record, text)
-    if unreachable is not None:
-        raise unreachable
+    if stopped_by is not None:
+        raise stopped_by
     if job.interrupted:
         return stopped()
     return EXIT_FAILED if job.counts["failed"] else EXIT_OK

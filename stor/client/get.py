@@ -119,7 +119,7 @@ class Download:
                 if length is not None and length.isdigit():
                     self.size = int(length) + (self.sink.offset if status == 206 else 0)
                     self.bar.resize(self.size)
-                for chunk in response.iter_raw(READ):
+                for chunk in response.iter_raw():  # as received: a cut loses nothing already here
                     if self.conn.stopping.is_set():
                         raise Stopped()
                     if skip:
@@ -210,7 +210,8 @@ class Get:
     def run(self, shas: Iterable[str]) -> None:
         wanted = list(dict.fromkeys(shas))  # once each, in order
         self.wanted = len(wanted)
-        into_file = self.output is not None and len(wanted) == 1 and not Path(self.output).is_dir()
+        into_file = (self.output is not None and len(wanted) == 1 and not self.output.endswith("/")
+                     and not Path(self.output).is_dir())
         if not into_file:
             Path(self.output or ".").mkdir(parents=True, exist_ok=True)
         pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="get")
@@ -238,7 +239,7 @@ class Get:
             pool.shutdown(wait=True)
 
     def _job(self, sha: str, target: Path) -> tuple[str, int]:
-        bar = self.report.transfer(sha[:16] + "…", None)
+        bar = self.report.transfer("get", sha, None)
         try:
             return fetch_to(self.conn, sha, target, bar, self.sync)
         finally:

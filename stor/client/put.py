@@ -35,7 +35,17 @@ from typing import Any
 
 import httpx
 
-from stor.client.connection import Connection, Failed, Retryable, Stopped, check_response, first_line, transport_reason
+from stor.client.connection import (
+    USER_ENV,
+    Connection,
+    Failed,
+    Retryable,
+    Stopped,
+    UsageError,
+    check_response,
+    first_line,
+    transport_reason,
+)
 from stor.client.exists import find_present
 from stor.client.report import NO_TRANSFER, Reporter, Transfer, size_text
 
@@ -295,7 +305,7 @@ class Put:
 
     def _hash(self, item: Item) -> tuple[str, int]:
         """The file's sha and size, from one pass over its bytes as they are read."""
-        bar = self.report.transfer(f"hash {item.path}", item.size) if item.size > BAR_ABOVE else NO_TRANSFER
+        bar = self.report.transfer("hash", item.path, item.size) if item.size > BAR_ABOVE else NO_TRANSFER
         try:
             digest = hashlib.sha256()
             size = 0
@@ -315,7 +325,7 @@ class Put:
             bar.done()
 
     def _upload(self, item: Item) -> str:
-        bar = self.report.transfer(f"send {item.path}", item.size) if item.size > BAR_ABOVE else NO_TRANSFER
+        bar = self.report.transfer("send", item.path, item.size) if item.size > BAR_ABOVE else NO_TRANSFER
         try:
             return self.conn.attempt(f"POST {item.sha}", lambda: self._post(item, bar))
         finally:
@@ -377,6 +387,8 @@ def upload_outcome(status: int, text: str, headers: Any) -> str:
         return "stored"
     if status == 200:
         return "present"
+    if status in (401, 403):  # every other upload would be refused alike: the run stops (exit 2)
+        raise UsageError(f"{status} {first_line(text)}: check --user, ${USER_ENV}, ~/.netrc")
     check_response(_Answer(status, headers), text)
     raise Failed(f"{status} {first_line(text)}")  # a 1xx/3xx: not what a stor server answers
 

@@ -41,7 +41,7 @@ class Transfer(Protocol):
 
 class Reporter(Protocol):
     def item(self, record: dict[str, Any], text: str) -> None: ...
-    def transfer(self, name: str, total: int | None) -> Transfer: ...
+    def transfer(self, verb: str, name: str, total: int | None) -> Transfer: ...
     def found(self, items: int, nbytes: int) -> None: ...
     def finished(self, items: int, nbytes: int) -> None: ...
     def summary(self, record: dict[str, Any], text: str) -> None: ...
@@ -83,7 +83,7 @@ class JsonReporter:
     def item(self, record: dict[str, Any], text: str) -> None:
         self._write(record)
 
-    def transfer(self, name: str, total: int | None) -> Transfer:
+    def transfer(self, verb: str, name: str, total: int | None) -> Transfer:
         return NO_TRANSFER
 
     def found(self, items: int, nbytes: int) -> None:
@@ -150,10 +150,13 @@ class TerminalReporter:
         style = "red" if record.get("status") == "failed" else None
         self.progress.console.print(text, markup=False, style=style, soft_wrap=True)
 
-    def transfer(self, name: str, total: int | None) -> Transfer:
-        if len(name) > NAME_WIDTH:
-            name = "…" + name[-(NAME_WIDTH - 1):]
-        return _BarTransfer(self.progress, self.progress.add_task(name.ljust(NAME_WIDTH), total=total))
+    def transfer(self, verb: str, name: str, total: int | None) -> Transfer:
+        """A bar "<verb> <name>", the name cut at its start (a path's end is what tells files apart)."""
+        width = NAME_WIDTH - len(verb) - 1
+        if len(name) > width:
+            name = "…" + name[-(width - 1):]
+        description = f"{verb} {name}".ljust(NAME_WIDTH)
+        return _BarTransfer(self.progress, self.progress.add_task(description, total=total))
 
     def found(self, items: int, nbytes: int) -> None:
         task = self.progress.tasks[self._index()]
