@@ -413,3 +413,23 @@ def test_on_a_terminal_bars_and_whole_lines(server: Any, home: Path, tmp_path: P
     code, output = run_on_a_terminal([*STOR, "exists", "--json", "--url", server.url, sha256(small.read_bytes())])
     assert code == 0 and "━" not in output
     assert json.loads(output.splitlines()[0]) == {"sha256": sha256(small.read_bytes()), "status": "present"}
+
+
+@FAST_ONLY
+def test_put_stops_when_the_server_fails_upload_after_upload(
+    start_server: Any, tmpfs: Any, home: Path, tmp_path: Path
+) -> None:
+    """A full disk answers 507 to every upload: after a few in a row, each through its retries, the
+    run stops (exit 2) instead of spending the retries of every remaining file."""
+    a, b = tmpfs("s1", "1m"), tmpfs("s2", "1m")
+    server = start_server(pair_config((a, b)))
+    env = client_env(server.url, home, STOR_USER=USER, STOR_PASSWORD=PASSWORD)
+    folder = tmp_path / "files"
+    folder.mkdir()
+    for i in range(30):
+        (folder / f"{i:02d}").write_bytes(os.urandom(300_000))
+    code, lines, err = run(["put", "-j", "1", "--retries", "1", str(folder)], env)
+    assert code == 2 and "failed 4 uploads in a row" in err and "507" in err, err
+    s = summary(lines)
+    assert s["stored"] >= 1 and s["failed"] == 4 and s["not_done"] > 0
+    assert {i["reason"].split()[0] for i in items(lines) if i["status"] == "failed"} == {"507"}

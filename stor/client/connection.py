@@ -36,7 +36,12 @@ class Unreachable(Exception):
 
 
 class Failed(Exception):
-    """One item failed for good; the message is the reason printed for it."""
+    """One item failed for good; the message is the reason printed for it. server_fault: the server
+    kept answering 5xx (or 408/429) through every retry."""
+
+    def __init__(self, reason: str, server_fault: bool = False) -> None:
+        super().__init__(reason)
+        self.server_fault = server_fault
 
 
 class Retryable(Exception):
@@ -146,7 +151,7 @@ class Connection:
                 if failures >= self.retry.attempts:
                     if e.connection:
                         raise Unreachable(f"{what}: {e} (after {failures} attempts)") from None
-                    raise Failed(f"{e} (after {failures} attempts)") from None
+                    raise Failed(f"{e} (after {failures} attempts)", server_fault=True) from None
                 wait = self.retry.delay(failures)
                 if e.retry_after is not None:
                     wait = max(wait, min(e.retry_after, self.retry.max_delay))

@@ -41,6 +41,7 @@ from stor.client.connection import (
     Failed,
     Retryable,
     Stopped,
+    Unreachable,
     UsageError,
     check_response,
     first_line,
@@ -54,6 +55,7 @@ EXPECT_ABOVE = 1 << 20  # bodies above this ask first (curl's threshold; the ser
 BAR_ABOVE = 4 << 20  # a file this large gets a bar of its own while it is hashed and sent
 BATCH = 1000
 BATCH_WAIT = 0.02  # seconds a batch may gather while uploaders are idle
+FAULTS_IN_A_ROW = 4  # (at least; -j N: N) uploads failing with 5xx through their retries stop the run
 GROUP_FILES, GROUP_BYTES = 64, 4 << 20  # small files are hashed this many to a job (fewer wake-ups)
 REMEMBER = 65536  # shas done in this run kept to answer duplicates without asking (bounded)
 
@@ -135,6 +137,7 @@ class Put:
         self.conn, self.report, self.parallel, self.send_filename = conn, report, parallel, filename
         self.counts = {"files": 0, "stored": 0, "present": 0, "failed": 0}
         self.bytes_stored = 0
+        self.server_faults = 0  # uploads in a row that failed with a 5xx through every retry
         self.inflight: dict[str, Item] = {}  # sha -> its first item, from its hash to its end
         self.done_shas: OrderedDict[str, str] = OrderedDict()  # sha -> "stored"/"present", most recent last
         self.started = time.monotonic()
@@ -272,9 +275,17 @@ class Put:
             item.status = future.result()
         except Failed as e:
             item.status, item.reason = "failed", str(e)
+            self.server_faults = self.server_faults + 1 if e.server_fault else 0
+        else:
+            self.server_faults = 0
         if item.status == "stored":
             self.bytes_stored += item.size
         self._finish(item)
+        if self.server_faults >= max(FAULTS_IN_A_ROW, self.parallel):
+            # Not one blob's trouble but the server's (no room, a failing disk): every other upload
+            # would spend its retries on it too. Stop, say why; a rerun continues.
+            raise Unreachable(f"the server failed {self.server_faults} uploads in a row, through every "
+                              f"retry; the last: {item.reason}")
 
     def _finish(self, item: Item) -> None:
         self.counts[item.status] += 1
