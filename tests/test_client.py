@@ -174,8 +174,9 @@ def test_an_interrupted_put_rerun_uploads_only_the_rest(
         if len(first) == 20:
             proc.send_signal(signal.SIGINT)  # Ctrl-C
             break
-    first += [json.loads(line) for line in proc.stdout]
-    assert proc.wait(timeout=30) == 130
+    rest, _ = proc.communicate(timeout=60)  # it ends by itself, soon: a hang fails here
+    first += [json.loads(line) for line in rest.splitlines()]
+    assert proc.returncode == 130
     s1 = summary(first)
     assert s1["interrupted"] and s1["not_done"] > 0
     assert s1["stored"] == sum(1 for i in items(first) if i["status"] == "stored") >= 20
@@ -273,6 +274,36 @@ def test_get_resumes_a_partial_file_and_verifies_before_the_rename(
     assert code == 0 and items(lines)[0]["status"] == "present", err
     code, lines, err = run(["get", "-o", str(tmp_path / "named.bin"), sha], client_env(server.url, home))
     assert code == 0 and (tmp_path / "named.bin").read_bytes() == data, err
+
+
+@FAST_ONLY
+def test_an_interrupted_get_keeps_its_part_and_a_rerun_finishes_it(
+    server: Any, client: httpx.Client, home: Path, tmp_path: Path
+) -> None:
+    data = os.urandom(8 << 20)
+    sha = sha256(data)
+    assert client.post(f"/{sha}", content=data, auth=AUTH).status_code == 201
+    out = tmp_path / "out"
+    part = out / f"{sha}.part"
+    proxy = FaultProxy(free_port_of(server), rate=4e6).start()  # two seconds for the whole blob
+    try:
+        proc = subprocess.Popen([*STOR, "get", "-o", f"{out}/", sha], stdout=subprocess.PIPE, text=True,
+                                env=client_env(proxy.url, home), cwd=STOR_DIR)
+        wait_for(lambda: part.exists() and part.stat().st_size >= 1 << 20, timeout=30, what="a MiB received")
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        proxy.close()
+    assert proc.returncode == 143
+    lines = [json.loads(line) for line in output.splitlines()]
+    s = summary(lines)
+    assert s["interrupted"] and s["not_done"] == 1 and s["fetched"] == 0
+    kept = part.stat().st_size
+    assert 1 << 20 <= kept < len(data) and part.read_bytes() == data[:kept] and not (out / sha).exists()
+
+    code, lines, err = run(["get", "-o", f"{out}/", sha], client_env(server.url, home))
+    assert code == 0, err
+    assert (out / sha).read_bytes() == data and not part.exists()
 
 
 @FAST_ONLY

@@ -93,10 +93,14 @@ def main(args: argparse.Namespace) -> int:
     from stor.client.connection import Connection, RetryPolicy, Unreachable, UsageError
 
     signalled: list[int] = []
+    connection: list[Any] = []
 
     def interrupt(signum: int, frame: Any) -> None:
         signalled.append(signum)
-        raise KeyboardInterrupt()
+        if args.command in ("put", "get") and connection:
+            connection[0].interrupt()  # the run stops itself, saying what was done
+        else:
+            raise KeyboardInterrupt()  # one request at a time, in this thread: it may just stop
 
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGINT, interrupt)
@@ -109,6 +113,7 @@ def main(args: argparse.Namespace) -> int:
         if parallel < 1 or args.retries < 0 or args.timeout <= 0:
             raise UsageError("-j must be at least 1, --retries at least 0, --timeout above 0")
         conn = Connection(args.url, args.user, parallel, RetryPolicy(attempts=args.retries + 1), args.timeout)
+        connection.append(conn)
     except UsageError as e:
         print(f"stor {args.command}: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -2,7 +2,8 @@
 
 One `Connection` per run: the URL and credentials resolved once (never
 printed: `redacted` is what messages show), an httpx pool sized for the run's
-parallelism, and the retry policy every request goes through.
+parallelism (made when first needed), the downloads' own sockets
+(stor/client/rawhttp.py), and the retry policy every request goes through.
 """
 
 from __future__ import annotations
@@ -12,13 +13,17 @@ import netrc
 import os
 import random
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
-from typing import TypeVar
-
-import httpx
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
 from stor import __version__
+
+if TYPE_CHECKING:
+    import httpx
 
 URL_ENV, USER_ENV, PASSWORD_ENV = "STOR_URL", "STOR_USER", "STOR_PASSWORD"
 DEFAULT_URL = "http://127.0.0.1:8080"  # where `stor serve` listens by default
@@ -57,6 +62,17 @@ class Stopped(Exception):
     """The run was interrupted (Ctrl-C): an item in flight gives up at once."""
 
 
+class Interrupted(Exception):
+    """Raised in the main thread, at a point of its own choosing, once a signal asked the run to stop.
+
+    Never raised from the signal handler itself: an exception thrown into the middle of
+    concurrent.futures.wait() can leave a future's lock held, and the worker that later
+    completes that future then waits for it forever."""
+
+
+POLL = 0.2  # how long the main thread waits before it looks whether it was interrupted
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Exponential backoff with full jitter (AWS's advice), so that many clients retrying after one
@@ -70,7 +86,47 @@ class RetryPolicy:
         return random.uniform(0, min(self.max_delay, self.first_delay * 2 ** (failures - 1)))
 
 
-def resolve_credentials(user: str | None, url: httpx.URL) -> tuple[str, str] | None:
+@dataclass(frozen=True)
+class ServerURL:
+    """The server's URL without credentials: what every request is made against, and what
+    messages show."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str  # a prefix for every request's path, without a trailing /; usually ""
+
+    @property
+    def netloc(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+    def target(self, path: str) -> str:
+        return self.path + path
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.netloc}{self.path}"
+
+
+def parse_url(text: str) -> tuple[ServerURL, str | None]:
+    """The URL and the credentials in it (`user:password@`), if any."""
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as e:
+        raise UsageError(f"bad server URL: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError("the server URL must be http://HOST[:PORT] or https://...")
+    userinfo = None
+    if parts.username is not None:
+        userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    url = ServerURL(parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80),
+                    parts.path.rstrip("/"))
+    return url, userinfo
+
+
+def resolve_credentials(user: str | None, url: ServerURL) -> tuple[str, str] | None:
     """--user NAME[:PASSWORD] (the password from STOR_PASSWORD when not given), else STOR_USER and
     STOR_PASSWORD, else the URL's host in ~/.netrc (or $NETRC), else none (reads are often anonymous)."""
     if user is None:
@@ -104,37 +160,66 @@ class Connection:
 
     def __init__(self, url: str | None, user: str | None, parallel: int, retry: RetryPolicy,
                  timeout: float = 60.0) -> None:
-        url = url or os.environ.get(URL_ENV) or DEFAULT_URL
-        try:
-            parsed = httpx.URL(url)
-        except httpx.InvalidURL as e:
-            raise UsageError(f"bad server URL: {e}") from None
-        if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise UsageError("the server URL must be http://HOST[:PORT] or https://...")
-        if parsed.username and user is None and not os.environ.get(USER_ENV):
-            user = f"{parsed.username}:{parsed.password}"
-        self.base = parsed.copy_with(username=None, password=None, query=None, fragment=None)
-        self.redacted = str(self.base).rstrip("/")  # what messages show: never a credential
-        self.credentials = resolve_credentials(user, parsed)
+        self.base, userinfo = parse_url(url or os.environ.get(URL_ENV) or DEFAULT_URL)
+        if userinfo is not None and user is None and not os.environ.get(USER_ENV):
+            user = userinfo
+        self.redacted = str(self.base)  # what messages show: never a credential
+        self.credentials = resolve_credentials(user, self.base)
         self.headers = {"User-Agent": USER_AGENT}
         if self.credentials is not None:
             self.headers["Authorization"] = basic_authorization(self.credentials)
         self.retry = retry
         self.timeout = timeout
-        self.stopping = threading.Event()
-        self.http = httpx.Client(
-            headers=self.headers,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            limits=httpx.Limits(max_connections=parallel + 2, max_keepalive_connections=parallel + 2),
-            trust_env=False,  # credentials are resolved above, once; no proxy surprises
-            verify=self.base.scheme == "https",  # no certificates to load for plain HTTP
-        )
+        self.stopping = threading.Event()  # set: what is in flight gives up (Ctrl-C, or the run ends)
+        self.interrupted = threading.Event()  # set by a signal: the main thread stops the run
+        from stor.client.rawhttp import Getter
 
-    def url(self, path: str) -> httpx.URL:
-        return self.base.join(path)
+        self.getter = Getter(self.base, self.headers, timeout)  # downloads: a socket per thread, spliced
+        self.parallel = parallel
+        self._http: httpx.Client | None = None
+        self._http_lock = threading.Lock()
+
+    @property
+    def http(self) -> httpx.Client:
+        """The pool for /exists and uploads, made on first use: `stor get` never pays httpx's import."""
+        with self._http_lock:
+            if self._http is None:
+                import httpx
+
+                self._http = httpx.Client(
+                    headers=self.headers,
+                    timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
+                    limits=httpx.Limits(max_connections=self.parallel + 2,
+                                        max_keepalive_connections=self.parallel + 2),
+                    trust_env=False,  # credentials are resolved above, once; no proxy surprises
+                    verify=self.base.scheme == "https",  # no certificates to load for plain HTTP
+                )
+            return self._http
+
+    def interrupt(self) -> None:
+        """From a signal handler: only sets flags, which the main thread and the workers look at."""
+        self.interrupted.set()
+        self.stopping.set()
+
+    def wait(self, futures: Iterable[Future[Any]], timeout: float | None = None) -> set[Future[Any]]:
+        """The futures done, once one is or timeout has passed; Interrupted once a signal came."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pending = list(futures)
+        while True:
+            if self.interrupted.is_set():
+                raise Interrupted()
+            left = POLL if deadline is None else min(POLL, deadline - time.monotonic())
+            done, _ = wait(pending, timeout=max(0.0, left), return_when=FIRST_COMPLETED)
+            if done or (deadline is not None and time.monotonic() >= deadline):
+                return done
+
+    def url(self, path: str) -> str:
+        return f"{self.base}{path}"
 
     def close(self) -> None:
-        self.http.close()
+        if self._http is not None:
+            self._http.close()
+        self.getter.close()
 
     def attempt(self, what: str, call: Callable[[], T]) -> T:
         """call() until it succeeds, raises something other than Retryable, or the attempts run out:
@@ -159,23 +244,27 @@ class Connection:
                     raise Stopped() from None
 
 
-def transport_reason(e: httpx.TransportError | OSError) -> str:
+def transport_reason(e: Exception) -> str:
     """A connection error in one line, without the URL (it may be long; the item names it)."""
     kind = type(e).__name__
     text = str(e) or kind
     return f"{text}" if kind in text else f"{kind}: {text}"
 
 
-def check_response(response: httpx.Response, body: str | None = None) -> None:
+def check_response(response: httpx.Response) -> None:
+    """check_status for an httpx answer, its body read for the reason."""
+    if response.status_code >= 400:
+        check_status(response.status_code, response.read().decode(errors="replace"),
+                     response.headers.get("retry-after"))
+
+
+def check_status(status: int, body: str, retry_after: str | None) -> None:
     """Raise Retryable for what another attempt may fix (5xx, 408, 429), Failed for other errors."""
-    status = response.status_code
     if status < 400:
         return
-    if body is None:
-        body = response.read().decode(errors="replace")
-    reason = f"{status} {first_line(body) or response.reason_phrase}"
+    reason = f"{status} {first_line(body)}".rstrip()
     if status >= 500 or status in (408, 429):
-        raise Retryable(reason, retry_after_seconds(response.headers.get("retry-after")))
+        raise Retryable(reason, retry_after_seconds(retry_after))
     raise Failed(reason)
 
 

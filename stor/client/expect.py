@@ -11,19 +11,19 @@ body). A final answer instead of 100 ends the request without a body byte.
 
 from __future__ import annotations
 
-import socket
-import ssl
 from collections.abc import Callable, Iterable
 
 import h11
-import httpx
+
+from stor.client.connection import ServerURL
+from stor.client.rawhttp import next_event, open_socket
 
 CONTINUE_WAIT = 1.0  # curl's default --expect100-timeout
-RECEIVE = 65536
 
 
 def post_expecting_continue(
-    url: httpx.URL,
+    url: ServerURL,
+    path: str,
     headers: dict[str, str],
     body: Callable[[], Iterable[bytes]],
     timeout: float,
@@ -31,23 +31,18 @@ def post_expecting_continue(
 ) -> tuple[int, str, dict[str, str]]:
     """POST body() (its chunks made only if the server wants them) with Content-Length already in
     headers; the final status, the first part of its body as text and its headers (lower-case names).
-    Raises OSError or h11.ProtocolError (as httpx.TransportError would be: a connection failed)."""
-    port = url.port or (443 if url.scheme == "https" else 80)
-    sock = socket.create_connection((url.host, port), timeout=min(timeout, 10.0))
+    Raises OSError (rawhttp.Closed among them) or h11.ProtocolError: the connection failed."""
+    sock = open_socket(url, timeout)
     try:
-        if url.scheme == "https":
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=url.host)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = h11.Connection(h11.CLIENT)
-        target = url.raw_path.decode("ascii")
-        head = [("Host", url.netloc.decode("ascii")), ("Expect", "100-continue"), *headers.items()]
-        sock.sendall(conn.send(h11.Request(method="POST", target=target, headers=head)))
+        head = [("Host", url.netloc), ("Expect", "100-continue"), *headers.items()]
+        sock.sendall(conn.send(h11.Request(method="POST", target=url.target(path), headers=head)))
 
         sock.settimeout(continue_wait)
         final: h11.Response | None = None
         try:
             while final is None:
-                event = _next_event(conn, sock)
+                event = next_event(conn, sock)
                 if isinstance(event, h11.InformationalResponse):
                     break  # 100 Continue: send the body
                 if isinstance(event, h11.Response):
@@ -65,12 +60,12 @@ def post_expecting_continue(
                 # may be waiting to be read; if it is not, this was a connection failure after all.
                 pass
             while final is None:
-                event = _next_event(conn, sock)
+                event = next_event(conn, sock)
                 if isinstance(event, h11.Response):
                     final = event
         text = b""
         while True:
-            event = _next_event(conn, sock)
+            event = next_event(conn, sock)
             if isinstance(event, h11.Data):
                 if len(text) < 4096:
                     text += event.data
@@ -80,18 +75,3 @@ def post_expecting_continue(
         return final.status_code, text.decode(errors="replace"), answer_headers
     finally:
         sock.close()
-
-
-def _next_event(conn: h11.Connection, sock: socket.socket) -> h11.Event:
-    """The server's next event; a connection closed before its answer ended is a ConnectionResetError."""
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            data = sock.recv(RECEIVE)
-            if not data:
-                raise ConnectionResetError("the server closed the connection before it answered")
-            conn.receive_data(data)
-            continue
-        if event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
-            raise ConnectionResetError("the server closed the connection before it answered")
-        return event  # type: ignore[return-value]

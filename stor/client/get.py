@@ -11,24 +11,36 @@ item: they are never retried into place.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-import httpx
+import h11
 
-from stor.client.connection import Connection, Failed, Retryable, Stopped, check_response, transport_reason
+from stor.client.connection import (
+    Connection,
+    Failed,
+    Interrupted,
+    Retryable,
+    Stopped,
+    check_status,
+    transport_reason,
+)
 from stor.client.exists import is_sha256
+from stor.client.rawhttp import Answer, FileError, write_all
 from stor.client.report import Reporter, Transfer, size_text
 
 READ = 1 << 20
 PART_SUFFIX = ".part"
+SPLICE_ABOVE = 1 << 20  # larger bodies are spliced into their file and hashed behind by a thread
 
 
 class Sink(Protocol):
@@ -36,22 +48,41 @@ class Sink(Protocol):
 
     offset: int
 
-    def write(self, data: bytes) -> None: ...
+    def receive(self, answer: Answer, download: Download, skip: int) -> None: ...
     def start_over(self) -> bool: ...
 
 
 class FileSink:
-    def __init__(self, f: BinaryIO) -> None:
-        self.f = f
-        self.offset = f.seek(0, os.SEEK_END)
+    """A .part file: a large body spliced in and hashed behind by another thread, a small one
+    written and hashed as it comes."""
 
-    def write(self, data: bytes) -> None:
-        self.f.write(data)
-        self.offset += len(data)
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.offset = os.lseek(fd, 0, os.SEEK_END)
+
+    def receive(self, answer: Answer, download: Download, skip: int) -> None:
+        if answer.length is None or answer.length <= SPLICE_ABOVE:
+            for piece in answer.pieces():
+                write_all(self.fd, piece)
+                self.offset += len(piece)
+                download.digest.update(piece)
+                download.bar.advance(len(piece))
+            return
+        behind = HashBehind(self.fd, download.digest, self.offset)
+
+        def progress(n: int) -> None:
+            self.offset += n
+            behind.advance(n)
+            download.bar.advance(n)
+
+        try:
+            answer.into_file(self.fd, download.conn.getter.pipe(), progress, download.conn.stopping)
+        finally:
+            behind.finish()  # what reached the file is hashed, however the transfer ended
 
     def start_over(self) -> bool:
-        self.f.seek(0)
-        self.f.truncate()
+        os.ftruncate(self.fd, 0)
+        os.lseek(self.fd, 0, os.SEEK_SET)
         self.offset = 0
         return True
 
@@ -60,12 +91,69 @@ class StreamSink:
     def __init__(self, out: BinaryIO) -> None:
         self.out, self.offset = out, 0
 
-    def write(self, data: bytes) -> None:
-        self.out.write(data)
-        self.offset += len(data)
+    def receive(self, answer: Answer, download: Download, skip: int) -> None:
+        for piece in answer.pieces():
+            if download.conn.stopping.is_set():
+                raise Stopped()
+            if skip:  # sent on already, by an attempt that was cut: read past it
+                dropped = min(skip, len(piece))
+                piece, skip = piece[dropped:], skip - dropped
+                if not piece:
+                    continue
+            self.out.write(piece)
+            self.offset += len(piece)
+            download.digest.update(piece)
+            download.bar.advance(len(piece))
 
     def start_over(self) -> bool:
         return False  # what went to stdout is gone: a 200 after a cut is read past what was sent
+
+
+class HashBehind:
+    """Hashes a file's bytes from `start` on as they are written, in a thread of its own, reading
+    them back from the page cache: the hash runs beside the transfer instead of after each piece."""
+
+    def __init__(self, fd: int, digest: Any, start: int) -> None:
+        self.fd, self.digest, self.hashed, self.written = fd, digest, start, start
+        self.ended = False
+        self.error: OSError | None = None
+        self.wake = threading.Condition()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="hash-behind")
+        self.thread.start()
+
+    def advance(self, n: int) -> None:
+        with self.wake:
+            self.written += n
+            self.wake.notify()
+
+    def finish(self) -> None:
+        with self.wake:
+            self.ended = True
+            self.wake.notify()
+        self.thread.join()
+        if self.error is not None:
+            raise FileError(self.error)
+
+    def _run(self) -> None:
+        buffer = bytearray(READ)
+        view = memoryview(buffer)
+        while True:
+            with self.wake:
+                while self.written - self.hashed < READ and not self.ended:
+                    self.wake.wait()
+                upto = self.written
+                if self.hashed >= upto and self.ended:
+                    return
+            try:
+                while self.hashed < upto:
+                    n = os.preadv(self.fd, [view[:min(READ, upto - self.hashed)]], self.hashed)
+                    if n == 0:
+                        raise OSError(errno.EIO, "the file is shorter than what was written to it")
+                    self.digest.update(view[:n])
+                    self.hashed += n
+            except OSError as e:
+                self.error = e
+                return
 
 
 @dataclass
@@ -94,43 +182,36 @@ class Download:
             headers = {"Range": f"bytes={self.sink.offset}-", "If-Range": f'"{self.sha}"'}
         skip = 0
         try:
-            with self.conn.http.stream("GET", self.conn.url(f"/{self.sha}"), headers=headers) as response:
-                status = response.status_code
+            with self.conn.getter.get(f"/{self.sha}", headers) as answer:
+                status = answer.status
                 if status == 416 and self.sink.offset:
-                    total = _range_total(response.headers.get("content-range"))
+                    total = _range_total(answer.headers.get("content-range"))
                     if total == self.sink.offset:
                         return  # the part is the whole blob already: its hash decides
                     self._start_over()
                     raise Retryable(f"416: the partial download ({self.sink.offset} bytes) is not of this blob")
                 if status == 404:
                     raise Failed("not found")
-                check_response(response)
+                if status not in (200, 206):
+                    check_status(status, answer.text(), answer.headers.get("retry-after"))
+                    raise Failed(f"{status}: not what a stor server answers to a GET")
                 if status == 200 and self.sink.offset:
                     if not self.sink.start_over():
-                        skip = self.sink.offset  # already sent on: read past it
+                        skip = self.sink.offset
                     else:
                         self.digest = hashlib.sha256()
                     self.bar.restart()
                 elif status == 206:
-                    start = _range_start(response.headers.get("content-range"))
+                    start = _range_start(answer.headers.get("content-range"))
                     if start != self.sink.offset:
                         raise Failed(f"the server resumed at byte {start}, not {self.sink.offset}")
-                length = response.headers.get("content-length")
-                if length is not None and length.isdigit():
-                    self.size = int(length) + (self.sink.offset if status == 206 else 0)
+                if answer.length is not None:
+                    self.size = answer.length + (self.sink.offset if status == 206 else 0)
                     self.bar.resize(self.size)
-                for chunk in response.iter_raw():  # as received: a cut loses nothing already here
-                    if self.conn.stopping.is_set():
-                        raise Stopped()
-                    if skip:
-                        dropped = min(skip, len(chunk))
-                        chunk, skip = chunk[dropped:], skip - dropped
-                        if not chunk:
-                            continue
-                    self.sink.write(chunk)
-                    self.digest.update(chunk)
-                    self.bar.advance(len(chunk))
-        except httpx.TransportError as e:
+                self.sink.receive(answer, self, skip)
+        except FileError as e:
+            raise Failed(f"cannot write: {e}") from None
+        except (OSError, h11.ProtocolError) as e:
             raise Retryable(transport_reason(e), connection=True) from None
 
     def _start_over(self) -> None:
@@ -163,11 +244,12 @@ def fetch_to(conn: Connection, sha: str, target: Path, bar: Transfer, sync: bool
     if target.is_file() and _file_sha(target) == sha:
         return "present", target.stat().st_size
     part = target.with_name(target.name + PART_SUFFIX)
-    with open(part, "ab+") as f:
-        sink = FileSink(f)
+    fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)  # no O_APPEND: splice refuses it
+    try:
+        sink = FileSink(fd)
         download = Download(conn, sha, sink, bar)
         if sink.offset:
-            download.digest = _hash_of(f, sink.offset)
+            download.digest = _hash_of(fd, sink.offset)
             bar.advance(sink.offset)
         try:
             download.run()
@@ -175,25 +257,28 @@ def fetch_to(conn: Connection, sha: str, target: Path, bar: Transfer, sync: bool
             part.unlink(missing_ok=True)
             raise
         if sync:
-            f.flush()
-            os.fsync(f.fileno())
+            os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(part, target)
     return "fetched", sink.offset
 
 
-def _hash_of(f: BinaryIO, length: int) -> Any:
-    f.seek(0)
+def _hash_of(fd: int, length: int) -> Any:
     digest = hashlib.sha256()
-    while length > 0 and (chunk := f.read(min(READ, length))):
+    offset = 0
+    while offset < length and (chunk := os.pread(fd, min(READ, length - offset), offset)):
         digest.update(chunk)
-        length -= len(chunk)
-    f.seek(0, os.SEEK_END)
+        offset += len(chunk)
     return digest
 
 
 def _file_sha(path: Path) -> str:
-    with open(path, "rb") as f:
-        return _hash_of(f, path.stat().st_size).hexdigest()
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return _hash_of(fd, os.fstat(fd).st_size).hexdigest()
+    finally:
+        os.close(fd)
 
 
 class Get:
@@ -204,7 +289,6 @@ class Get:
         self.counts = {"blobs": 0, "fetched": 0, "present": 0, "failed": 0}
         self.wanted = 0
         self.bytes_received = 0
-        self.interrupted = False
         self.started = time.monotonic()
 
     def run(self, shas: Iterable[str]) -> None:
@@ -226,12 +310,10 @@ class Get:
                 self.report.found(1, 0)
                 running[pool.submit(self._job, sha, target)] = (sha, target)
                 while len(running) >= 2 * self.parallel:
-                    self._collect(running, wait(running, return_when=FIRST_COMPLETED)[0])
+                    self._collect(running, self.conn.wait(running))
             while running:
-                self._collect(running, wait(running, return_when=FIRST_COMPLETED)[0])
-        except KeyboardInterrupt:
-            self.interrupted = True
-            self.conn.stopping.set()
+                self._collect(running, self.conn.wait(running))
+        except (Interrupted, Stopped):  # Stopped: a request of this thread's own gave up for the signal
             pool.shutdown(wait=True, cancel_futures=True)
             self._collect(running, {f for f in running if f.done() and not f.cancelled()})
         finally:
@@ -272,6 +354,11 @@ class Get:
             self.bytes_received += size
         self.report.item(record, text)
         self.report.finished(1, size)
+
+    @property
+    def interrupted(self) -> bool:
+        """A signal asked the run to stop (whatever was still to do is in not_done)."""
+        return self.conn.interrupted.is_set()
 
     def summary(self) -> tuple[dict[str, Any], str]:
         seconds = time.monotonic() - self.started

@@ -29,21 +29,24 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import h11
 import httpx
 
 from stor.client.connection import (
+    POLL,
     USER_ENV,
     Connection,
     Failed,
+    Interrupted,
     Retryable,
     Stopped,
     Unreachable,
     UsageError,
-    check_response,
+    check_status,
     first_line,
     transport_reason,
 )
@@ -141,7 +144,6 @@ class Put:
         self.inflight: dict[str, Item] = {}  # sha -> its first item, from its hash to its end
         self.done_shas: OrderedDict[str, str] = OrderedDict()  # sha -> "stored"/"present", most recent last
         self.started = time.monotonic()
-        self.interrupted = False
 
     # The main thread: the pipeline's loop.
 
@@ -203,7 +205,11 @@ class Put:
                 if not hashing and not uploading:
                     if walked:
                         return
-                    walked = take(found.get())  # a slow walk (a pipe, a network file system): wait for it
+                    try:  # a slow walk (a pipe, a network file system): wait for it
+                        walked = take(found.get(timeout=POLL))
+                    except queue.Empty:
+                        if self.conn.interrupted.is_set():
+                            raise Interrupted() from None
                     continue
                 # Woken by a finished job; every 50 ms while the walk may have more to give; when the
                 # batch's wait is over.
@@ -211,8 +217,7 @@ class Put:
                 if batch and len(uploading) < self.parallel:
                     timeout = max(0.0, min(timeout or BATCH_WAIT, batch_since + BATCH_WAIT - now))
                 self.report.flush()
-                done, _ = wait([*hashing, *uploading], timeout=timeout, return_when=FIRST_COMPLETED)
-                for future in done:
+                for future in self.conn.wait([*hashing, *uploading], timeout):
                     if future in hashing:
                         if not batch:
                             batch_since = time.monotonic()
@@ -220,9 +225,7 @@ class Put:
                             self._hashed(item, outcome, batch)
                     else:
                         self._uploaded(uploading.pop(future), future)  # type: ignore[arg-type]
-        except KeyboardInterrupt:
-            self.interrupted = True
-            self.conn.stopping.set()
+        except (Interrupted, Stopped):  # Stopped: a request of this thread's own gave up for the signal
             hashers.shutdown(wait=True, cancel_futures=True)
             pool.shutdown(wait=True, cancel_futures=True)
             for future, item in uploading.items():  # what did finish is said
@@ -358,13 +361,12 @@ class Put:
                 from stor.client.expect import post_expecting_continue
 
                 status, text, answer = post_expecting_continue(
-                    url, {**self.conn.headers, **headers}, lambda: self._chunks(item, bar), self.conn.timeout)
-        except (httpx.TransportError, OSError) as e:
+                    self.conn.base, f"/{item.sha}", {**self.conn.headers, **headers},
+                    lambda: self._chunks(item, bar), self.conn.timeout)
+        except (httpx.TransportError, h11.ProtocolError, OSError) as e:
             if isinstance(e, FileNotFoundError) or (isinstance(e, OSError) and e.filename):
                 raise Failed(f"cannot read: {e.strerror or e}") from None
             raise Retryable(transport_reason(e), connection=True) from None
-        except ImportError as e:  # pragma: no cover - h11 comes with httpx
-            raise Failed(str(e)) from None
         return upload_outcome(status, text, answer)
 
     def _chunks(self, item: Item, bar: Transfer) -> Iterator[bytes]:
@@ -378,6 +380,11 @@ class Put:
                     raise Failed("the file grew since it was hashed")
                 yield chunk
                 bar.advance(len(chunk))
+
+    @property
+    def interrupted(self) -> bool:
+        """A signal asked the run to stop (whatever was still to do is in not_done)."""
+        return self.conn.interrupted.is_set()
 
     def summary(self) -> tuple[dict[str, Any], str]:
         seconds = time.monotonic() - self.started
@@ -400,18 +407,8 @@ def upload_outcome(status: int, text: str, headers: Any) -> str:
         return "present"
     if status in (401, 403):  # every other upload would be refused alike: the run stops (exit 2)
         raise UsageError(f"{status} {first_line(text)}: check --user, ${USER_ENV}, ~/.netrc")
-    check_response(_Answer(status, headers), text)
+    check_status(status, text, headers.get("retry-after"))
     raise Failed(f"{status} {first_line(text)}")  # a 1xx/3xx: not what a stor server answers
-
-
-class _Answer:
-    """Enough of an httpx.Response for check_response, from the Expect path's answer."""
-
-    def __init__(self, status: int, headers: Any) -> None:
-        self.status_code, self.headers, self.reason_phrase = status, headers, ""
-
-    def read(self) -> bytes:  # pragma: no cover - check_response is given the text
-        return b""
 
 
 def quote_filename(name: str) -> str:
