@@ -2,7 +2,8 @@
 
 Connections are relayed byte for byte between the client and the server. It can
 drop connections (accept, then close at once: the client sees a reset), cut the
-server's answer after some bytes on the first connections, and slow the answer
+server's answer after some bytes on the first connections (or stall it there,
+the connection left open and silent), and slow the answer
 to a given rate (a slow link, so that a progress bar has time to show). It
 counts the bytes each way, so a test can tell how much a client really sent or
 received.
@@ -22,6 +23,7 @@ class FaultProxy:
     drop_connections: int = 0  # the first N connections are closed as soon as they are accepted
     cut_after: int | None = None  # the server's answer is cut after this many bytes ...
     cut_connections: int = 0  # ... on this many connections (after the dropped ones)
+    stall: bool = False  # at the cut, stop relaying but keep the connection open (a hung server)
     rate: float | None = None  # bytes a second, in the direction slowed
     slowed: str = "to_client"  # or "to_server"
     to_server: int = 0
@@ -30,6 +32,7 @@ class FaultProxy:
     port: int = 0
     _listener: socket.socket = field(init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _closed: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def start(self) -> FaultProxy:
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -42,6 +45,7 @@ class FaultProxy:
         return f"http://127.0.0.1:{self.port}"
 
     def close(self) -> None:
+        self._closed.set()
         self._listener.close()
 
     def _accept(self) -> None:
@@ -74,6 +78,8 @@ class FaultProxy:
                     data = data[: cut - relayed]
                     sink.sendall(data)
                     self._count(counter, len(data))
+                    if self.stall:
+                        self._closed.wait()  # silent until the test ends, as a hung server is
                     break
                 sink.sendall(data)
                 relayed += len(data)

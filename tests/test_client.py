@@ -250,6 +250,24 @@ def free_port_of(server: Any) -> int:
 
 
 @FAST_ONLY
+def test_a_download_that_stalls_times_out_and_resumes(
+    server: Any, client: httpx.Client, home: Path, tmp_path: Path
+) -> None:
+    data = os.urandom(3 << 20)
+    sha = sha256(data)
+    assert client.post(f"/{sha}", content=data, auth=AUTH).status_code == 201
+    proxy = FaultProxy(free_port_of(server), cut_after=3 << 19, cut_connections=1, stall=True).start()
+    try:
+        code, lines, err = run(["get", "--timeout", "1", "-o", str(tmp_path / "blob"), sha],
+                               client_env(proxy.url, home))
+    finally:
+        proxy.close()
+    assert code == 0, err
+    assert (tmp_path / "blob").read_bytes() == data
+    assert proxy.connections == 2 and proxy.to_client < len(data) + 8192  # the rest only, once
+
+
+@FAST_ONLY
 def test_get_resumes_a_partial_file_and_verifies_before_the_rename(
     server: Any, client: httpx.Client, home: Path, tmp_path: Path
 ) -> None:

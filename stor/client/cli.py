@@ -9,6 +9,7 @@ SIGINT/SIGTERM, after saying what was done.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import Any
@@ -106,9 +107,8 @@ def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, interrupt)
     parallel = getattr(args, "parallel", None)
     if parallel is None:
-        from stor.client.put import default_parallel
-
-        parallel = default_parallel()
+        # Transfers are mostly waits (the server's fsyncs, the network): more in flight than CPUs.
+        parallel = min(16, 4 * (os.cpu_count() or 1))
     try:
         if parallel < 1 or args.retries < 0 or args.timeout <= 0:
             raise UsageError("-j must be at least 1, --retries at least 0, --timeout above 0")

@@ -6,8 +6,6 @@ import json
 import re
 from collections.abc import Iterable, Iterator
 
-import httpx
-
 from stor.client.connection import (
     Connection,
     Failed,
@@ -56,6 +54,8 @@ class _TooMany(Exception):
 
 
 def _ask(conn: Connection, batch: list[str]) -> list[str]:
+    import httpx  # here, not at the top: `stor get` imports this module and never needs httpx
+
     try:
         response = conn.http.post(conn.url("/exists"), content=json.dumps(batch).encode(),
                                   headers={"Content-Type": "application/json"})

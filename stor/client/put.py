@@ -24,7 +24,6 @@ import hashlib
 import os
 import queue
 import stat
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -415,16 +414,3 @@ def quote_filename(name: str) -> str:
     from urllib.parse import quote
 
     return quote(name, safe="")
-
-
-def default_parallel() -> int:
-    """Uploads are mostly waits (the server's fsyncs, the network): more in flight than CPUs."""
-    return min(16, 4 * (os.cpu_count() or 1))
-
-
-def run_put(conn: Connection, report: Reporter, paths: list[str], parallel: int, filename: bool,
-            stdin: Iterable[str] = sys.stdin) -> Put:
-    put = Put(conn, report, parallel, filename)
-    put.run(paths, stdin)
-    return put
-

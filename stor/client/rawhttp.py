@@ -19,9 +19,9 @@ import contextlib
 import errno
 import fcntl
 import os
-import select
 import socket
 import ssl
+import struct
 import threading
 from collections.abc import Callable, Iterator
 
@@ -144,26 +144,34 @@ class Answer:
             return
         read_end, write_end = pipe
         timeout = self.sock.gettimeout()
-        while self.received < self.length:
-            if stopping.is_set():
-                raise Stopped()
-            try:
-                n = os.splice(self.sock.fileno(), write_end, min(PIECE, self.length - self.received))
-            except BlockingIOError:  # a socket with a timeout is non-blocking underneath: wait for bytes
-                if not select.select([self.sock], [], [], timeout)[0]:
+        # A socket with a Python timeout is non-blocking underneath, and splice would then take
+        # whatever few bytes are there each call. Blocking, with the kernel's own receive timeout.
+        self.sock.settimeout(None)
+        seconds = int(timeout or 0)
+        micro = int(((timeout or 0) - seconds) * 1e6)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", seconds, micro))
+        try:
+            while self.received < self.length:
+                if stopping.is_set():
+                    raise Stopped()
+                try:
+                    n = os.splice(self.sock.fileno(), write_end, min(PIECE, self.length - self.received))
+                except BlockingIOError:
                     raise TimeoutError(f"no bytes from the server for {timeout} s") from None
-                continue
-            if n == 0:
-                raise Closed(f"the server closed the connection after {self.received} of {self.length} bytes")
-            moved = 0
-            try:
-                while moved < n:
-                    moved += os.splice(read_end, fd, n - moved)
-            except OSError as e:
-                _empty(read_end, n - moved)
-                raise FileError(e) from None
-            self.received += n
-            progress(n)
+                if n == 0:
+                    raise Closed(f"the server closed the connection after {self.received} of {self.length} bytes")
+                moved = 0
+                try:
+                    while moved < n:
+                        moved += os.splice(read_end, fd, n - moved)
+                except OSError as e:
+                    _empty(read_end, n - moved)
+                    raise FileError(e) from None
+                self.received += n
+                progress(n)
+        finally:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 0))
+            self.sock.settimeout(timeout)
         self.complete = True
 
     def _take_buffered(self) -> Iterator[bytes]:
