@@ -5,10 +5,11 @@ the number or size of the files:
 
 - a walker thread expands the paths (directories recursively, `-` a list on
   stdin) into a bounded queue;
-- `parallel` threads hash files as they read them (hashlib works outside the GIL);
+- a thread per CPU hashes files as it reads them (hashlib works outside the GIL),
+  small files several to a job;
 - hashed files wait in a batch for one `POST /exists`; a batch goes out when
   it is full, when nothing else is being hashed, or when uploaders are idle;
-- the files the server lacks are uploaded by the same threads: small ones in
+- the files the server lacks are uploaded by `parallel` threads: small ones in
   one request on the shared connection pool, large ones with
   `Expect: 100-continue` (stor/client/expect.py), each retried with backoff.
 
@@ -346,22 +347,22 @@ class Put:
 
     def _post(self, item: Item, bar: Transfer) -> str:
         url = self.conn.url(f"/{item.sha}")
-        headers = {"Content-Length": str(item.size), "Content-Type": "application/octet-stream"}
+        headers = {"Content-Type": "application/octet-stream"}
         if self.send_filename:
             headers["X-Filename"] = quote_filename(os.path.basename(item.path))
         bar.restart()
         try:
             if item.size <= EXPECT_ABOVE:
                 with open(item.path, "rb") as f:
-                    body = f.read()
+                    body = f.read()  # its length is what is sent; the server checks its sha
                 response = self.conn.http.post(url, content=body, headers=headers)
                 status, text, answer = response.status_code, response.text, response.headers
             else:
                 from stor.client.expect import post_expecting_continue
 
+                headers = {**self.conn.headers, **headers, "Content-Length": str(item.size)}
                 status, text, answer = post_expecting_continue(
-                    self.conn.base, f"/{item.sha}", {**self.conn.headers, **headers},
-                    lambda: self._chunks(item, bar), self.conn.timeout)
+                    self.conn.base, f"/{item.sha}", headers, lambda: self._chunks(item, bar), self.conn.timeout)
         except (httpx.TransportError, h11.ProtocolError, OSError) as e:
             if isinstance(e, FileNotFoundError) or (isinstance(e, OSError) and e.filename):
                 raise Failed(f"cannot read: {e.strerror or e}") from None
@@ -379,6 +380,8 @@ class Put:
                     raise Failed("the file grew since it was hashed")
                 yield chunk
                 bar.advance(len(chunk))
+        if sent < item.size:  # the body would fall short of its Content-Length: the server would wait
+            raise Failed("the file shrank since it was hashed")
 
     @property
     def interrupted(self) -> bool:
@@ -406,6 +409,8 @@ def upload_outcome(status: int, text: str, headers: Any) -> str:
         return "present"
     if status in (401, 403):  # every other upload would be refused alike: the run stops (exit 2)
         raise UsageError(f"{status} {first_line(text)}: check --user, ${USER_ENV}, ~/.netrc")
+    if status == 412 and "match" in text:
+        raise Failed(f"{status} {first_line(text)} (the file changed since it was hashed?)")
     check_status(status, text, headers.get("retry-after"))
     raise Failed(f"{status} {first_line(text)}")  # a 1xx/3xx: not what a stor server answers
 

@@ -57,16 +57,18 @@ def open_socket(url: ServerURL, timeout: float) -> socket.socket:
 
 def next_event(conn: h11.Connection, sock: socket.socket) -> h11.Event:
     """The server's next event; a connection closed before its answer ended is Closed."""
+    closed = False
     while True:
         try:
             event = conn.next_event()
         except h11.RemoteProtocolError as e:
             raise Closed(f"the server's answer is not HTTP/1.1: {e}") from None
         if event is h11.NEED_DATA:
-            data = sock.recv(65536)
-            if not data:
+            if closed:
                 raise Closed("the server closed the connection before it answered")
-            conn.receive_data(data)
+            data = sock.recv(65536)
+            closed = not data
+            conn.receive_data(data)  # b"": the close, which ends a body that was sent up to it
             continue
         if event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
             raise Closed("the server closed the connection before it answered")
@@ -113,14 +115,17 @@ class Answer:
 
     def pieces(self) -> Iterator[bytes]:
         """The body as it comes."""
-        yield from self._take_buffered()
-        if self.length is None:
+        if self.length is None:  # chunked, or up to the close (a proxy's doing): h11 decodes it
             self.keep = False
-            while piece := self.sock.recv(PIECE):
-                self.received += len(piece)
-                yield piece
-            self.complete = True
-            return
+            while True:
+                event = next_event(self.conn, self.sock) if not self.complete else h11.EndOfMessage()
+                if isinstance(event, h11.EndOfMessage):
+                    self.complete = True
+                    return
+                if isinstance(event, h11.Data):
+                    self.received += len(event.data)
+                    yield bytes(event.data)
+        yield from self._take_buffered()
         while self.received < self.length:
             piece = self.sock.recv(min(PIECE, self.length - self.received))
             if not piece:
