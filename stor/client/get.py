@@ -36,7 +36,7 @@ from stor.client.connection import (
 )
 from stor.client.exists import is_sha256
 from stor.client.rawhttp import Answer, FileError, write_all
-from stor.client.report import Reporter, Transfer, size_text
+from stor.client.report import Reporter, Transfer, run_summary, size_text
 
 READ = 1 << 20
 PART_SUFFIX = ".part"
@@ -361,16 +361,11 @@ class Get:
         return self.conn.interrupted.is_set()
 
     def summary(self) -> tuple[dict[str, Any], str]:
-        seconds = time.monotonic() - self.started
         c = self.counts
-        not_done = self.wanted - c["blobs"]
-        record = {**c, "bytes_received": self.bytes_received, "seconds": round(seconds, 3),
-                  "interrupted": self.interrupted, "not_done": not_done}
         text = (f"{c['blobs']} blobs: {c['fetched']} fetched ({size_text(self.bytes_received)}), "
-                f"{c['present']} already here, {c['failed']} failed in {seconds:.1f} s")
-        if self.interrupted:
-            text = f"interrupted: {text}; {not_done} not done (run the same command again to finish)"
-        return record, text
+                f"{c['present']} already here, {c['failed']} failed")
+        not_done = self.wanted - c["blobs"]
+        return run_summary(c, ("bytes_received", self.bytes_received), self.started, self.interrupted, not_done, text)
 
 
 def run_cat(conn: Connection, sha: str, out: BinaryIO | None = None) -> None:

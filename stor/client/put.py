@@ -51,7 +51,7 @@ from stor.client.connection import (
     transport_reason,
 )
 from stor.client.exists import find_present
-from stor.client.report import NO_TRANSFER, Reporter, Transfer, size_text
+from stor.client.report import NO_TRANSFER, Reporter, Transfer, run_summary, size_text
 
 READ = 1 << 20
 EXPECT_ABOVE = 1 << 20  # bodies above this ask first (curl's threshold; the server reads smaller ones at once)
@@ -389,16 +389,11 @@ class Put:
         return self.conn.interrupted.is_set()
 
     def summary(self) -> tuple[dict[str, Any], str]:
-        seconds = time.monotonic() - self.started
         c = self.counts
-        not_done = c["files"] - c["stored"] - c["present"] - c["failed"]
-        record = {**c, "bytes_stored": self.bytes_stored, "seconds": round(seconds, 3),
-                  "interrupted": self.interrupted, "not_done": not_done}
         text = (f"{c['files']} files: {c['stored']} stored ({size_text(self.bytes_stored)}), {c['present']} present, "
-                f"{c['failed']} failed in {seconds:.1f} s")
-        if self.interrupted:
-            text = f"interrupted: {text}; {not_done} not done (run the same command again to finish)"
-        return record, text
+                f"{c['failed']} failed")
+        not_done = c["files"] - c["stored"] - c["present"] - c["failed"]
+        return run_summary(c, ("bytes_stored", self.bytes_stored), self.started, self.interrupted, not_done, text)
 
 
 def upload_outcome(status: int, text: str, headers: Any) -> str:

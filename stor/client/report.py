@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any, Protocol
 
 
@@ -91,6 +92,19 @@ def reporter(as_json: bool, title: str, noun: str) -> Reporter:
     from stor.client.terminal import TerminalReporter  # rich, only for a terminal
 
     return TerminalReporter(title, noun)
+
+
+def run_summary(counts: dict[str, int], transferred: tuple[str, int], started: float, interrupted: bool,
+                not_done: int, text: str) -> tuple[dict[str, Any], str]:
+    """A run's summary: its counts, bytes moved, time, and whether a signal stopped it (then the text
+    says how much is left and how to finish)."""
+    seconds = time.monotonic() - started
+    record = {**counts, transferred[0]: transferred[1], "seconds": round(seconds, 3), "interrupted": interrupted,
+              "not_done": not_done}
+    text = f"{text} in {seconds:.1f} s"
+    if interrupted:
+        text = f"interrupted: {text}; {not_done} not done (run the same command again to finish)"
+    return record, text
 
 
 def size_text(nbytes: float) -> str:
