@@ -9,6 +9,7 @@ is not a terminal; a pseudo-terminal shows the bars and the text lines.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -482,3 +483,42 @@ def test_put_stops_when_the_server_fails_upload_after_upload(
     s = summary(lines)
     assert s["stored"] >= 1 and s["failed"] == 4 and s["not_done"] > 0
     assert {i["reason"].split()[0] for i in items(lines) if i["status"] == "failed"} == {"507"}
+
+
+def peak_rss_of(args: list[str], env: dict[str, str]) -> tuple[int, int]:
+    """Exit code and peak resident memory (bytes) of the client run as a child of a small parent."""
+    probe = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode;"
+             " print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    done = subprocess.run([sys.executable, "-c", probe, *STOR, *args], capture_output=True, text=True, env=env,
+                          cwd=STOR_DIR, timeout=300)
+    code, kib = done.stdout.split()
+    return int(code), int(kib) * 1024
+
+
+@FAST_ONLY
+def test_memory_stays_bounded_whatever_the_size(server: Any, home: Path, tmp_path: Path) -> None:
+    """A 256 MiB file goes up and comes back with the client's memory at tens of MiB: streamed."""
+    big = tmp_path / "big"
+    digest = hashlib.sha256()
+    with open(big, "wb") as f:
+        for _ in range(256):
+            piece = os.urandom(1 << 20)
+            digest.update(piece)
+            f.write(piece)
+    env = client_env(server.url, home, STOR_USER=USER, STOR_PASSWORD=PASSWORD)
+    code, put_rss = peak_rss_of(["put", str(big)], env)
+    assert code == 0
+    code, get_rss = peak_rss_of(["get", "-o", str(tmp_path / "back"), digest.hexdigest()], env)
+    assert code == 0 and (tmp_path / "back").stat().st_size == 256 << 20
+    assert put_rss < 100 << 20 and get_rss < 100 << 20, (put_rss, get_rss)  # ~40 MiB is Python with httpx
+
+
+@FAST_ONLY
+def test_put_filename_is_kept_by_the_server(server: Any, client: httpx.Client, env: dict[str, str],
+                                             tmp_path: Path) -> None:
+    sample = tmp_path / "invoice 2026 (final).pdf"
+    sample.write_bytes(b"%PDF-1.7 not really")
+    code, lines, err = run(["put", "--filename", str(sample)], env)
+    assert code == 0, err
+    answer = client.head(f"/{items(lines)[0]['sha256']}")
+    assert answer.headers["x-filename"] == "invoice%202026%20%28final%29.pdf"
