@@ -522,3 +522,25 @@ def test_put_filename_is_kept_by_the_server(server: Any, client: httpx.Client, e
     assert code == 0, err
     answer = client.head(f"/{items(lines)[0]['sha256']}")
     assert answer.headers["x-filename"] == "invoice%202026%20%28final%29.pdf"
+
+
+@FAST_ONLY
+def test_get_reads_shas_from_stdin_as_they_come_and_stops_on_ctrl_c_while_waiting(
+    server: Any, client: httpx.Client, home: Path, tmp_path: Path
+) -> None:
+    blobs = [os.urandom(1000 + i) for i in range(2)]
+    for d in blobs:
+        assert client.post(f"/{sha256(d)}", content=d, auth=AUTH).status_code == 201
+    proc = subprocess.Popen([*STOR, "get", "-o", f"{tmp_path / 'out'}/"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=client_env(server.url, home), cwd=STOR_DIR)
+    assert proc.stdin is not None and proc.stdout is not None
+    for d in blobs:  # each fetched while the list is still being written
+        proc.stdin.write(sha256(d) + "\n")
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline()) == {
+            "sha256": sha256(d), "path": str(tmp_path / "out" / sha256(d)), "size": len(d), "status": "fetched"}
+    proc.send_signal(signal.SIGINT)  # stdin still open: the run is waiting for more
+    rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    s = json.loads(rest)["summary"]
+    assert s["fetched"] == 2 and s["interrupted"] and s["not_done"] == 0

@@ -11,10 +11,11 @@ from __future__ import annotations
 import base64
 import netrc
 import os
+import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -212,6 +213,35 @@ class Connection:
             done, _ = wait(pending, timeout=max(0.0, left), return_when=FIRST_COMPLETED)
             if done or (deadline is not None and time.monotonic() >= deadline):
                 return done
+
+    def each(self, items: Iterable[T], ahead: int = 1000) -> Iterator[T | None]:
+        """items, read by a thread of their own (stdin may block for as long as its writer likes) at
+        most `ahead` in advance, and None whenever none came for POLL seconds (the caller's turn to
+        report what finished meanwhile); Interrupted once a signal came, even while waiting."""
+        end = object()
+        ready: queue.Queue[Any] = queue.Queue(maxsize=ahead)
+
+        def read() -> None:
+            try:
+                for item in items:
+                    if self.stopping.is_set():
+                        return
+                    ready.put(item)
+            finally:
+                ready.put(end)
+
+        threading.Thread(target=read, daemon=True, name="read").start()
+        while True:
+            try:
+                item = ready.get(timeout=POLL)
+            except queue.Empty:
+                if self.interrupted.is_set():
+                    raise Interrupted() from None
+                yield None
+                continue
+            if item is end:
+                return
+            yield item
 
     def url(self, path: str) -> str:
         return f"{self.base}{path}"

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ from stor.client.report import Reporter, Transfer, run_summary, size_text
 
 READ = 1 << 20
 PART_SUFFIX = ".part"
+REMEMBER = 65536  # shas of this run remembered to skip a repeat (bounded: a list on stdin may be endless)
 SPLICE_ABOVE = 1 << 20  # larger bodies are spliced into their file and hashed behind by a thread
 
 
@@ -292,17 +295,32 @@ class Get:
         self.started = time.monotonic()
 
     def run(self, shas: Iterable[str]) -> None:
-        wanted = list(dict.fromkeys(shas))  # once each, in order
-        self.wanted = len(wanted)
-        into_file = (self.output is not None and len(wanted) == 1 and not self.output.endswith("/")
-                     and not Path(self.output).is_dir())
+        """Downloads as the shas come (stdin is read as it is written), parallel, each sha once."""
+        incoming = self.conn.each(shas)
+        first: list[str] = []
+        into_file = False
+        if self.output is not None and not self.output.endswith("/") and not Path(self.output).is_dir():
+            # -o FILE for one sha, a new directory for more: the first two tell.
+            first = list(itertools.islice((text for text in incoming if text is not None), 2))
+            into_file = len(first) == 1
         if not into_file:
             Path(self.output or ".").mkdir(parents=True, exist_ok=True)
+        seen: OrderedDict[str, None] = OrderedDict()  # the last REMEMBER shas: a repeat is not fetched again
         pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="get")
         running: dict[Future[tuple[str, int]], tuple[str, Path]] = {}
         try:
-            for text in wanted:
+            for text in itertools.chain(first, incoming):
+                if text is None:  # the list is slow to come: say what finished meanwhile
+                    self._collect(running, {f for f in running if f.done()})
+                    self.report.flush()
+                    continue
                 sha = text.lower()
+                if sha in seen:
+                    continue
+                seen[sha] = None
+                if len(seen) > REMEMBER:
+                    seen.popitem(last=False)
+                self.wanted += 1
                 if not is_sha256(text):
                     self._finish(text, None, "failed", 0, "not a sha256 (64 hex digits)")
                     continue
@@ -311,7 +329,10 @@ class Get:
                 running[pool.submit(self._job, sha, target)] = (sha, target)
                 while len(running) >= 2 * self.parallel:
                     self._collect(running, self.conn.wait(running))
+                self._collect(running, {f for f in running if f.done()})
+                self.report.flush()
             while running:
+                self.report.flush()
                 self._collect(running, self.conn.wait(running))
         except (Interrupted, Stopped):  # Stopped: a request of this thread's own gave up for the signal
             pool.shutdown(wait=True, cancel_futures=True)
