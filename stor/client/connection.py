@@ -281,13 +281,6 @@ def transport_reason(e: Exception) -> str:
     return f"{text}" if kind in text else f"{kind}: {text}"
 
 
-def check_response(response: httpx.Response) -> None:
-    """check_status for an httpx answer, its body read for the reason."""
-    if response.status_code >= 400:
-        check_status(response.status_code, response.read().decode(errors="replace"),
-                     response.headers.get("retry-after"))
-
-
 def check_status(status: int, body: str, retry_after: str | None) -> None:
     """Raise Retryable for what another attempt may fix (5xx, 408, 429), Failed for other errors."""
     if status < 400:

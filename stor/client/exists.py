@@ -12,7 +12,7 @@ from stor.client.connection import (
     Retryable,
     Unreachable,
     UsageError,
-    check_response,
+    check_status,
     transport_reason,
 )
 from stor.client.report import Reporter
@@ -54,20 +54,21 @@ class _TooMany(Exception):
 
 
 def _ask(conn: Connection, batch: list[str]) -> list[str]:
-    import httpx  # here, not at the top: `stor get` imports this module and never needs httpx
+    import h11
 
     try:
-        response = conn.http.post(conn.url("/exists"), content=json.dumps(batch).encode(),
-                                  headers={"Content-Type": "application/json"})
-    except httpx.TransportError as e:
+        with conn.getter.request("POST", "/exists", {"Content-Type": "application/json"},
+                                 json.dumps(batch).encode()) as answer:
+            if answer.status == 413:
+                raise _TooMany()
+            text = b"".join(answer.pieces()).decode(errors="replace")
+    except (OSError, h11.ProtocolError) as e:
         raise Retryable(transport_reason(e), connection=True) from None
-    if response.status_code == 413:
-        raise _TooMany()
-    check_response(response)
+    check_status(answer.status, text, answer.headers.get("retry-after"))
     try:
-        present = response.json()["present"]
+        present = json.loads(text)["present"]
     except (ValueError, KeyError, TypeError):
-        raise Failed(f"not a stor server? POST /exists answered {response.text[:100]!r}") from None
+        raise Failed(f"not a stor server? POST /exists answered {text[:100]!r}") from None
     return [str(s) for s in present]
 
 

@@ -1,4 +1,4 @@
-"""Downloads on HTTP/1.1 sockets of the client's own: one kept-alive connection per thread.
+"""Downloads (and `POST /exists`) on HTTP/1.1 sockets of the client's own: one kept-alive connection per thread.
 
 httpx reads a body 64 KiB at a time and hands each piece through several
 layers of Python; with the hash and the file write on top, a 1 GiB blob came
@@ -8,8 +8,10 @@ parses the answer's head, and the body goes from the socket to the file by
 hashes what has reached the file (from the page cache). Over TLS, or where
 splice is missing, the body is read in 1 MiB pieces instead.
 
-A connection is kept for the thread's next GET once an answer has been read
-to its end; one found closed by the server when reused (its keep-alive
+`POST /exists` goes the same way, so that a run which finds everything
+present (a rerun of `stor put`, `stor exists`) never imports httpx, a third
+of its time. A connection is kept for the thread's next request once an
+answer has been read to its end; one found closed by the server when reused (its keep-alive
 timeout) is replaced once, silently, before any byte of an answer came.
 """
 
@@ -215,8 +217,18 @@ class Getter:
 
     @contextlib.contextmanager
     def get(self, path: str, headers: dict[str, str]) -> Iterator[Answer]:
-        request = h11.Request(method="GET", target=self.base.target(path), headers=[*self.headers, *headers.items()])
-        answer = self._ask(request, reused=getattr(self._local, "sock", None) is not None)
+        with self.request("GET", path, headers) as answer:
+            yield answer
+
+    @contextlib.contextmanager
+    def request(self, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> Iterator[Answer]:
+        """One request, its body small and sent whole (POST /exists); only what may be sent twice:
+        a connection found stale is asked again."""
+        fields = [*self.headers, *headers.items()]
+        if body or method != "GET":
+            fields.append(("Content-Length", str(len(body))))
+        request = h11.Request(method=method, target=self.base.target(path), headers=fields)
+        answer = self._ask(request, body, reused=getattr(self._local, "sock", None) is not None)
         try:
             yield answer
         finally:
@@ -237,7 +249,7 @@ class Getter:
                 self._pipes.append(pipe)
         return pipe
 
-    def _ask(self, request: h11.Request, reused: bool) -> Answer:
+    def _ask(self, request: h11.Request, body: bytes, reused: bool) -> Answer:
         sock = getattr(self._local, "sock", None)
         if sock is None:
             sock = open_socket(self.base, self.timeout)
@@ -246,8 +258,8 @@ class Getter:
                 self._open.add(sock)
         conn = h11.Connection(h11.CLIENT)
         try:
-            sock.sendall(conn.send(request))
-            sock.sendall(conn.send(h11.EndOfMessage()))
+            sock.sendall(conn.send(request) + (conn.send(h11.Data(data=body)) if body else b"")
+                         + conn.send(h11.EndOfMessage()))
             while True:
                 event = next_event(conn, sock)
                 if isinstance(event, h11.Response):
@@ -257,7 +269,7 @@ class Getter:
             stale = reused and (isinstance(e, (Closed, BrokenPipeError, ConnectionResetError))
                                 or getattr(e, "errno", None) == errno.EPIPE)
             if stale:  # the server had closed it while it was idle: once more, on a new one
-                return self._ask(request, reused=False)
+                return self._ask(request, body, reused=False)
             raise
 
     def _drop(self) -> None:
