@@ -155,7 +155,10 @@ def _run(args: argparse.Namespace, conn: Any, parallel: int, signalled: list[int
         from stor.client.exists import read_shas, run_exists
 
         report = reporter(args.json, "exists", "shas")
-        counts = run_exists(conn, read_shas(args.shas, sys.stdin), report)
+        try:
+            counts = run_exists(conn, read_shas(args.shas, sys.stdin), report)
+        finally:
+            report.close()  # on a terminal, the bar goes (and the cursor comes back) whatever happened
         report.summary(counts, f"{sum(counts.values())} shas: {counts['present']} present, {counts['missing']} "
                        f"missing, {counts['invalid']} not shas")
         return EXIT_OK if counts["missing"] == counts["invalid"] == 0 else EXIT_FAILED

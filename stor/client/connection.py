@@ -1,9 +1,10 @@
 """Where the server is, who we are to it, and how a request is retried.
 
 One `Connection` per run: the URL and credentials resolved once (never
-printed: `redacted` is what messages show), an httpx pool sized for the run's
-parallelism (made when first needed), the downloads' own sockets
-(stor/client/rawhttp.py), and the retry policy every request goes through.
+printed: `redacted` is what messages show), the client's own sockets for
+downloads and `POST /exists` (stor/client/rawhttp.py), an httpx pool for
+small uploads (made when first needed), and the retry policy every request
+goes through.
 """
 
 from __future__ import annotations
@@ -175,14 +176,15 @@ class Connection:
         self.interrupted = threading.Event()  # set by a signal: the main thread stops the run
         from stor.client.rawhttp import Getter
 
-        self.getter = Getter(self.base, self.headers, timeout)  # downloads: a socket per thread, spliced
+        self.getter = Getter(self.base, self.headers, timeout)  # downloads, /exists: a socket per thread
         self.parallel = parallel
         self._http: httpx.Client | None = None
         self._http_lock = threading.Lock()
 
     @property
     def http(self) -> httpx.Client:
-        """The pool for /exists and uploads, made on first use: `stor get` never pays httpx's import."""
+        """The pool for uploads of up to 1 MiB, made on first use: a run that uploads nothing never
+        pays httpx's import."""
         with self._http_lock:
             if self._http is None:
                 import httpx

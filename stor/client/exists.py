@@ -95,6 +95,7 @@ def run_exists(conn: Connection, shas: Iterable[str], report: Reporter) -> dict[
             counts[status] += 1
             sha = text.lower() if status != "invalid" else text
             report.item({"sha256": sha, "status": status}, f"{sha}  {status}")
+        report.flush()  # a batch answered is seen at once, however slowly the rest of the list comes
 
     for sha in shas:
         chunk.append(sha)

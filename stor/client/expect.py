@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 import h11
 
 from stor.client.connection import ServerURL
-from stor.client.rawhttp import next_event, open_socket
+from stor.client.rawhttp import header_fields, next_event, open_socket
 
 CONTINUE_WAIT = 1.0  # curl's default --expect100-timeout
 
@@ -71,7 +71,6 @@ def post_expecting_continue(
                     text += event.data
             elif isinstance(event, h11.EndOfMessage):
                 break
-        answer_headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in final.headers}
-        return final.status_code, text.decode(errors="replace"), answer_headers
+        return final.status_code, text.decode(errors="replace"), header_fields(final)
     finally:
         sock.close()

@@ -168,7 +168,6 @@ class Download:
     sink: Sink
     bar: Transfer
     digest: Any = None
-    size: int | None = None
 
     def run(self) -> None:
         """Fill the sink with the blob (retrying, resuming), then check the whole hashes to the sha."""
@@ -185,7 +184,7 @@ class Download:
             headers = {"Range": f"bytes={self.sink.offset}-", "If-Range": f'"{self.sha}"'}
         skip = 0
         try:
-            with self.conn.getter.get(f"/{self.sha}", headers) as answer:
+            with self.conn.getter.request("GET", f"/{self.sha}", headers) as answer:
                 status = answer.status
                 if status == 416 and self.sink.offset:
                     total = _range_total(answer.headers.get("content-range"))
@@ -209,8 +208,7 @@ class Download:
                     if start != self.sink.offset:
                         raise Failed(f"the server resumed at byte {start}, not {self.sink.offset}")
                 if answer.length is not None:
-                    self.size = answer.length + (self.sink.offset if status == 206 else 0)
-                    self.bar.resize(self.size)
+                    self.bar.resize(answer.length + (self.sink.offset if status == 206 else 0))
                 self.sink.receive(answer, self, skip)
         except FileError as e:
             raise Failed(f"cannot write: {e}") from None

@@ -83,7 +83,7 @@ class Answer:
     def __init__(self, sock: socket.socket, conn: h11.Connection, head: h11.Response) -> None:
         self.sock, self.conn = sock, conn
         self.status = head.status_code
-        self.headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in head.headers}
+        self.headers = header_fields(head)
         length = self.headers.get("content-length", "")
         self.length = int(length) if length.isdigit() else None
         self.received = 0
@@ -204,8 +204,13 @@ def _empty(read_end: int, n: int) -> None:
             n -= len(os.read(read_end, min(n, PIECE))) or n
 
 
+def header_fields(head: h11.Response) -> dict[str, str]:
+    """An answer's headers by lower-case name."""
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in head.headers}
+
+
 class Getter:
-    """GET /<path> on a kept-alive connection of the calling thread's own."""
+    """Requests (downloads, `POST /exists`) on a kept-alive connection of the calling thread's own."""
 
     def __init__(self, base: ServerURL, headers: dict[str, str], timeout: float) -> None:
         self.base, self.timeout = base, timeout
@@ -214,11 +219,6 @@ class Getter:
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._pipes: list[tuple[int, int]] = []
-
-    @contextlib.contextmanager
-    def get(self, path: str, headers: dict[str, str]) -> Iterator[Answer]:
-        with self.request("GET", path, headers) as answer:
-            yield answer
 
     @contextlib.contextmanager
     def request(self, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> Iterator[Answer]:
