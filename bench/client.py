@@ -54,8 +54,8 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from run import (  # noqa: E402
-    AUTH_PASS, AUTH_USER, RESULTS, Bench, BenchError, Procs, Series, fmt, free_port, log, print_table, rel_path,
-    wait_port, which,
+    AUTH_PASS, AUTH_USER, BenchError, Procs, Series, fmt, free_port, log, print_table, rel_path, save_results,
+    stor_cmd, wait_for_workers, wait_port, which,
 )
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -67,12 +67,6 @@ TARGETS = {
     "put_rerun": (">=", 10.0),
     "get_big": (">=", 0.9),
 }
-
-
-def stor_cmd() -> list[str]:
-    # As integrity.py: the interpreter running this script, so a checkout and an installed package alike
-    # (and no pyenv shim's start-up in a figure that includes the client's start-up).
-    return [sys.executable, "-m", "stor"]
 
 
 def fstype(path: Path) -> str:
@@ -156,15 +150,7 @@ class ClientBench:
         p = self.procs.start(cmd, stdout=out, stderr=out, cwd=self.work)
         out.close()
         wait_port(port, p, f"stor serve [{name}]")
-        deadline = time.monotonic() + 60
-        while True:
-            if p.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"stor serve --workers {workers} [{name}] did not start; see {log_path}")
-            if Bench._answers(port):
-                pids = Bench._workers(p.pid)
-                if len(pids) == workers:
-                    break
-            time.sleep(0.2)
+        pids = wait_for_workers(p, port, workers, f"stor serve --workers {workers} [{name}]", log_path)
         time.sleep(0.5)  # the other workers finish their start-up
         return {"name": name, "proc": p, "port": port, "url": f"http://127.0.0.1:{port}", "pids": pids,
                 "log": log_path, "mirrors": mirrors}
@@ -534,11 +520,7 @@ def main(argv: list[str] | None = None) -> int:
             "notes": notes,
             "warnings": bench.warnings,
         }
-        RESULTS.mkdir(exist_ok=True)
-        path = RESULTS / f"client-{started.strftime('%Y%m%d-%H%M%S')}.json"
-        for p in [path] + ([Path(args.json)] if args.json else []):
-            p.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"\nresults: {path}" + (f" and {args.json}" if args.json else ""))
+        save_results("client-", result, args.json, started)
         return 0
     except KeyboardInterrupt:
         log("interrupted: stopping everything")

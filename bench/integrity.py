@@ -48,8 +48,8 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from run import (  # noqa: E402
-    AUTH_PASS, AUTH_USER, RESULTS, Bench, BenchError, Procs, Series, cell, cpu_seconds, free_port, log,
-    place_blob, print_table, rel_path, wait_port, which,
+    AUTH_PASS, AUTH_USER, Bench, BenchError, Procs, Series, cell, cpu_seconds, free_port, log, place_blob,
+    print_table, rel_path, save_results, stor_cmd, wait_for_workers, wait_port, which,
 )
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -108,11 +108,6 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def stor_cmd() -> list[str]:
-    # As a user runs it from a checkout or an installed package alike.
-    return [sys.executable, "-m", "stor"]
-
-
 class IntegrityBench(Bench):
     """run.py's Bench for its load-generator helpers (loadgen_run, get_run, wrk, interleaved, warn, _workers)."""
 
@@ -153,15 +148,7 @@ class IntegrityBench(Bench):
         out = open(log_path, "wb")
         p = self.procs.start(cmd, stdout=out, stderr=out, cwd=self.work)
         wait_port(port, p, f"stor serve [{name}]")
-        deadline = time.monotonic() + 60
-        while True:
-            if p.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"stor serve --workers {workers} [{name}] did not start; see {log_path}")
-            if self._answers(port):
-                pids = self._workers(p.pid)
-                if len(pids) == workers:
-                    break
-            time.sleep(0.2)
+        pids = wait_for_workers(p, port, workers, f"stor serve --workers {workers} [{name}]", log_path)
         log(f"stor serve --workers {workers} [{name}] on port {port} (pid {p.pid}, workers {pids})")
         return {"name": name, "proc": p, "port": port, "pids": pids, "log": log_path, "cmd": cmd}
 
@@ -772,11 +759,7 @@ def main(argv: list[str] | None = None) -> int:
             "notes": notes,
             "warnings": bench.warnings,
         }
-        RESULTS.mkdir(exist_ok=True)
-        path = RESULTS / f"integrity-{started.strftime('%Y%m%d-%H%M%S')}.json"
-        for p in [path] + ([Path(args.json)] if args.json else []):
-            p.write_text(json.dumps(result, indent=2, default=str) + "\n")
-        print(f"\nresults: {path}" + (f" and {args.json}" if args.json else ""))
+        save_results("integrity-", result, args.json, started)
         return 0
     except KeyboardInterrupt:
         log("interrupted: stopping everything")

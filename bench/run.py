@@ -265,6 +265,35 @@ def rel_path(sha: str) -> str:
     return f"{s[0:2]}/{s[2:4]}/{s[4:6]}/{s}.dat"
 
 
+def stor_cmd() -> list[str]:
+    """`python -m stor` with the interpreter running the bench: a checkout and an installed package
+    alike, and no launcher shim's start-up in a figure that includes the client's."""
+    return [sys.executable, "-m", "stor"]
+
+
+def wait_for_workers(p: subprocess.Popen, port: int, workers: int, what: str, log_path: Path) -> list[int]:
+    """The worker pids of a `stor serve` once GET / answers and every worker is there (the children
+    of `stor serve`, multiprocessing's resource tracker aside; with --workers 1 the process itself)."""
+    deadline = time.monotonic() + 60
+    while True:
+        if p.poll() is not None or time.monotonic() > deadline:
+            raise BenchError(f"{what} did not start; see {log_path}")
+        if Bench._answers(port):
+            pids = Bench._workers(p.pid)
+            if len(pids) == workers:
+                return pids
+        time.sleep(0.2)
+
+
+def save_results(prefix: str, result: dict, also: str | None, started: dt.datetime, indent: int = 2) -> None:
+    """The run's JSON in bench/results/<prefix><timestamp>.json (and in `also`, --json), and where it went."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{prefix}{started.strftime('%Y%m%d-%H%M%S')}.json"
+    for p in [path] + ([Path(also)] if also else []):
+        p.write_text(json.dumps(result, indent=indent, default=str) + "\n")
+    print(f"\nresults: {path}" + (f" and {also}" if also else ""))
+
+
 def write_all(fd: int, data) -> None:
     view = memoryview(data)
     while view:
@@ -455,7 +484,7 @@ http {{
 
     def start_stor(self, workers: int) -> tuple[subprocess.Popen, int, list[int]]:
         port = free_port()
-        cmd = [self.tools["stor"]] if self.tools["stor"] else [sys.executable, "-m", "stor"]
+        cmd = [self.tools["stor"]] if self.tools["stor"] else stor_cmd()
         cmd += ["serve", "--config", str(self.config), "--port", str(port), "--workers", str(workers),
                 "--log-level", self.args.log_level]
         if self.args.no_fast_path:
@@ -464,18 +493,7 @@ http {{
         out = open(log_path, "wb")
         p = self.procs.start(cmd, stdout=out, stderr=out, cwd=self.work)
         wait_port(port, p, "stor serve")
-        # Worker processes: the children of `stor serve` (the workers its supervisor spawns),
-        # multiprocessing's resource tracker aside; with no children (--workers 1) the process
-        # itself serves.
-        deadline = time.monotonic() + 60
-        while True:
-            if p.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"stor serve --workers {workers} did not start; see {log_path}")
-            if self._answers(port):
-                pids = self._workers(p.pid)
-                if len(pids) == workers:
-                    break
-            time.sleep(0.2)
+        pids = wait_for_workers(p, port, workers, f"stor serve --workers {workers}", log_path)
         time.sleep(1.0)  # the other workers finish their start-up; every test warms up too
         if self._workers(p.pid) != pids:
             raise BenchError(f"stor serve --workers {workers}: worker processes changed after start-up")
@@ -1137,11 +1155,7 @@ def main(argv: list[str] | None = None) -> int:
             "table_text": table,
             "warnings": bench.warnings,
         }
-        RESULTS.mkdir(exist_ok=True)
-        path = RESULTS / f"{started.strftime('%Y%m%d-%H%M%S')}.json"
-        for p in [path] + ([Path(args.json)] if args.json else []):
-            p.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"\nresults: {path}" + (f" and {args.json}" if args.json else ""))
+        save_results("", result, args.json, started)
         return 0
     except KeyboardInterrupt:
         log("interrupted: stopping everything")

@@ -47,7 +47,9 @@ BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 sys.path.insert(0, str(BENCH))
 # The existing bench's process handling, so that both start and stop the service alike.
-from run import BenchError, Procs, children, cmdline, cpu_seconds, free_port, log, proc_status, wait_port  # noqa: E402
+from run import (  # noqa: E402
+    BenchError, Procs, children, cmdline, cpu_seconds, free_port, log, proc_status, save_results, wait_port,
+)
 
 KiB, MiB = 1 << 10, 1 << 20
 BLOB_SIZE = 4 * KiB
@@ -1118,11 +1120,7 @@ def main(argv: list[str] | None = None) -> int:
             "notes": soak.notes,
             "table_text": text,
         }
-        RESULTS.mkdir(exist_ok=True)
-        path = RESULTS / f"soak-{started.strftime('%Y%m%d-%H%M%S')}.json"
-        for p in [path] + ([Path(args.json)] if args.json else []):
-            p.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"\nresults: {path}" + (f" and {args.json}" if args.json else ""))
+        save_results("soak-", result, args.json, started, indent=1)
         return 0
     except KeyboardInterrupt:
         log("interrupted: stopping everything")
