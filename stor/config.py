@@ -28,6 +28,8 @@ CREDENTIALS_ENV = "STOR_BASIC_AUTH"
 NO_FAST_PATH_ENV = "STOR_NO_FAST_PATH"
 
 GB = 1_000_000_000
+# The default place of tus uploads in progress, in the first storage directory.
+TUS_DIR_NAME = ".stor-tus"
 
 
 class ConfigError(Exception):
@@ -233,6 +235,26 @@ class IntegritySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TusSettings:
+    """Section "tus": resumable uploads (the tus 1.0 protocol) under path.
+
+    directory: where uploads in progress are kept, on storage every node
+    shares (None: `.stor-tus` in the first storage directory; a node without
+    local storage needs one set, or has no tus). expire_after: seconds an
+    unfinished upload is kept after its last request; max_uploads: how many
+    may be in progress at once; sweep_period: seconds between sweeps of
+    expired ones.
+    """
+
+    enabled: bool = True
+    path: str = "/files/"
+    directory: Path | None = None
+    expire_after: float = 86400.0
+    max_uploads: int = 1000
+    sweep_period: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsSettings:
     """Section "metrics"."""
 
@@ -262,6 +284,7 @@ class Settings:
     metrics: MetricsSettings = MetricsSettings()
     s3: S3Settings = S3Settings()
     integrity: IntegritySettings = IntegritySettings()
+    tus: TusSettings = TusSettings()
     # Where the settings came from, for the start-up log line.
     source: str = "embedded default"
     # One line per legacy flat key read, for the CLI to log at start: the file
@@ -287,6 +310,15 @@ class Settings:
     @property
     def storage_dirs(self) -> tuple[Path, ...]:
         return tuple(d for pair in self.storage_pairs for d in pair)
+
+    @property
+    def tus_directory(self) -> Path | None:
+        """Where tus uploads in progress are kept; None when tus is off or has nowhere to keep them."""
+        if not self.tus.enabled:
+            return None
+        if self.tus.directory is not None:
+            return self.tus.directory
+        return self.storage_pairs[0][0] / TUS_DIR_NAME if self.storage_pairs else None
 
 
 def with_fast_path(settings: Settings, enabled: bool) -> Settings:
@@ -316,6 +348,7 @@ _SECTION_KEYS: dict[str, tuple[str, ...]] = {
         "copy_concurrency", "copy_retry_min", "copy_retry_max",
     ),
     "integrity": ("verify_reads", "heal", "heal_queue", "heal_concurrency", "scrub_rate", "scrub_workers"),
+    "tus": ("enabled", "path", "directory", "expire_after", "max_uploads", "sweep_period"),
 }
 
 # stor 2.0's flat keys and their place now: still read, with a warning.
@@ -415,6 +448,7 @@ def parse(raw: dict[str, Any], source: str = "config") -> Settings:
         metrics=_metrics(section("metrics")),
         s3=s3,
         integrity=_integrity(section("integrity")),
+        tus=_tus(section("tus")),
         source=source,
         warnings=tuple(warnings),
     )
@@ -800,6 +834,22 @@ def _integrity(r: _Reader, d: IntegritySettings = IntegritySettings()) -> Integr
         heal_concurrency=_at_least_one(r, "heal_concurrency", d.heal_concurrency),
         scrub_rate=rate,
         scrub_workers=_at_least_one(r, "scrub_workers", d.scrub_workers),
+    )
+
+
+def _tus(r: _Reader, d: TusSettings = TusSettings()) -> TusSettings:
+    path = r.get("path", str, d.path)
+    if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+/", path):
+        raise ConfigError(f"{r.name('path')}: expected a path such as /files/ (segments of letters, digits, . _ ~ -, "
+                          f"and a / at each end), got {path!r}")
+    directory = r.get("directory", str, None)
+    return TusSettings(
+        enabled=r.get("enabled", bool, d.enabled),
+        path=path,
+        directory=Path(directory) if directory else None,
+        expire_after=r.positive_number("expire_after", d.expire_after),
+        max_uploads=_at_least_one(r, "max_uploads", d.max_uploads),
+        sweep_period=r.positive_number("sweep_period", d.sweep_period),
     )
 
 

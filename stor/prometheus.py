@@ -54,8 +54,16 @@ HEAL_JOBS = Counter(
     "Repairs asked for by reads, by outcome (queued, dropped: queue full, repaired, failed, clean: nothing wrong)",
     ["result"],
 )
+TUS_UPLOADS = Counter(
+    "stor_tus_uploads",
+    "tus uploads by event (created, completed, duplicate: the blob was stored already, failed: not the declared "
+    "blob, expired, terminated)",
+    ["event"],
+)
+TUS_RECEIVED = Counter("stor_tus_received_bytes", "Bytes taken into tus uploads")
+TUS_EVENTS = ("created", "completed", "duplicate", "failed", "expired", "terminated")
 
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"})
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 # How far behind a worker's own traffic a scrape can be (another worker's: the
 # scraping worker hands over its own counts first).
@@ -153,6 +161,8 @@ class PrometheusSink:
         "error.get.corrupt_hcp.count": S3_CORRUPT,
         "error.get.corrupt_old.count": LOCAL_CORRUPT,
         **{f"heal.{result}.count": HEAL_JOBS.labels(result) for result in ("queued", "dropped", "repaired", "failed", "clean")},
+        **{f"tus.{event}.count": TUS_UPLOADS.labels(event) for event in TUS_EVENTS},
+        "tus.received.bytes": TUS_RECEIVED,
     }
     _LOCAL_FOUND = READS.labels("local", "found")
 

@@ -23,7 +23,9 @@ from stor.http.request import Request
 from stor.http.routes import BLOB_ROUTE, Routes, route
 from stor.http.scrape import ScrapeEndpoint
 from stor.http.service import HttpService
+from stor.http.tus import TusEndpoint
 from stor.metrics import Metrics, MetricsSink, StatsdSink
+from stor.resumable.uploads import ResumableUploads
 from stor.store.base import BlobStore
 from stor.store.heal import HealQueue
 from stor.store.hot import HotStore
@@ -137,7 +139,8 @@ class Application:
 
         # The route table: a new endpoint is a handler and one line here.
         routes = Routes()
-        health = HealthEndpoint(store, metrics)
+        self.resumable = self._resumable(store, metrics)
+        health = HealthEndpoint(store, metrics, self.resumable)
         routes.add_fixed("/", route("/", get=_index))
         routes.add_fixed("/status", route("/status", get=health.status))
         routes.add_fixed("/storages", route("/storages", get=health.storages))
@@ -150,9 +153,26 @@ class Application:
             traffic = prometheus.HttpTraffic()
         blobs = BlobEndpoint(store, auth, metrics, settings.uploads)
         routes.add_blob(route(BLOB_ROUTE, get=blobs.read, post=blobs.write, put=blobs.write, fast=True))
+        if self.resumable is not None:
+            tus = TusEndpoint(self.resumable, auth, settings.tus, settings.uploads.max_blob_bytes)
+            base = settings.tus.path
+            handlers = {
+                "post": tus.post, "head": tus.head, "patch": tus.patch, "delete": tus.delete, "options": tus.options,
+            }
+            routes.add_fixed(base[:-1], route(base[:-1], **handlers))
+            routes.add_prefix(base, route(f"{base}...", **handlers))
 
         self.service = HttpService(routes, traffic, steps_inline=not settings.s3_tier)
         self.asgi = AsgiApp(self.service, self.startup, self.shutdown, settings.http.body_timeout)
+
+    def _resumable(self, store: BlobStore, metrics: Metrics) -> ResumableUploads | None:
+        settings = self.settings
+        directory = settings.tus_directory
+        if directory is None:
+            if settings.tus.enabled:
+                log.info("tus: off (no local storage to keep uploads in progress; set tus.directory)")
+            return None
+        return ResumableUploads(directory, store, settings.tus, settings.uploads.max_blob_bytes, metrics)
 
     async def startup(self) -> None:
         aio.configure(self.settings.storage.io_threads)
@@ -160,6 +180,8 @@ class Application:
         await self.store.start()
         if self.heal is not None:
             self.heal.start()
+        if self.resumable is not None:
+            self.resumable.start()
         if self.settings.s3_tier:
             _fixed_mmap_threshold()
         if self.settings.metrics.prometheus.enabled:
@@ -172,6 +194,8 @@ class Application:
         for task in self._background:
             task.cancel()
         self._background.clear()
+        if self.resumable is not None:
+            await self.resumable.close()
         if self.heal is not None:
             await self.heal.close()
         await self.store.close()

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import logging
-import re
-import unicodedata
 from collections.abc import Callable
-from urllib.parse import unquote
-
-from starlette.datastructures import Headers
 
 from stor.config import UploadSettings
 from stor.digest import Digest, InvalidDigest
@@ -16,15 +11,10 @@ from stor.http import reply as replies
 from stor.http.auth import Authenticator, refusal
 from stor.http.conditional import CONDITIONAL_HEADERS, Full, NotModified, Partial, Refused, decide
 from stor.http.reply import Reply
-from stor.http.representation import (
-    DEFAULT_TYPE,
-    ascii_filename,
-    full_headers,
-    representation_headers,
-    validator_headers,
-)
-from stor.http.request import BodyTimeout, ClientDisconnect, Request
+from stor.http.representation import full_headers, representation_headers, validator_headers
+from stor.http.request import BodyTimeout, ClientDisconnect, Request, close_if_body_unread
 from stor.http.text import is_decimal, shown
+from stor.http.uploadmeta import upload_meta
 from stor.metrics import Metrics
 from stor.store.base import (
     NO_BYTES,
@@ -46,83 +36,6 @@ log = logging.getLogger("stor.http")
 # Uploads up to this size, sent without waiting for 100 Continue, are read whole and
 # stored in one step (store.put: one thread hop) instead of staged chunk by chunk.
 SMALL_UPLOAD_BYTES = 1 << 20
-
-# Media types as RFC 9110 spells them: type/subtype, then optional parameters.
-_MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;[ -~]*)?")
-# Not a statement about the blob: what curl --data-binary sends unless told
-# otherwise, and the type every blob without one is served as anyway (so no
-# sidecar, and its two fsyncs per mirror, is written for it).
-_NOT_A_TYPE = frozenset({"application/x-www-form-urlencoded", DEFAULT_TYPE})
-
-
-def upload_meta(headers: Headers) -> BlobMeta:
-    """The Content-Type and X-Filename an upload declares; ValueError with a one-line reason if malformed."""
-    content_type = headers.get("content-type")
-    if content_type is not None:
-        content_type = content_type.strip()
-        if content_type.lower() in _NOT_A_TYPE or not content_type:
-            content_type = None
-        elif len(content_type) > 200 or not _MEDIA_TYPE.fullmatch(content_type):
-            raise ValueError(f"Bad Content-Type '{shown(content_type)}': expected type/subtype")
-    filename = headers.get("x-filename")
-    if filename is not None:
-        filename = _filename(filename)
-    return BlobMeta(content_type, filename)
-
-
-# Not in a file name: controls (C0, DEL, C1), the invisible format characters (bidi overrides,
-# isolates and marks, which make "\u202efdp.exe" read as "exe.pdf"; zero-width ones), line and
-# paragraph separators.
-_NOT_IN_A_NAME = frozenset({"Cc", "Cf", "Zl", "Zp"})
-
-
-def _filename(header: str) -> str:
-    """X-Filename as it is kept and given back: non-ASCII percent-encoded; ValueError with a one-line reason."""
-    # A header value arrives as latin-1 text (HTTP's own encoding, what Starlette decodes with):
-    # a name sent as raw UTF-8 is those bytes again, decoded as UTF-8.
-    try:
-        text = header.encode("latin-1").decode("utf-8")
-    except UnicodeError:
-        raise ValueError(f"Bad X-Filename '{shown(header)}': not UTF-8 (percent-encode the name)") from None
-    decoded = _decoded(text)
-    if (
-        decoded is None
-        or not decoded
-        or len(decoded.encode()) > 255
-        or "/" in decoded
-        or any(unicodedata.category(c) in _NOT_IN_A_NAME for c in decoded)
-    ):
-        raise ValueError(
-            f"Bad X-Filename '{shown(text)}': a file name without '/', control or invisible format characters"
-        )
-    # Kept in the spelling the README documents, ASCII, so that it is a valid header again on GET:
-    # a name sent as raw UTF-8 and the same name percent-encoded are one name, in the sidecar too.
-    return ascii_filename(text)
-
-
-def _decoded(text: str) -> str | None:
-    try:
-        return unquote(text, errors="strict")
-    except UnicodeDecodeError:
-        return None
-
-
-def _close_if_body_unread(request: Request, reply: Reply) -> Reply:
-    """After an answer given before the body was read (duplicate, 401, 412, 413, 507).
-
-    A client that sent Expect: 100-continue sends nothing more, so the
-    connection stays usable. Any other client is sending (or about to send) a
-    body nobody will read: the connection is closed after the answer, and the
-    answer says so, so that no client reuses it. (Draining instead would wait
-    for a body the client may hold back until it has the answer.)
-    """
-    headers = request.headers
-    if request.body.complete or request.expects_continue:
-        return reply
-    if headers.get("content-length", "0") != "0" or "chunked" in headers.get("transfer-encoding", ""):
-        return reply.with_header("connection", "close")
-    return reply
-
 
 class BlobEndpoint:
     """The handlers of the blob route: read (GET, HEAD) and write (POST, PUT)."""
@@ -165,7 +78,7 @@ class BlobEndpoint:
         return _conditional(request, opened)
 
     async def write(self, request: Request) -> Reply:
-        return _close_if_body_unread(request, await self._write(request))
+        return close_if_body_unread(request, await self._write(request))
 
     async def _write(self, request: Request) -> Reply:
         self.metrics.incr("request.post.count")

@@ -8,13 +8,15 @@ from stor.http import reply as replies
 from stor.http.reply import Reply
 from stor.http.request import Request
 from stor.metrics import Metrics
+from stor.resumable.uploads import ResumableUploads
 from stor.store.base import BlobStore, Health, StorageState
 
 
 class HealthEndpoint:
-    def __init__(self, store: BlobStore, metrics: Metrics) -> None:
+    def __init__(self, store: BlobStore, metrics: Metrics, uploads: ResumableUploads | None = None) -> None:
         self.store = store
         self.metrics = metrics
+        self.uploads = uploads  # tus uploads in progress, shown in the JSON
 
     async def status(self, request: Request) -> Reply:
         health = await self.store.health()
@@ -40,6 +42,7 @@ class HealthEndpoint:
                         if s.kind == "memcached"
                     ],
                     **_s3(health),
+                    **(await self._uploads()),
                 },
             )
         if healthy:
@@ -48,6 +51,16 @@ class HealthEndpoint:
         problems += [f"Storage {s.path} cannot be written: {s.write_fault}" for s in health.storages if s.write_fault]
         problems += [f"S3 {s.name} unreachable: {s.error}" for s in s3_down]
         return replies.text(code, "\n".join(problems))
+
+    async def _uploads(self) -> dict[str, Any]:
+        if self.uploads is None:
+            return {}
+        try:
+            progress = await self.uploads.progress()
+        except OSError as e:
+            return {"tus": {"directory": self.uploads.directory.path, "error": str(e)}}
+        return {"tus": {"directory": self.uploads.directory.path, "uploads_in_progress": progress.uploads,
+                        "bytes_in_progress": progress.bytes}}
 
     async def storages(self, request: Request) -> Reply:
         """The original's documented "list of storages and disk usage", as JSON (always 200: /status judges)."""

@@ -10,6 +10,7 @@ from typing import Protocol
 from starlette.datastructures import Headers
 from starlette.types import Receive
 
+from stor.http.reply import Reply
 from stor.http.text import shown
 
 
@@ -125,3 +126,20 @@ class Request:
 
     def __str__(self) -> str:
         return f"{self.method} {shown(self.path)}"  # for logs: a crafted path cannot forge a line
+
+
+def close_if_body_unread(request: Request, reply: Reply) -> Reply:
+    """After an answer given before the body was read (a duplicate, 401, 412, 413, 507, a tus 409).
+
+    A client that sent Expect: 100-continue sends nothing more, so the
+    connection stays usable. Any other client is sending (or about to send) a
+    body nobody will read: the connection is closed after the answer, and the
+    answer says so, so that no client reuses it. (Draining instead would wait
+    for a body the client may hold back until it has the answer.)
+    """
+    headers = request.headers
+    if request.body.complete or request.expects_continue:
+        return reply
+    if headers.get("content-length", "0") != "0" or "chunked" in headers.get("transfer-encoding", ""):
+        return reply.with_header("connection", "close")
+    return reply

@@ -32,8 +32,15 @@ class Route:
         return ", ".join(self.handlers)
 
 
-def route(name: str, get: Handler | None = None, post: Handler | None = None, put: Handler | None = None,
-          fast: bool = False) -> Route:
+def route(
+    name: str,
+    get: Handler | None = None,
+    post: Handler | None = None,
+    put: Handler | None = None,
+    fast: bool = False,
+    **others: Handler,
+) -> Route:
+    """A route; others: handlers of further methods by lower-case name (head= answers HEAD without a GET)."""
     handlers: dict[str, Handler] = {}
     if get is not None:
         handlers["GET"] = handlers["HEAD"] = get
@@ -41,6 +48,8 @@ def route(name: str, get: Handler | None = None, post: Handler | None = None, pu
         handlers["POST"] = post
     if put is not None:
         handlers["PUT"] = put
+    for method, handler in others.items():
+        handlers[method.upper()] = handler
     return Route(name, handlers, fast)
 
 

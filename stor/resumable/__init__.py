@@ -1,0 +1,1 @@
+"""Uploads taken in pieces over many requests (tus), kept on shared storage until whole."""

@@ -1,0 +1,184 @@
+"""Where a resumable upload lives on the storage: its record `<id>.json` and its bytes `<id>.bin`.
+
+Both are in one directory on storage every node shares (by default
+`<first storage>/.stor-tus`), so any worker, any node and a restarted
+process take an upload up where it stopped. The record is replaced by a
+rename (a reader sees the old one or the new one, never half of either);
+the bytes file is only ever appended to or cut back, and carries the
+upload's lock: whoever writes it holds an exclusive flock on it for the
+request, which the kernel drops when the holder closes it or dies (Linux's
+NFS client maps it to a lock the server arbitrates). Names come only from
+ids this service made (32 lower-case hex digits, checked before any path is
+built).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+import secrets
+import stat
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from stor.store.durable import fsync_dir, write_all
+from stor.store.metadata import BlobMeta
+
+RECORD_SUFFIX = ".json"
+DATA_SUFFIX = ".bin"
+_PARTIAL = ".tmp-"  # a record being written: `<id>.json.tmp-<random>`
+_ID = re.compile(r"[0-9a-f]{32}")
+
+OPEN, DONE, FAILED = "open", "done", "failed"
+
+
+def new_id() -> str:
+    return secrets.token_hex(16)
+
+
+def is_upload_id(text: str) -> bool:
+    return _ID.fullmatch(text) is not None
+
+
+class Locked(Exception):
+    """Another request (in any worker or node) is writing the upload now."""
+
+
+@dataclass(slots=True)
+class UploadRecord:
+    id: str
+    length: int | None  # None until a deferred length is declared
+    offset: int  # bytes received, hashed and kept
+    created: float  # wall-clock seconds (nodes compare them)
+    expires: float
+    metadata: str  # Upload-Metadata as the client sent it, given back on HEAD
+    expected: str | None  # the sha256 the client declared, hex
+    content_type: str | None
+    filename: str | None
+    hash_state: str | None = None  # the SHA-256 state at offset (stor.sha256state), hex
+    hash_format: str | None = None
+    status: str = OPEN  # OPEN, DONE (committed as sha256) or FAILED (error says why)
+    sha256: str | None = None
+    error: str | None = None
+
+    @property
+    def meta(self) -> BlobMeta:
+        return BlobMeta(self.content_type, self.filename)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> UploadRecord:
+        raw = json.loads(data)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+class UploadDirectory:
+    """The directory of upload records and bytes; blocking calls (run them in a thread)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def ensure(self) -> None:
+        """The directory exists and is not a symlink (records would be written wherever it points)."""
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(self.path, 0o755)
+        if stat.S_ISLNK(os.lstat(self.path).st_mode):
+            raise OSError(errno.ELOOP, "a symbolic link, not followed", self.path)
+
+    def record_path(self, upload_id: str) -> str:
+        assert is_upload_id(upload_id)
+        return f"{self.path}/{upload_id}{RECORD_SUFFIX}"
+
+    def data_path(self, upload_id: str) -> str:
+        assert is_upload_id(upload_id)
+        return f"{self.path}/{upload_id}{DATA_SUFFIX}"
+
+    def load(self, upload_id: str) -> UploadRecord | None:
+        """The record, or None when there is none (or it cannot be read as one: it is then logged by the caller)."""
+        try:
+            fd = os.open(self.record_path(upload_id), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            with os.fdopen(fd, "rb") as f:
+                return UploadRecord.from_json(f.read(1 << 20))
+        except (ValueError, TypeError):
+            return None
+
+    def save(self, record: UploadRecord, durable: bool = False) -> None:
+        """Replace the record; durable: flushed with its directory entry (creation, completion)."""
+        final = self.record_path(record.id)
+        tmp = f"{final}{_PARTIAL}{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            write_all(fd, record.to_json())
+            if durable:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        os.rename(tmp, final)
+        if durable:
+            fsync_dir(self.path)
+
+    def create_data(self, upload_id: str) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.data_path(upload_id), flags, 0o644)
+        os.close(fd)
+
+    def open_locked(self, upload_id: str) -> int | None:
+        """The bytes file, open for reading and writing and exclusively locked; None when there is none.
+
+        Raises Locked when another holder has it: never waits (a client
+        that holds its request open would make this one wait as long).
+        """
+        try:
+            fd = os.open(self.data_path(upload_id), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise Locked() from None
+            raise
+        return fd
+
+    def remove_data(self, upload_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.data_path(upload_id))
+
+    def remove(self, upload_id: str) -> None:
+        """The bytes first: a record without bytes reads as finished or gone, never as resumable."""
+        self.remove_data(upload_id)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.record_path(upload_id))
+
+    def entries(self) -> list[os.DirEntry[str]]:
+        try:
+            with os.scandir(self.path) as listing:
+                return list(listing)
+        except FileNotFoundError:
+            return []
+
+    @staticmethod
+    def id_of(name: str, suffix: str) -> str | None:
+        """The upload id of a directory entry named `<id><suffix>`, if it is one."""
+        if not name.endswith(suffix):
+            return None
+        upload_id = name[: -len(suffix)]
+        return upload_id if is_upload_id(upload_id) else None
+
+    @staticmethod
+    def is_partial_record(name: str) -> bool:
+        return _PARTIAL in name and name.split(_PARTIAL)[0].endswith(RECORD_SUFFIX)
