@@ -65,8 +65,11 @@ def test_a_configured_metrics_path_is_metrics_and_other_single_segments_are_blob
 
 def test_paths_no_route_takes_and_methods_a_route_does_not_take(start_server: Any, mirrors: tuple[Path, Path]) -> None:
     server = start_server(pair_config(mirrors))
-    deep = httpx.get(f"{server.url}/files/abc")
+    deep = httpx.get(f"{server.url}/deeper/abc")
     assert (deep.status_code, deep.text) == (404, "Not Found")
+    # tus takes every path under /files/, and reads no upload with GET.
+    tus = httpx.get(f"{server.url}/files/abc")
+    assert (tus.status_code, tus.headers["allow"]) == (405, "POST, HEAD, PATCH, DELETE, OPTIONS")
     wrong = httpx.post(f"{server.url}/status", content=b"")
     assert (wrong.status_code, wrong.text, wrong.headers["allow"]) == (405, "Method POST not allowed", "GET, HEAD")
     blob = httpx.delete(f"{server.url}/{'0' * 64}")

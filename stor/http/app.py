@@ -172,7 +172,9 @@ class Application:
             if settings.tus.enabled:
                 log.info("tus: off (no local storage to keep uploads in progress; set tus.directory)")
             return None
-        return ResumableUploads(directory, store, settings.tus, settings.uploads.max_blob_bytes, metrics)
+        return ResumableUploads(
+            directory, store, settings.tus, settings.uploads.max_blob_bytes, metrics, settings.storage_dirs
+        )
 
     async def startup(self) -> None:
         aio.configure(self.settings.storage.io_threads)

@@ -1,15 +1,19 @@
-"""Where a resumable upload lives on the storage: its record `<id>.json` and its bytes `<id>.bin`.
+"""Where a resumable upload lives on the storage: its record, and its bytes `<id>.bin`.
 
-Both are in one directory on storage every node shares (by default
-`<first storage>/.stor-tus`), so any worker, any node and a restarted
-process take an upload up where it stopped. The record is replaced by a
-rename (a reader sees the old one or the new one, never half of either);
-the bytes file is only ever appended to or cut back, and carries the
-upload's lock: whoever writes it holds an exclusive flock on it for the
-request, which the kernel drops when the holder closes it or dies (Linux's
-NFS client maps it to a lock the server arbitrates). Names come only from
-ids this service made (32 lower-case hex digits, checked before any path is
-built).
+Records are in one directory on storage every node shares (by default
+`<first storage>/.stor-tus`): `<id>.json` while the upload is open,
+`<id>.done` once it ended (committed or failed), so that counting uploads in
+progress is a listing. Any worker, any node and a restarted process take an
+upload up where it stopped. A record is replaced by a rename (a reader sees
+the old one or the new one, never half of either). The bytes are in one
+file per copy the store will keep (in a staging directory on each copy's
+filesystem, which the store names: its commit then moves them into place),
+or in the records' directory; they are only ever appended to or cut back.
+The first of them carries the upload's lock: whoever writes the upload
+holds an exclusive flock on it for the request, which the kernel drops when
+the holder closes it or dies (Linux's NFS client maps it to a lock the
+server arbitrates). Names come only from ids this service made (32
+lower-case hex digits, checked before any path is built).
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from pathlib import Path
 from stor.store.durable import fsync_dir, write_all
 from stor.store.metadata import BlobMeta
 
-RECORD_SUFFIX = ".json"
+RECORD_SUFFIX = ".json"  # an open upload's record
+DONE_SUFFIX = ".done"  # a finished upload's record
 DATA_SUFFIX = ".bin"
 _PARTIAL = ".tmp-"  # a record being written: `<id>.json.tmp-<random>`
 _ID = re.compile(r"[0-9a-f]{32}")
@@ -56,6 +61,7 @@ class UploadRecord:
     created: float  # wall-clock seconds (nodes compare them)
     expires: float
     metadata: str  # Upload-Metadata as the client sent it, given back on HEAD
+    paths: list[str]  # the files holding the bytes (the same bytes each); the first carries the lock
     expected: str | None  # the sha256 the client declared, hex
     content_type: str | None
     filename: str | None
@@ -86,35 +92,29 @@ class UploadDirectory:
         self.path = str(path)
 
     def ensure(self) -> None:
-        """The directory exists and is not a symlink (records would be written wherever it points)."""
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(self.path, 0o755)
-        if stat.S_ISLNK(os.lstat(self.path).st_mode):
-            raise OSError(errno.ELOOP, "a symbolic link, not followed", self.path)
+        ensure_dir(self.path)
 
-    def record_path(self, upload_id: str) -> str:
+    def record_path(self, upload_id: str, suffix: str = RECORD_SUFFIX) -> str:
         assert is_upload_id(upload_id)
-        return f"{self.path}/{upload_id}{RECORD_SUFFIX}"
-
-    def data_path(self, upload_id: str) -> str:
-        assert is_upload_id(upload_id)
-        return f"{self.path}/{upload_id}{DATA_SUFFIX}"
+        return f"{self.path}/{upload_id}{suffix}"
 
     def load(self, upload_id: str) -> UploadRecord | None:
-        """The record, or None when there is none (or it cannot be read as one: it is then logged by the caller)."""
-        try:
-            fd = os.open(self.record_path(upload_id), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        try:
-            with os.fdopen(fd, "rb") as f:
-                return UploadRecord.from_json(f.read(1 << 20))
-        except (ValueError, TypeError):
-            return None
+        """The record (an open upload's, else a finished one's); None when there is none or it is unreadable."""
+        for suffix in (RECORD_SUFFIX, DONE_SUFFIX):
+            try:
+                fd = os.open(self.record_path(upload_id, suffix), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                with os.fdopen(fd, "rb") as f:
+                    return UploadRecord.from_json(f.read(1 << 20))
+            except (ValueError, TypeError):
+                return None
+        return None
 
     def save(self, record: UploadRecord, durable: bool = False) -> None:
-        """Replace the record; durable: flushed with its directory entry (creation, completion)."""
-        final = self.record_path(record.id)
+        """Replace the record; durable: flushed with its directory entry (creation, the end)."""
+        final = self.record_path(record.id, RECORD_SUFFIX if record.status == OPEN else DONE_SUFFIX)
         tmp = f"{final}{_PARTIAL}{secrets.token_hex(4)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         try:
@@ -127,42 +127,18 @@ class UploadDirectory:
             raise
         os.close(fd)
         os.rename(tmp, final)
+        if record.status != OPEN:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.record_path(record.id))
         if durable:
             fsync_dir(self.path)
 
-    def create_data(self, upload_id: str) -> None:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(self.data_path(upload_id), flags, 0o644)
-        os.close(fd)
-
-    def open_locked(self, upload_id: str) -> int | None:
-        """The bytes file, open for reading and writing and exclusively locked; None when there is none.
-
-        Raises Locked when another holder has it: never waits (a client
-        that holds its request open would make this one wait as long).
-        """
-        try:
-            fd = os.open(self.data_path(upload_id), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise Locked() from None
-            raise
-        return fd
-
-    def remove_data(self, upload_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.data_path(upload_id))
-
-    def remove(self, upload_id: str) -> None:
-        """The bytes first: a record without bytes reads as finished or gone, never as resumable."""
-        self.remove_data(upload_id)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.record_path(upload_id))
+    def remove(self, record: UploadRecord) -> None:
+        """The bytes first: a record without bytes reads as ended, never as resumable."""
+        remove_files(record.paths)
+        for suffix in (RECORD_SUFFIX, DONE_SUFFIX):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.record_path(record.id, suffix))
 
     def entries(self) -> list[os.DirEntry[str]]:
         try:
@@ -181,4 +157,63 @@ class UploadDirectory:
 
     @staticmethod
     def is_partial_record(name: str) -> bool:
-        return _PARTIAL in name and name.split(_PARTIAL)[0].endswith(RECORD_SUFFIX)
+        return _PARTIAL in name
+
+
+def ensure_dir(path: str) -> None:
+    """path exists (made if missing) and is not a symlink (files would be written wherever it points)."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o755)
+    if stat.S_ISLNK(os.lstat(path).st_mode):
+        raise OSError(errno.ELOOP, "a symbolic link, not followed", path)
+
+
+def data_path(directory: str, upload_id: str) -> str:
+    assert is_upload_id(upload_id)
+    return f"{directory}/{upload_id}{DATA_SUFFIX}"
+
+
+def create_files(paths: list[str]) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    made: list[str] = []
+    try:
+        for path in paths:
+            os.close(os.open(path, flags, 0o644))
+            made.append(path)
+    except BaseException:
+        remove_files(made)
+        raise
+
+
+def open_locked(paths: list[str]) -> list[int] | None:
+    """The bytes files, open for reading and writing, the first exclusively locked; None when it is gone.
+
+    Raises Locked when another holder has the lock: never waits (a client
+    that holds its request open would make this one wait as long).
+    """
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        first = os.open(paths[0], flags)
+    except FileNotFoundError:
+        return None
+    fds = [first]
+    try:
+        try:
+            fcntl.flock(first, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise Locked() from None
+            raise
+        for path in paths[1:]:
+            fds.append(os.open(path, flags))
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
+def remove_files(paths: list[str]) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

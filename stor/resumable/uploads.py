@@ -13,10 +13,16 @@ re-read to rebuild it. Bytes past the recorded offset (a process killed
 mid-request) are cut off when the upload is next opened: the record is the
 truth, and it only ever names bytes that were written and hashed.
 
-At completion the upload is committed through the store's own staged write
-(begin -> write -> commit), which hashes again what it writes to its
-targets: nothing becomes visible unless it is the blob the upload declared
-(or, without a declared sha, the blob it hashed to), whatever the backend.
+The bytes are written where the store asks (BlobStore.staging_dirs: for
+local pairs, a file on each mirror of the pair the blob will go to, on that
+mirror's filesystem), as many copies as a POST writes, and at completion
+they are committed through the store's own staged write with StagedBytes:
+the local store renames them into place under the sha they hashed to (no
+byte copied or hashed twice, as with a POST, which hashes once as it
+writes); a backend that cannot take the files (S3) reads them back and
+hashes them again as it sends them. Nothing becomes visible unless it is
+the blob the upload declared (or, without a declared sha, the blob it
+hashed to).
 """
 
 from __future__ import annotations
@@ -32,22 +38,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stor.aio import in_thread
-from stor.config import TusSettings
+from stor.config import TUS_DIR_NAME, TusSettings
 from stor.digest import Digest
 from stor.metrics import Metrics
 from stor.resumable.record import (
     DATA_SUFFIX,
     DONE,
+    DONE_SUFFIX,
     FAILED,
     OPEN,
     RECORD_SUFFIX,
     Locked,
     UploadDirectory,
     UploadRecord,
+    create_files,
+    data_path,
+    ensure_dir,
     new_id,
+    open_locked,
+    remove_files,
 )
 from stor.sha256state import STATE_FORMAT, ResumableSha256
-from stor.store.base import BlobInfo, BlobStore, DigestMismatch, NoSpace, Stored, TooLarge
+from stor.store.base import BlobInfo, BlobStore, DigestMismatch, NoSpace, StagedBytes, Stored, TooLarge
+from stor.store.durable import write_copies
 from stor.store.metadata import BlobMeta
 
 log = logging.getLogger("stor.resumable")
@@ -57,8 +70,10 @@ WRITE_PIECE = 1 << 20
 # A long request records its progress every so many bytes: a process killed mid-request then
 # loses at most this much of it (without a per-request checksum, which makes a request all or nothing).
 CHECKPOINT_BYTES = 64 << 20
-# The stored bytes are read back for the commit in pieces of this size.
-COMMIT_PIECE = 8 << 20
+# Stored bytes are read back (to rebuild a hash that could not be taken up) in pieces of this size.
+REHASH_PIECE = 8 << 20
+# An ended upload's record is kept this long (at most expire_after), for a client whose last answer was lost.
+FINISHED_KEPT_SECONDS = 3600.0
 # Leftovers without a record (a creation cut short) are removed once this old.
 ORPHAN_SECONDS = 3600.0
 
@@ -123,23 +138,29 @@ class Progress:
 
 
 class _Session:
-    """One request's hold on an upload: its bytes file (locked), record and running hash. Blocking methods."""
+    """One request's hold on an upload: its bytes files (the first locked), record and running hash.
 
-    def __init__(self, directory: UploadDirectory, fd: int, record: UploadRecord, hasher: ResumableSha256) -> None:
+    Blocking methods (run them in a thread).
+    """
+
+    def __init__(
+        self, directory: UploadDirectory, fds: list[int], record: UploadRecord, hasher: ResumableSha256
+    ) -> None:
         self.directory = directory
-        self.fd = fd
+        self.fds = fds
         self.record = record
         self.hasher = hasher
 
     def write(self, data: bytes, position: int, checksum: hashlib._Hash | None) -> None:
-        self.hasher.update(data)
-        if checksum is not None:
-            checksum.update(data)
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(self.fd, view, position)
-            position += written
-            view = view[written:]
+        if checksum is None:
+            write_copies(self.fds, data, position, self.hasher.update)
+            return
+
+        def both(piece: bytes) -> None:
+            self.hasher.update(piece)
+            checksum.update(piece)
+
+        write_copies(self.fds, data, position, both)
 
     def keep(self, offset: int, durable: bool = False) -> None:
         """Record offset (every byte before it written and hashed) with the hash state there."""
@@ -150,23 +171,42 @@ class _Session:
         self.directory.save(self.record, durable)
 
     def cut_back(self, offset: int) -> None:
-        os.ftruncate(self.fd, offset)
+        for fd in self.fds:
+            os.ftruncate(fd, offset)
+
+    def still_staged(self) -> bool:
+        """Whether every bytes file is still where the record says (no commit moved one into the store)."""
+        for fd, path in zip(self.fds, self.record.paths):
+            try:
+                if os.stat(path, follow_symlinks=False).st_ino != os.fstat(fd).st_ino:
+                    return False
+            except FileNotFoundError:
+                return False
+        return True
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)  # releases the lock
-            self.fd = -1
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            os.close(fd)  # the first releases the lock
 
 
 class ResumableUploads:
     def __init__(
-        self, directory: Path, store: BlobStore, settings: TusSettings, max_blob_bytes: int | None, metrics: Metrics
+        self,
+        directory: Path,
+        store: BlobStore,
+        settings: TusSettings,
+        max_blob_bytes: int | None,
+        metrics: Metrics,
+        staging_roots: tuple[Path, ...] = (),
     ) -> None:
         self.directory = UploadDirectory(directory)
         self.store = store
         self.settings = settings
         self.max_blob_bytes = max_blob_bytes
         self.metrics = metrics
+        # Where the store may have put bytes files (its staging directories), for the sweep of leftovers.
+        self.staging_dirs = tuple(dict.fromkeys([str(directory), *(f"{r}/{TUS_DIR_NAME}" for r in staging_roots)]))
         self._sweeper: asyncio.Task[None] | None = None
 
     # ---- life cycle --------------------------------------------------------
@@ -191,16 +231,14 @@ class ResumableUploads:
 
     # ---- the operations ----------------------------------------------------
 
-    async def create(
-        self, length: int | None, metadata: str, expected: Digest | None, meta: BlobMeta
-    ) -> UploadRecord:
+    async def create(self, length: int | None, metadata: str, expected: Digest | None, meta: BlobMeta) -> UploadRecord:
         """A new upload (length None: declared later); done at once when the declared blob is stored already."""
         if length is not None:
             self._check_size(length)
         now = time.time()
         record = UploadRecord(
             id=new_id(), length=length, offset=0, created=now, expires=now + self.settings.expire_after,
-            metadata=metadata, expected=expected.hex if expected is not None else None,
+            metadata=metadata, paths=[], expected=expected.hex if expected is not None else None,
             content_type=meta.content_type, filename=meta.filename,
         )
         if expected is not None:
@@ -209,8 +247,10 @@ class ResumableUploads:
                 return await in_thread(self._create_stored, record, info)
         if await in_thread(self._open_uploads) >= self.settings.max_uploads:
             raise TooManyUploads(self.settings.max_uploads)
+        staging = await self.store.staging_dirs(length) or (self.directory.path,)
         if length:
-            await self._check_space(length)
+            await self._check_space(length, staging)
+        record.paths = [data_path(d, record.id) for d in staging]
         await in_thread(self._create_blocking, record)
         self.metrics.incr("tus.created.count")
         if length == 0:
@@ -306,48 +346,65 @@ class ResumableUploads:
                 buffer.clear()
         except BaseException:
             # The body stopped (the client went away, stalled, sent too much) or a write failed.
-            if pending is not None:
-                try:
-                    await pending
-                except Exception:
-                    position = kept  # what that write did is unknown: keep what was recorded
-                    session.hasher = await in_thread(self._rebuild_hash, session.fd, kept)
-            received = position - start
-            if check is not None or position == kept:
-                await in_thread(session.cut_back, kept if check is None else start)
-            else:
-                await in_thread(self._keep_what_arrived, session, position)
-                self.metrics.incr("tus.received.bytes", received)
+            await self._stopped(session, pending, start, kept, position, keep_any=check is None)
             raise
         if check is not None and checksum is not None and check.digest() != checksum.digest:
             await in_thread(session.cut_back, start)
             raise ChecksumMismatch(checksum.algorithm)
         self.metrics.incr("tus.received.bytes", position - start)
         record.expires = time.time() + self.settings.expire_after
-        if record.length is not None and position == record.length:
+        if record.length is None or position < record.length:
+            await in_thread(session.keep, position)
+            return record
+        try:
+            return await self._complete(session)
+        except UploadError:
+            raise  # the upload failed for good (its record says so)
+        except BaseException:
+            # Not committed (no space, a storage fault): this request's bytes are taken back, so that
+            # the client, told it failed, sends them again and the commit is tried again.
+            record.hash_state, record.hash_format = start_state
+            await in_thread(self._undo, session, start)
+            raise
+
+    async def _stopped(
+        self, session: _Session, pending: asyncio.Future[None] | None, start: int, kept: int, position: int,
+        keep_any: bool,
+    ) -> None:
+        """After a body that stopped short: what arrived whole is recorded (keep_any), or nothing of it."""
+        if pending is not None:
             try:
-                return await self._complete(session)
-            except UploadError:
-                raise  # the upload failed for good (its record says so)
-            except BaseException:
-                # Not committed (no space, a storage fault): this request's bytes are taken back, so that
-                # the client, told it failed, sends them again and the commit is tried again.
-                record.hash_state, record.hash_format = start_state
-                await in_thread(self._undo, session, start)
-                raise
-        await in_thread(session.keep, position)
-        return record
+                await pending
+            except Exception:
+                position = kept  # what that write did is unknown: keep only what was recorded
+                session.hasher = await in_thread(self._rebuild_hash, session.fds[0], kept)
+        if not keep_any:
+            await in_thread(session.cut_back, start)
+        elif position == kept:
+            await in_thread(session.cut_back, kept)
+        else:
+            await in_thread(self._keep_what_arrived, session, position)
+            self.metrics.incr("tus.received.bytes", position - start)
 
     @staticmethod
     def _keep_what_arrived(session: _Session, position: int) -> None:
         session.cut_back(position)  # nothing past what was hashed
         session.keep(position)
 
-    @staticmethod
-    def _undo(session: _Session, start: int) -> None:
+    def _undo(self, session: _Session, start: int) -> None:
+        record = session.record
+        if not session.still_staged():
+            # The commit moved the bytes into the store and failed after (a layer's work): the blob is
+            # there, and the upload ended with it.
+            log.warning("upload %s: its commit failed after its bytes were stored; ended as %s", record.id,
+                        session.hasher.hexdigest())
+            record.status, record.sha256, record.offset = DONE, session.hasher.hexdigest(), record.length or 0
+            record.hash_state = record.hash_format = None
+            self._finish(session)
+            return
         session.cut_back(start)
-        session.record.offset = start
-        session.directory.save(session.record)
+        record.offset = start
+        self.directory.save(record)
 
     def _declare_length(self, record: UploadRecord, length: int) -> None:
         if record.length is not None:
@@ -390,15 +447,17 @@ class ResumableUploads:
             await in_thread(self._fail, session, str(mismatch))
             raise UploadFailed(str(mismatch))
         digest = Digest.parse(actual)
+        await in_thread(self._flush_record, session, record.length)
+        staged = StagedBytes(tuple(record.paths), record.length, digest.hex)
         try:
-            stored = await self._commit(session.fd, digest, record.length, record.meta)
+            upload = await self.store.begin(digest, record.length, record.meta, staged)
+            stored = upload if isinstance(upload, Stored) else await upload.commit()
         except DigestMismatch as e:
             # The stored bytes are not those that were hashed as they arrived: changed on the disk since.
             log.error("upload %s: its stored bytes changed before the commit: %s", record.id, e)
             await in_thread(self._fail, session, "its stored bytes changed on the storage before the commit")
             raise UploadFailed("The upload's stored bytes changed before the commit; send it again") from e
         record.status, record.sha256 = DONE, digest.hex
-        record.offset = record.length
         record.hash_state = record.hash_format = None
         await in_thread(self._finish, session)
         self.metrics.incr("tus.completed.count")
@@ -406,42 +465,45 @@ class ResumableUploads:
                  "" if stored.created else " (stored already)")
         return record
 
-    async def _commit(self, fd: int, digest: Digest, length: int, meta: BlobMeta) -> Stored:
-        """The stored bytes through the store's staged write, which verifies them against digest."""
-        upload = await self.store.begin(digest, length, meta)
-        if isinstance(upload, Stored):
-            return upload
-        try:
-            position = 0
-            while position < length:
-                piece = await in_thread(os.pread, fd, min(COMMIT_PIECE, length - position), position)
-                if not piece:
-                    raise OSError(f"upload bytes file ends at {position} of {length}")
-                await upload.write(piece)
-                position += len(piece)
-        except BaseException:
-            await upload.abort()
-            raise
-        return await upload.commit()
+    @staticmethod
+    def _flush_record(session: _Session, length: int) -> None:
+        """The record names every byte before the commit takes the files (a crash after it then finds them
+        moved, and the record whole)."""
+        session.keep(length)
 
     def _fail(self, session: _Session, reason: str) -> None:
         record = session.record
         record.status, record.error = FAILED, reason
         record.hash_state = record.hash_format = None
         self.directory.save(record, durable=True)
-        self.directory.remove_data(record.id)
+        remove_files(record.paths)
         self.metrics.incr("tus.failed.count")
         log.warning("upload %s failed: %s", record.id, reason)
 
     def _finish(self, session: _Session) -> None:
-        self.directory.save(session.record, durable=True)
-        self.directory.remove_data(session.record.id)
+        """The ended record in place, then the bytes files that the commit did not move removed."""
+        record = session.record
+        record.expires = time.time() + min(self.settings.expire_after, FINISHED_KEPT_SECONDS)
+        self.directory.save(record, durable=True)
+        if session.still_staged():  # copied (or stored already), not moved
+            remove_files(record.paths)
+        else:
+            for fd, path in zip(session.fds, record.paths):
+                with contextlib.suppress(FileNotFoundError):
+                    if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                        os.unlink(path)
 
     # ---- blocking steps (in a thread) -------------------------------------
 
     def _create_blocking(self, record: UploadRecord) -> None:
-        self.directory.create_data(record.id)
-        self.directory.save(record, durable=True)
+        for path in record.paths:
+            ensure_dir(os.path.dirname(path))
+        create_files(record.paths)
+        try:
+            self.directory.save(record, durable=True)
+        except BaseException:
+            remove_files(record.paths)
+            raise
 
     def _create_stored(self, record: UploadRecord, info: BlobInfo) -> UploadRecord:
         """An upload of a blob stored already: finished at creation, nothing to send."""
@@ -451,29 +513,32 @@ class ResumableUploads:
             )
         record.length = record.offset = info.size
         record.status, record.sha256 = DONE, info.digest.hex
+        record.expires = record.created + min(self.settings.expire_after, FINISHED_KEPT_SECONDS)
         self.directory.ensure()
         self.directory.save(record, durable=True)
         self.metrics.incr("tus.duplicate.count")
         return record
 
     def _open(self, upload_id: str) -> _Session | UploadRecord:
-        """The upload held for a request (its bytes file locked); its record instead when it is finished."""
-        fd = self.directory.open_locked(upload_id)
-        if fd is None:
-            record = self._current(self.directory.load(upload_id))
-            if record.status == OPEN:
-                raise UnknownUpload()  # a record whose bytes were removed: terminated meanwhile
+        """The upload held for a request (its bytes files open, the lock taken); its record when it ended."""
+        record = self._current(self.directory.load(upload_id))
+        if record.status != OPEN:
             return record
+        fds = open_locked(record.paths)
+        if fds is None:  # ended meanwhile (committed, terminated, swept)
+            return self._current(self.directory.load(upload_id))
         try:
-            record = self._current(self.directory.load(upload_id))
-            if record.status != OPEN:  # finished by another request meanwhile (its bytes go next)
+            record = self._current(self.directory.load(upload_id))  # as it is now that the lock is held
+            if record.status != OPEN:
+                raise _Ended(record)
+            return _Session(self.directory, fds, record, self._hash_at(fds, record))
+        except _Ended as ended:
+            for fd in fds:
                 os.close(fd)
-                return record
-            return _Session(self.directory, fd, record, self._hash_at(fd, record))
+            return ended.record
         except BaseException:
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+            for fd in fds:
+                os.close(fd)
             raise
 
     def _current(self, record: UploadRecord | None) -> UploadRecord:
@@ -485,21 +550,28 @@ class ResumableUploads:
             raise UploadGone("The upload expired")
         return record
 
-    def _hash_at(self, fd: int, record: UploadRecord) -> ResumableSha256:
-        """The running hash at the record's offset; the bytes file cut to it (or the record to the file)."""
-        size = os.fstat(fd).st_size
-        if size > record.offset:
-            os.ftruncate(fd, record.offset)  # written but never recorded: a request cut short
-        if size >= record.offset and record.hash_state is not None and record.hash_format == STATE_FORMAT:
-            try:
-                return ResumableSha256.from_state(bytes.fromhex(record.hash_state))
-            except ValueError:
-                pass
-        if size < record.offset:
+    def _hash_at(self, fds: list[int], record: UploadRecord) -> ResumableSha256:
+        """The running hash at the record's offset; the bytes files cut to it (or the record to the files)."""
+        size = min(os.fstat(fd).st_size for fd in fds)
+        if size >= record.offset:
+            for fd in fds:
+                if os.fstat(fd).st_size > record.offset:
+                    os.ftruncate(fd, record.offset)  # written but never recorded: a request cut short
+            if record.hash_state is not None and record.hash_format == STATE_FORMAT:
+                try:
+                    return ResumableSha256.from_state(bytes.fromhex(record.hash_state))
+                except ValueError:
+                    pass
+        else:
             log.warning("upload %s: %d bytes recorded, %d stored (lost in a crash?); going on from %d",
                         record.id, record.offset, size, size)
+            for fd in fds:
+                os.ftruncate(fd, size)
             record.offset = size
-        hasher = self._rebuild_hash(fd, record.offset)
+        hasher = self._rebuild_hash(fds[0], record.offset)
+        state = hasher.state()
+        record.hash_state = state.hex() if state is not None else None
+        record.hash_format = STATE_FORMAT if state is not None else None
         self.directory.save(record)
         return hasher
 
@@ -508,7 +580,7 @@ class ResumableUploads:
         hasher = ResumableSha256()
         position = 0
         while position < length:
-            piece = os.pread(fd, min(COMMIT_PIECE, length - position), position)
+            piece = os.pread(fd, min(REHASH_PIECE, length - position), position)
             if not piece:
                 break
             hasher.update(piece)
@@ -516,91 +588,100 @@ class ResumableUploads:
         return hasher
 
     def _terminate_blocking(self, upload_id: str) -> UploadRecord:
-        fd = self.directory.open_locked(upload_id)
+        record = self.directory.load(upload_id)
+        if record is None:
+            raise UnknownUpload()
+        fds = open_locked(record.paths) if record.status == OPEN else None
         try:
-            record = self.directory.load(upload_id)
-            if record is None:
-                raise UnknownUpload()
-            self.directory.remove(upload_id)
+            record = self.directory.load(upload_id) or record
+            self.directory.remove(record)
             return record
         finally:
-            if fd is not None:
+            for fd in fds or ():
                 os.close(fd)
 
     def _open_uploads(self) -> int:
         """How many uploads are in progress (the directory made if this is its first)."""
         self.directory.ensure()
-        return sum(1 for e in self.directory.entries() if e.name.endswith(DATA_SUFFIX))
+        return sum(1 for e in self.directory.entries() if e.name.endswith(RECORD_SUFFIX))
 
     def _progress_blocking(self) -> Progress:
         uploads = size = 0
         for entry in self.directory.entries():
-            if entry.name.endswith(DATA_SUFFIX):
+            upload_id = self.directory.id_of(entry.name, RECORD_SUFFIX)
+            if upload_id is None:
+                continue
+            record = self.directory.load(upload_id)
+            if record is not None and record.status == OPEN:
                 uploads += 1
-                with contextlib.suppress(FileNotFoundError):
-                    size += entry.stat(follow_symlinks=False).st_size
+                size += record.offset
         return Progress(uploads, size)
 
     def _sweep_blocking(self, now: float) -> int:
         expired = 0
         directory = self.directory
-        entries = directory.entries()
-        records = {i for e in entries if (i := directory.id_of(e.name, RECORD_SUFFIX))}
-        for entry in entries:
+        known: set[str] = set()
+        for entry in directory.entries():
             name = entry.name
-            upload_id = directory.id_of(name, RECORD_SUFFIX)
+            upload_id = directory.id_of(name, RECORD_SUFFIX) or directory.id_of(name, DONE_SUFFIX)
             try:
                 if upload_id is not None:
+                    known.add(upload_id)
                     expired += self._sweep_upload(upload_id, now)
-                elif (orphan := directory.id_of(name, DATA_SUFFIX)) is not None and orphan not in records:
-                    self._remove_if_old(entry, now, lambda: directory.remove_data(orphan))
                 elif directory.is_partial_record(name):
-                    self._remove_if_old(entry, now, lambda: os.unlink(entry.path))
+                    _remove_if_old(entry.path, now)
             except Locked:
                 continue  # being written now: not expired
             except OSError as e:
                 log.warning("cannot sweep %s: %s", entry.path, e)
+        for staging in self.staging_dirs:  # bytes files of creations cut short before their record was
+            for entry in UploadDirectory(Path(staging)).entries():
+                orphan = UploadDirectory.id_of(entry.name, DATA_SUFFIX)
+                if orphan is not None and orphan not in known and directory.load(orphan) is None:
+                    try:
+                        _remove_if_old(entry.path, now)
+                    except OSError as e:
+                        log.warning("cannot sweep %s: %s", entry.path, e)
         return expired
 
     def _sweep_upload(self, upload_id: str, now: float) -> int:
         record = self.directory.load(upload_id)
         if record is None or record.expires > now:
             return 0
-        fd = self.directory.open_locked(upload_id)
+        fds = open_locked(record.paths) if record.status == OPEN else None
         try:
             record = self.directory.load(upload_id)  # as it is now that nobody writes it
             if record is None or record.expires > now:
                 return 0
-            self.directory.remove(upload_id)
+            self.directory.remove(record)
             if record.status == OPEN:
                 log.info("upload %s expired at %d of %s bytes; removed", upload_id, record.offset,
                          record.length if record.length is not None else "?")
                 return 1
             return 0
         finally:
-            if fd is not None:
+            for fd in fds or ():
                 os.close(fd)
 
-    @staticmethod
-    def _remove_if_old(entry: os.DirEntry[str], now: float, remove: object) -> None:
-        if now - entry.stat(follow_symlinks=False).st_mtime >= ORPHAN_SECONDS:
-            remove()  # type: ignore[operator]
+    async def _check_space(self, length: int, staging: tuple[str, ...]) -> None:
+        """NoSpace when the upload's bytes cannot fit where they wait (the store's pair, or the records' place)."""
+        for directory in staging:
+            stat = await in_thread(os.statvfs, os.path.dirname(directory))
+            if stat.f_bavail * stat.f_frsize < length:
+                raise NoSpace(f"Not enough space for {length} bytes in {directory}")
 
-    async def _check_space(self, length: int) -> None:
-        """NoSpace when the upload cannot fit where its bytes wait, or on any pair that takes writes."""
-        stat = await in_thread(os.statvfs, self.directory.path)
-        if stat.f_bavail * stat.f_frsize < length:
-            raise NoSpace(f"Not enough space for {length} bytes in {self.directory.path}")
-        health = await self.store.health()
-        pairs: dict[int, int] = {}
-        for s in health.storages:
-            if s.pair is not None and s.writable and s.free_bytes is not None:
-                pairs[s.pair] = min(pairs.get(s.pair, s.free_bytes), s.free_bytes)
-        if health.storages and max(pairs.values(), default=0) < length:
-            raise NoSpace(f"Not enough space on storages for {length} bytes")
+
+class _Ended(Exception):
+    def __init__(self, record: UploadRecord) -> None:
+        self.record = record
+
+
+def _remove_if_old(path: str, now: float) -> None:
+    if now - os.stat(path, follow_symlinks=False).st_mtime >= ORPHAN_SECONDS:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 async def _no_bytes() -> AsyncIterator[bytes]:
     return
     yield b""
-

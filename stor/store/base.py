@@ -220,6 +220,22 @@ class Stored:
     storage: str | None = None  # one storage holding it now, as `at` names it (for a location cache)
 
 
+@dataclass(frozen=True, slots=True)
+class StagedBytes:
+    """A blob's bytes already on the storage, hashed as they arrived: a resumable upload's, once whole.
+
+    paths: files holding the same bytes, one in each directory staging_dirs()
+    named (or anywhere, when it named none). A commit moves them into place
+    where they lie on a target's filesystem (no byte is copied; the paths are
+    gone afterwards), and copies them elsewhere; a write that fails leaves
+    them as they were.
+    """
+
+    paths: tuple[str, ...]
+    length: int
+    sha256: str  # hex, what they hashed to as they arrived
+
+
 class Upload(Protocol):
     """A staged write: chunks in, then commit (verified, made visible) or abort (nothing kept)."""
 
@@ -291,13 +307,21 @@ class BlobStore(Protocol):
     def open(self, digest: Digest, span: tuple[int, int] | None = None, at: str | None = None) -> Awaitable[OpenBlob | Missing]:
         """The blob's bytes: all of them, or span = (offset, length), which must lie within the blob."""
 
-    def begin(self, expected: Digest | None, length: int | None, meta: BlobMeta = NO_META) -> Awaitable[Upload | Stored]:
+    def begin(
+        self, expected: Digest | None, length: int | None, meta: BlobMeta = NO_META, staged: StagedBytes | None = None,
+    ) -> Awaitable[Upload | Stored]:
         """Start a write; a Stored at once when the expected blob is already complete (nothing to send).
 
         expected None: the digest is known only at commit (the upload is
         stored under what it hashes to). Raises TooLarge or NoSpace before any
-        byte is taken when length already tells.
+        byte is taken when length already tells. staged: the bytes are on the
+        storage already; nothing is written to the upload, whose commit takes them.
         """
+
+    def staging_dirs(self, length: int | None) -> Awaitable[tuple[str, ...]]:
+        """Where bytes that will be committed later (StagedBytes) should wait: one directory per copy
+        the backend will keep, each on that copy's filesystem, so that the commit moves no byte.
+        Empty: the backend copies them wherever they are (an S3 bucket)."""
 
     def put(self, expected: Digest, data: bytes, meta: BlobMeta = NO_META) -> Awaitable[Stored]:
         """A whole body already in memory, stored in one step (a small upload)."""
@@ -332,8 +356,13 @@ class Layer:
     def open(self, digest: Digest, span: tuple[int, int] | None = None, at: str | None = None) -> Awaitable[OpenBlob | Missing]:
         return self.inner.open(digest, span, at)
 
-    def begin(self, expected: Digest | None, length: int | None, meta: BlobMeta = NO_META) -> Awaitable[Upload | Stored]:
-        return self.inner.begin(expected, length, meta)
+    def begin(
+        self, expected: Digest | None, length: int | None, meta: BlobMeta = NO_META, staged: StagedBytes | None = None,
+    ) -> Awaitable[Upload | Stored]:
+        return self.inner.begin(expected, length, meta, staged)
+
+    def staging_dirs(self, length: int | None) -> Awaitable[tuple[str, ...]]:
+        return self.inner.staging_dirs(length)
 
     def put(self, expected: Digest, data: bytes, meta: BlobMeta = NO_META) -> Awaitable[Stored]:
         return self.inner.put(expected, data, meta)

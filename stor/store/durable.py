@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from stor.store import tempfiles
@@ -21,6 +23,41 @@ def write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def write_all_at(fd: int, data: bytes, position: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, position)
+        position += written
+        view = view[written:]
+
+
+# Chunks at least this large are written to the copies in parallel with the work beside them (hashing).
+PARALLEL_WRITE_BYTES = 256 * 1024
+_COPY_WRITERS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="stor-mirror")
+
+
+def write_copies(fds: Sequence[int], data: bytes, position: int | None, beside: Callable[[bytes], None]) -> None:
+    """data to each file (at position, or where each file is), and beside(data) meanwhile (a hash's update).
+
+    Large chunks go to the files from threads of their own while this one
+    runs beside(): writes and hashing all release the GIL, so the time is
+    that of the slowest, not their sum.
+    """
+    write: Callable[..., None] = write_all if position is None else write_all_at
+    extra = () if position is None else (position,)
+    if len(data) < PARALLEL_WRITE_BYTES:
+        beside(data)
+        for fd in fds:
+            write(fd, data, *extra)
+        return
+    writes = [_COPY_WRITERS.submit(write, fd, data, *extra) for fd in fds]
+    try:
+        beside(data)
+    finally:
+        for w in writes:
+            w.result()
 
 
 def fsync_dir(directory: str | Path) -> None:

@@ -36,13 +36,12 @@ import stat
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from stor.aio import in_thread, outcome_ignored
-from stor.config import StorageSettings, UploadSettings
+from stor.config import TUS_DIR_NAME, StorageSettings, UploadSettings
 from stor.digest import Digest, InvalidDigest
 from stor.store import tempfiles
 from stor.store.base import (
@@ -57,16 +56,19 @@ from stor.store.base import (
     OUT_OF_DESCRIPTORS,
     NoWritableStorage,
     OpenBlob,
+    StagedBytes,
     StorageState,
     Stored,
     StoreError,
     TooLarge,
     Unavailable,
+    Upload,
 )
-from stor.store.durable import fsync_dir, make_dirs_durably, write_all, write_file_durably
+from stor.store.durable import fsync_dir, make_dirs_durably, write_copies, write_file_durably
 from stor.store.fileaccess import BLOCKING, CACHED_ONLY, FileAccess, WouldBlock
 from stor.store.metadata import NO_META, BlobMeta, meta_relative_path, read_meta
 from stor.store.pairs import StoragePair, choose_pair, make_pairs, pair_free_bytes, probe_order
+from stor.store.staged import StagedCopy
 from stor.store.verify import OFF, CorruptBlob, ReadVerification, hash_fd
 
 log = logging.getLogger("stor.store")
@@ -84,10 +86,6 @@ MAX_BUFFER_SECONDS = 10.0
 
 # Reads of up to this many bytes are read whole while opening: one thread hop per small GET.
 PREFETCH_BYTES = 256 * 1024
-
-# Chunks at least this large are written to the mirrors in parallel with hashing.
-PARALLEL_WRITE_BYTES = 256 * 1024
-_MIRROR_WRITERS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="stor-mirror")
 
 _NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # A temporary file cannot be made in a storage: it takes no writes, the next pair does.
@@ -399,7 +397,9 @@ class LocalStore:
 
     # ---- writes ------------------------------------------------------------
 
-    async def begin(self, expected: Digest | None, length: int | None, meta: BlobMeta = NO_META) -> LocalUpload | Stored:
+    async def begin(
+        self, expected: Digest | None, length: int | None, meta: BlobMeta = NO_META, staged: StagedBytes | None = None,
+    ) -> Upload | Stored:
         # Uploads of one digest run side by side, each into temporary files of its own, and meet
         # only at commit, under a lock that every worker and node sharing the storage sees
         # (_commit_blocking): none ever waits for another's body, which a stalled or slow client
@@ -408,10 +408,62 @@ class LocalStore:
             stored = self._stored_per_caches(expected)
             if stored is not None:
                 return stored
+        if staged is not None:
+            expected = expected or Digest.parse(staged.sha256)
+            adopted = await _kept(in_thread(self._plan_staged, expected, staged, meta))
+            if adopted is not None:
+                return adopted if isinstance(adopted, Stored) else LocalUpload(self, expected, adopted)
         plan = await _kept(in_thread(self._plan_write, expected, length, meta))
         if isinstance(plan, Stored):
             return plan
-        return LocalUpload(self, expected, plan)
+        upload = LocalUpload(self, expected, plan)
+        return upload if staged is None else StagedCopy(upload, staged)
+
+    async def staging_dirs(self, length: int | None) -> tuple[str, ...]:
+        return await in_thread(self._staging_dirs, length)
+
+    def _staging_dirs(self, length: int | None) -> tuple[str, ...]:
+        """The staging directory of each mirror of the pair a write of length would go to now (blocking)."""
+        now = time.monotonic()
+        free = [
+            0 if any(self._write_fault(d, now) for d in pair.dirs) else pair_free_bytes(pair, length or 0)
+            for pair in self.pairs
+        ]
+        index = choose_pair(free, self.storage.balance_threshold_bytes, self.rng)
+        if index is None:
+            raise NoSpace("Not enough space on storages")
+        return tuple(f"{d}/{TUS_DIR_NAME}" for d in self.pairs[index].dirs)
+
+    def _plan_staged(self, expected: Digest, staged: StagedBytes, meta: BlobMeta) -> Stored | _Plan | None:
+        """A plan whose files are the staged ones, when they lie one on each mirror of a writable pair
+        (blocking); None when they do not (they are then copied), or when a mirror holds the blob already
+        (the general plan completes the pair)."""
+        presence = self._presence(expected, BLOCKING)
+        stored = _stored(presence, expected)
+        if stored is not None:
+            return stored
+        limit = self.uploads.max_blob_bytes
+        if limit is not None and staged.length > limit:
+            raise TooLarge(limit)
+        if any(any(have) for _, have in presence):
+            return None
+        by_dir = {os.path.dirname(p): p for p in staged.paths}
+        now = time.monotonic()
+        for pair in self.pairs:
+            paths = [by_dir.get(f"{d}/{TUS_DIR_NAME}") for d in pair.dirs]
+            if None in paths or not pair.writable or any(self._write_fault(d, now) for d in pair.dirs):
+                continue
+            files: list[tuple[int, str]] = []
+            try:
+                for path in paths:
+                    assert path is not None
+                    files.append((os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), path))
+            except OSError:
+                for fd, _ in files:
+                    os.close(fd)
+                raise
+            return _Plan(pair, list(pair.dirs), meta, files, staged.sha256)
+        return None
 
     async def put(self, expected: Digest, data: bytes, meta: BlobMeta = NO_META) -> Stored:
         """A small body already in memory: the disks consulted, both mirrors written and flushed, in one thread hop.
@@ -576,6 +628,9 @@ class _Plan:
     targets: list[Path]
     meta: BlobMeta
     files: list[tuple[int, str]]  # a temporary file on each target: (descriptor, path)
+    # Set when the files are staged bytes (stor.store.base.StagedBytes): what they hashed to as they
+    # arrived. Nothing is written to them; an abort leaves them to their owner.
+    staged_sha256: str | None = None
 
 
 class LocalUpload:
@@ -631,7 +686,8 @@ class LocalUpload:
             raise
 
     def _absorb_and_commit(self, tail: bytes) -> Stored:
-        self.writer.absorb(tail)
+        if tail:
+            self.writer.absorb(tail)
         return self.store._commit_blocking(self.writer, self.expected, self.plan)
 
     async def abort(self) -> None:
@@ -713,6 +769,7 @@ class _MirrorWriter:
         self.meta = plan.meta
         self.hasher = hashlib.sha256()
         self.files = plan.files  # opened by the plan, in the same thread call that chose the pair
+        self.staged_sha256 = plan.staged_sha256
         self.lock = threading.Lock()
         self.done = False
 
@@ -720,23 +777,14 @@ class _MirrorWriter:
         with self.lock:
             if self.done:
                 raise StoreError("upload already finished")
-            if len(data) < PARALLEL_WRITE_BYTES:
-                self.hasher.update(data)
-                for fd, _ in self.files:
-                    write_all(fd, data)
-                return
-            # Large chunks: both mirrors written while this thread hashes (all three release the GIL).
-            writes = [_MIRROR_WRITERS.submit(write_all, fd, data) for fd, _ in self.files]
-            try:
-                self.hasher.update(data)
-            finally:
-                for w in writes:
-                    w.result()
+            if self.staged_sha256 is not None:
+                raise StoreError("an upload of staged bytes takes no other bytes")
+            write_copies([fd for fd, _ in self.files], data, None, self.hasher.update)
 
     def finish(self) -> str:
-        """The hex digest of everything absorbed."""
+        """The hex digest of everything absorbed (of staged bytes: what they hashed to as they arrived)."""
         with self.lock:
-            return self.hasher.hexdigest()
+            return self.staged_sha256 or self.hasher.hexdigest()
 
     def flush(self) -> None:
         """The temporary files' data to disk (before the digest's lock is taken: it can take a while)."""
@@ -757,21 +805,24 @@ class _MirrorWriter:
                 # Its directory entry is flushed with the blob's, by the directory fsync below.
                 for root in self.targets:
                     write_file_durably(root, root / meta_relative_path(digest), self.meta.to_json())
-            renamed: list[tuple[str, int]] = []
+            renamed: list[tuple[str, str, int]] = []
             try:
                 for (fd, tmp), final in zip(self.files, finals):
                     os.rename(tmp, final)
-                    renamed.append((final, os.fstat(fd).st_ino))
+                    renamed.append((final, tmp, os.fstat(fd).st_ino))
                     fsync_dir(os.path.dirname(final))
             except OSError:
-                for final, inode in renamed:
-                    _unlink_if_same_file(final, inode)
+                for final, tmp, inode in renamed:
+                    _put_back(final, tmp, inode)
                 raise
             self._close()
 
     def abort(self) -> None:
         with self.lock:
             if self.done:
+                return
+            if self.staged_sha256 is not None:  # the staged bytes stay their owner's
+                self._close()
                 return
             for _, tmp in self.files:
                 try:
@@ -795,13 +846,14 @@ def _mount_point(path: Path) -> Path:
     return path
 
 
-def _unlink_if_same_file(path: str, inode: int) -> None:
-    """Undo our own rename, but never remove a copy another upload put there since."""
+def _put_back(final: str, tmp: str, inode: int) -> None:
+    """Undo our own rename (the file is where it was, for the abort to remove or its owner to keep), but
+    never move a copy another upload put there since."""
     try:
-        if os.stat(path).st_ino == inode:
-            os.unlink(path)
+        if os.stat(final).st_ino == inode:
+            os.rename(final, tmp)
     except OSError as e:
-        log.error("cannot roll back %s: %s", path, e)
+        log.error("cannot roll back %s: %s", final, e)
 
 
 def _entries(root: str, parents: tuple[str, ...]) -> list[os.DirEntry[str]]:

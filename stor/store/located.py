@@ -24,6 +24,7 @@ from stor.store.base import (
     OpenBlob,
     ServiceState,
     Stored,
+    StagedBytes,
     Upload,
     UploadLayer,
 )
@@ -83,8 +84,10 @@ class LocatedStore(Layer):
             await shared.set(digest, info.storage)
         return found
 
-    async def begin(self, expected: Digest | None, length: int | None, meta: BlobMeta = NO_META) -> Upload | Stored:
-        upload = await self.inner.begin(expected, length, meta)
+    async def begin(
+        self, expected: Digest | None, length: int | None, meta: BlobMeta = NO_META, staged: StagedBytes | None = None,
+    ) -> Upload | Stored:
+        upload = await self.inner.begin(expected, length, meta, staged)
         if isinstance(upload, Stored):
             return upload
         return _RememberingUpload(upload, self)

@@ -31,6 +31,7 @@ from stor.store.base import (
     OpenBlob,
     Stored,
     TooLarge,
+    StagedBytes,
     Upload,
     UploadLayer,
 )
@@ -123,9 +124,11 @@ class MeteredStore(Layer):
 
         return delivered
 
-    async def begin(self, expected: Digest | None, length: int | None, meta: BlobMeta = NO_META) -> Upload | Stored:
+    async def begin(
+        self, expected: Digest | None, length: int | None, meta: BlobMeta = NO_META, staged: StagedBytes | None = None,
+    ) -> Upload | Stored:
         try:
-            upload = await self.inner.begin(expected, length, meta)
+            upload = await self.inner.begin(expected, length, meta, staged)
         except Exception as e:
             self._failed(e)
             raise

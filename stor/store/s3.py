@@ -46,12 +46,15 @@ from stor.store.base import (
     Missing,
     OpenBlob,
     ServiceState,
+    StagedBytes,
     Stored,
     StoreError,
     TooLarge,
     Unavailable,
+    Upload,
 )
 from stor.store.metadata import NO_META, BlobMeta
+from stor.store.staged import StagedCopy
 from stor.store.verify import OFF, ReadVerification
 
 log = logging.getLogger("stor.s3")
@@ -267,14 +270,20 @@ class S3Store:
 
     # ---- writes ------------------------------------------------------------
 
-    async def begin(self, expected: Digest | None, length: int | None, meta: BlobMeta = NO_META) -> S3Upload | Stored:
+    async def begin(
+        self, expected: Digest | None, length: int | None, meta: BlobMeta = NO_META, staged: StagedBytes | None = None,
+    ) -> Upload | Stored:
         if expected is None:
             raise StoreError("an upload to S3 needs its sha beforehand (the object is named by it)")
         if self.max_blob_bytes is not None and length is not None and length > self.max_blob_bytes:
             raise TooLarge(self.max_blob_bytes)
         if not isinstance(await self.head(expected), Missing):
             return Stored(expected, False, (self.location(expected),), self.name)
-        return S3Upload(self, expected, meta)
+        upload = S3Upload(self, expected, meta)
+        return upload if staged is None else StagedCopy(upload, staged)
+
+    async def staging_dirs(self, length: int | None) -> tuple[str, ...]:
+        return ()  # staged bytes are read and sent wherever they are
 
     async def put(self, expected: Digest, data: bytes, meta: BlobMeta = NO_META) -> Stored:
         if self.max_blob_bytes is not None and len(data) > self.max_blob_bytes:

@@ -27,7 +27,7 @@ from stor.config import S3Settings
 from stor.digest import Digest
 from stor.lru import LRU
 from stor.metrics import Metrics
-from stor.store.base import BlobInfo, BlobStore, Health, Missing, OpenBlob, Stored, Upload, UploadLayer
+from stor.store.base import BlobInfo, BlobStore, Health, Missing, OpenBlob, StagedBytes, Stored, Upload, UploadLayer
 from stor.store.copyqueue import CopyQueue
 from stor.store.metadata import NO_META, BlobMeta
 from stor.store.verify import CorruptBlob
@@ -167,13 +167,20 @@ class TieredStore:
 
     # ---- writes ------------------------------------------------------------
 
-    async def begin(self, expected: Digest | None, length: int | None, meta: BlobMeta = NO_META) -> Upload | Stored:
+    async def begin(
+        self, expected: Digest | None, length: int | None, meta: BlobMeta = NO_META, staged: StagedBytes | None = None,
+    ) -> Upload | Stored:
         if self.local is None or self.settings.write_mode == "s3":
-            return await self.s3.begin(expected, length, meta)
-        upload = await self.local.begin(expected, length, meta)
+            return await self.s3.begin(expected, length, meta, staged)
+        upload = await self.local.begin(expected, length, meta, staged)
         if isinstance(upload, Stored) or self.queue is None:
             return upload
         return _QueuedUpload(upload, self.queue)
+
+    async def staging_dirs(self, length: int | None) -> tuple[str, ...]:
+        if self.local is None or self.settings.write_mode == "s3":
+            return await self.s3.staging_dirs(length)
+        return await self.local.staging_dirs(length)
 
     async def put(self, expected: Digest, data: bytes, meta: BlobMeta = NO_META) -> Stored:
         if self.local is None or self.settings.write_mode == "s3":
