@@ -279,7 +279,7 @@ class ResumableUploads:
         """
         session = await in_thread(self._open, upload_id)
         if isinstance(session, UploadRecord):  # finished already
-            return self._appended_to_finished(session, offset, declared)
+            return await self._appended_to_finished(session, offset, body, declared)
         try:
             return await self._append(session, offset, body, declared, checksum, length)
         finally:
@@ -346,7 +346,7 @@ class ResumableUploads:
                 buffer.clear()
         except BaseException:
             # The body stopped (the client went away, stalled, sent too much) or a write failed.
-            await self._stopped(session, pending, start, kept, position, keep_any=check is None)
+            await self._stopped(session, pending, start, kept, position, None if check is not None else bytes(buffer))
             raise
         if check is not None and checksum is not None and check.digest() != checksum.digest:
             await in_thread(session.cut_back, start)
@@ -369,16 +369,25 @@ class ResumableUploads:
 
     async def _stopped(
         self, session: _Session, pending: asyncio.Future[None] | None, start: int, kept: int, position: int,
-        keep_any: bool,
+        tail: bytes | None,
     ) -> None:
-        """After a body that stopped short: what arrived whole is recorded (keep_any), or nothing of it."""
+        """After a body that stopped short: what arrived is recorded, with tail (what was not written yet);
+        with tail None (a request with a checksum, all or nothing), none of it."""
         if pending is not None:
             try:
                 await pending
             except Exception:
                 position = kept  # what that write did is unknown: keep only what was recorded
                 session.hasher = await in_thread(self._rebuild_hash, session.fds[0], kept)
-        if not keep_any:
+                tail = b"" if tail is not None else None
+        if tail:
+            try:
+                await in_thread(session.write, tail, position, None)
+                position += len(tail)
+            except Exception:
+                await in_thread(session.cut_back, position)
+                session.hasher = await in_thread(self._rebuild_hash, session.fds[0], position)
+        if tail is None:
             await in_thread(session.cut_back, start)
         elif position == kept:
             await in_thread(session.cut_back, kept)
@@ -428,13 +437,26 @@ class ResumableUploads:
             raise TooLarge(self.max_blob_bytes)
 
     @staticmethod
-    def _appended_to_finished(record: UploadRecord, offset: int, declared: int | None) -> UploadRecord:
+    async def _appended_to_finished(
+        record: UploadRecord, offset: int, body: AsyncIterator[bytes], declared: int | None
+    ) -> UploadRecord:
+        """Bytes of an upload that has them all already: taken and dropped, and the same answer as its end.
+
+        A repeated last request (its answer was lost), or a client that
+        sends without asking first (tuspy does) an upload that was finished
+        at its creation (the blob was stored already).
+        """
         assert record.length is not None
-        if offset != record.length:
+        end = offset + (declared or 0)
+        if offset > record.length:
             raise OffsetMismatch(offset, record.length)
-        if declared:
+        if end > record.length:
             raise LengthExceeded(record.length)
-        return record  # a repeated final request (its answer was lost): the same answer
+        async for chunk in body:
+            end += 0 if declared is not None else len(chunk)
+            if end > record.length:
+                raise LengthExceeded(record.length)
+        return record
 
     # ---- completion --------------------------------------------------------
 
