@@ -286,3 +286,41 @@ def test_post_unknown_on_a_real_write_fault(start_server: Any, mirrors: tuple[Pa
     one(stats, "error.post.unknown.count", "c", 1)
     absent(stats, "error.post.no_space.count", "success.post.write.count")
     assert not any(elsewhere.rglob("*"))
+
+
+def test_tus_names(start_server: Any, mirrors: tuple[Path, Path], statsd_rx: StatsdReceiver) -> None:
+    server = start_server(pair_config(mirrors, statsite=statsd_rx.config()))
+    tus = {"Tus-Resumable": "1.0.0"}
+    data = os.urandom(3000)
+    with httpx.Client(base_url=server.url, auth=AUTH) as c:
+        created = c.post("/files/", headers={**tus, "Upload-Length": str(len(data))})
+        assert created.status_code == 201
+        stats = window(statsd_rx, c)
+        one(stats, "tus.created.count", "c", 1)
+        url = created.headers["location"]
+        patch = {**tus, "Content-Type": "application/offset+octet-stream"}
+        assert c.patch(url, content=data[:1000], headers={**patch, "Upload-Offset": "0"}).status_code == 204
+        stats = window(statsd_rx, c)
+        one(stats, "tus.received.bytes", "c", 1000)
+        absent(stats, "tus.completed.count", "success.post.write.count")
+        assert c.patch(url, content=data[1000:], headers={**patch, "Upload-Offset": "1000"}).status_code == 204
+        stats = window(statsd_rx, c)
+        one(stats, "tus.received.bytes", "c", 2000)
+        one(stats, "tus.completed.count", "c", 1)
+        one(stats, "success.post.write.count", "c", 1)  # the blob is written as a POST's is
+
+        wrong = base64.b64encode(sha256(b"other").encode()).decode()
+        failing = c.post("/files/", headers={**tus, "Upload-Length": "5", "Upload-Metadata": f"sha256 {wrong}"})
+        assert c.patch(failing.headers["location"], content=b"12345", headers={**patch, "Upload-Offset": "0"}).status_code == 412
+        stats = window(statsd_rx, c)
+        one(stats, "tus.failed.count", "c", 1)
+
+        again = c.post("/files/", headers={**tus, "Upload-Length": "1"})
+        assert c.delete(again.headers["location"], headers=tus).status_code == 204
+        stats = window(statsd_rx, c)
+        one(stats, "tus.terminated.count", "c", 1)
+        stored = base64.b64encode(sha256(data).encode()).decode()
+        assert c.post("/files/", headers={**tus, "Upload-Length": "3000", "Upload-Metadata": f"sha256 {stored}"}).status_code == 201
+        stats = window(statsd_rx, c)
+        one(stats, "tus.duplicate.count", "c", 1)
+        absent(stats, "tus.created.count")
