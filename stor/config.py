@@ -839,7 +839,7 @@ def _integrity(r: _Reader, d: IntegritySettings = IntegritySettings()) -> Integr
 
 def _tus(r: _Reader, d: TusSettings = TusSettings()) -> TusSettings:
     path = r.get("path", str, d.path)
-    if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+/", path):
+    if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+/", path) or any(set(seg) == {"."} for seg in path.split("/") if seg):
         raise ConfigError(f"{r.name('path')}: expected a path such as /files/ (segments of letters, digits, . _ ~ -, "
                           f"and a / at each end), got {path!r}")
     directory = r.get("directory", str, None)

@@ -174,6 +174,7 @@ SECTIONS = {
         "copy_concurrency", "copy_retry_min", "copy_retry_max",
     ],
     "integrity": ["verify_reads", "heal", "heal_queue", "heal_concurrency", "scrub_rate", "scrub_workers"],
+    "tus": ["enabled", "path", "directory", "expire_after", "max_uploads", "sweep_period"],
 }
 ORIGINAL_KEYS = [
     "storage_pairs", "writable_pairs_regex", "basic_auth", "memcached_servers", "statsite", "s3_enabled",
@@ -477,3 +478,16 @@ def test_s3_section_defaults_are_the_originals() -> None:
     # The key stays a switch: credentials without s3_enabled leave the tier off, as in the original.
     off = parse({"storage_pairs": GOOD_PAIRS, "s3_credentials": {"access_key": "a", "secret_key": "b", "host": "h"}})
     assert not off.s3_tier
+
+
+def test_parse_tus() -> None:
+    default = parse({"storage_pairs": GOOD_PAIRS})
+    assert default.tus_directory == Path(GOOD_PAIRS[0][0]) / ".stor-tus" and default.tus.path == "/files/"
+    assert parse({"storage_pairs": GOOD_PAIRS, "tus": {"enabled": False}}).tus_directory is None
+    chosen = parse({"storage_pairs": GOOD_PAIRS, "tus": {"directory": "/shared/tus", "path": "/up/"}})
+    assert chosen.tus_directory == Path("/shared/tus") and chosen.tus.path == "/up/"
+    for bad in ("files", "/files", "/a b/", "/../"):
+        with pytest.raises(ConfigError, match="^tus.path: expected a path"):
+            parse({"storage_pairs": GOOD_PAIRS, "tus": {"path": bad}})
+    with pytest.raises(ConfigError, match="^tus.max_uploads: "):
+        parse({"storage_pairs": GOOD_PAIRS, "tus": {"max_uploads": 0}})
