@@ -424,15 +424,18 @@ class LocalStore:
 
     def _staging_dirs(self, length: int | None) -> tuple[str, ...]:
         """The staging directory of each mirror of the pair a write of length would go to now (blocking)."""
-        now = time.monotonic()
-        free = [
-            0 if any(self._write_fault(d, now) for d in pair.dirs) else pair_free_bytes(pair, length or 0)
-            for pair in self.pairs
-        ]
+        free = self._free_per_pair(length, time.monotonic())
         index = choose_pair(free, self.storage.balance_threshold_bytes, self.rng)
         if index is None:
             raise NoSpace("Not enough space on storages")
         return tuple(f"{d}/{TUS_DIR_NAME}" for d in self.pairs[index].dirs)
+
+    def _free_per_pair(self, length: int | None, now: float) -> list[int]:
+        """What placement weighs each pair by: its free bytes after the write, 0 if a mirror cannot be written."""
+        return [
+            0 if any(self._write_fault(d, now) for d in pair.dirs) else pair_free_bytes(pair, length or 0)
+            for pair in self.pairs
+        ]
 
     def _plan_staged(self, expected: Digest, staged: StagedBytes, meta: BlobMeta) -> Stored | _Plan | None:
         """A plan whose files are the staged ones, when they lie one on each mirror of a writable pair
@@ -537,10 +540,7 @@ class LocalStore:
                 kept = read_meta(f"{self._real[existing]}/{meta_relative_path(expected)}", BLOCKING)
                 return _Plan(pair, missing, kept, files)
         now = time.monotonic()
-        free = [
-            0 if any(self._write_fault(d, now) for d in pair.dirs) else pair_free_bytes(pair, length or 0)
-            for pair in self.pairs
-        ]
+        free = self._free_per_pair(length, now)
         while True:
             index = choose_pair(free, self.storage.balance_threshold_bytes, self.rng)
             if index is None:
