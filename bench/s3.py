@@ -37,8 +37,8 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent / "tests"))
 
 from run import (  # noqa: E402
-    RESULTS, BenchError, Procs, Series, cell, children, cmdline, cpu_seconds, fmt, free_port, log, print_table,
-    proc_status, wait_port,
+    RESULTS, Bench, BenchError, Procs, Series, cell, cpu_seconds, free_port, log, print_table,
+    proc_status, wait_for_workers, wait_port,
 )
 
 MiB = 1 << 20
@@ -150,37 +150,12 @@ class S3Bench:
         out = open(log_path, "wb")
         p = self.procs.start(cmd, stdout=out, stderr=out, cwd=self.work, env=env)
         wait_port(port, p, "stor serve")
-        deadline = time.monotonic() + 60
-        while True:
-            if p.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"stor serve --workers {workers} did not start; see {log_path}")
-            if self._answers(port):
-                pids = self._workers(p.pid)
-                if len(pids) == workers:
-                    break
-            time.sleep(0.2)
+        pids = wait_for_workers(p, port, workers, f"stor serve --workers {workers}", log_path)
         time.sleep(1.0)  # the other workers finish their start-up (their S3 clients too)
-        if self._workers(p.pid) != pids:
+        if Bench._workers(p.pid) != pids:
             raise BenchError(f"stor serve --workers {workers}: worker processes changed after start-up")
         log(f"stor serve --workers {workers} on port {port} (pid {p.pid}, workers {pids}) [{tag}]")
         return p, port, pids
-
-    @staticmethod
-    def _workers(pid: int) -> list[int]:
-        return sorted(c for c in children(pid) if "resource_tracker" not in cmdline(c)) or [pid]
-
-    @staticmethod
-    def _answers(port: int) -> bool:
-        import http.client
-
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            c.request("GET", "/")
-            ok = c.getresponse().status == 200
-            c.close()
-            return ok
-        except OSError:
-            return False
 
     # -- the clients: aiohttp to stor, aiobotocore to SeaweedFS (aiohttp under it) --
 
