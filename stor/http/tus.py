@@ -17,6 +17,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from starlette.datastructures import Headers
+
 from stor.config import TusSettings
 from stor.digest import Digest, InvalidDigest
 from stor.http import reply as replies
@@ -136,7 +138,7 @@ class TusEndpoint:
         length = _length(headers)
         metadata, expected, meta = _metadata(headers.get("upload-metadata", ""))
         has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
-        if has_body and headers.get("content-type", "").split(";")[0].strip().lower() != OFFSET_STREAM:
+        if has_body and not _is_offset_stream(headers):
             raise _BadRequest(415, f"A creation's body must be Content-Type: {OFFSET_STREAM}")
         checksum = _checksum(headers.get("upload-checksum")) if has_body else None
         declared = _content_length(headers) if has_body else None
@@ -162,7 +164,7 @@ class TusEndpoint:
 
     async def _patch(self, request: Request, upload_id: str) -> Reply:
         headers = request.headers
-        if headers.get("content-type", "").split(";")[0].strip().lower() != OFFSET_STREAM:
+        if not _is_offset_stream(headers):
             raise _BadRequest(415, f"A PATCH's body must be Content-Type: {OFFSET_STREAM}")
         offset = _decimal(headers, "upload-offset")
         if offset is None:
@@ -249,8 +251,12 @@ def _state_headers(record: UploadRecord) -> list[tuple[str, str]]:
     return headers
 
 
-def _decimal(headers: object, name: str) -> int | None:
-    value = headers.get(name)  # type: ignore[attr-defined]
+def _is_offset_stream(headers: Headers) -> bool:
+    return headers.get("content-type", "").split(";")[0].strip().lower() == OFFSET_STREAM
+
+
+def _decimal(headers: Headers, name: str) -> int | None:
+    value = headers.get(name)
     if value is None:
         return None
     if not is_decimal(value) or len(value) > 19:
@@ -262,10 +268,10 @@ def _spelled(name: str) -> str:
     return "-".join(part.capitalize() for part in name.split("-"))
 
 
-def _length(headers: object) -> int | None:
+def _length(headers: Headers) -> int | None:
     """The creation's Upload-Length; None with Upload-Defer-Length: 1 (exactly one of them is given)."""
     length = _decimal(headers, "upload-length")
-    defer = headers.get("upload-defer-length")  # type: ignore[attr-defined]
+    defer = headers.get("upload-defer-length")
     if defer is not None and defer != "1":
         raise _BadRequest(400, f"Bad Upload-Defer-Length '{shown(defer)}': the only value is 1")
     if (length is None) == (defer is None):
@@ -273,8 +279,8 @@ def _length(headers: object) -> int | None:
     return length
 
 
-def _content_length(headers: object) -> int | None:
-    value = headers.get("content-length")  # type: ignore[attr-defined]
+def _content_length(headers: Headers) -> int | None:
+    value = headers.get("content-length")
     if value is None:
         return None
     if not is_decimal(value):

@@ -165,9 +165,7 @@ class _Session:
     def keep(self, offset: int, durable: bool = False) -> None:
         """Record offset (every byte before it written and hashed) with the hash state there."""
         self.record.offset = offset
-        state = self.hasher.state()
-        self.record.hash_state = state.hex() if state is not None else None
-        self.record.hash_format = STATE_FORMAT if state is not None else None
+        _note_hash(self.record, self.hasher)
         self.directory.save(self.record, durable)
 
     def cut_back(self, offset: int) -> None:
@@ -447,13 +445,13 @@ class ResumableUploads:
         at its creation (the blob was stored already).
         """
         assert record.length is not None
-        end = offset + (declared or 0)
         if offset > record.length:
             raise OffsetMismatch(offset, record.length)
-        if end > record.length:
+        if declared is not None and offset + declared > record.length:
             raise LengthExceeded(record.length)
+        end = offset
         async for chunk in body:
-            end += 0 if declared is not None else len(chunk)
+            end += len(chunk)
             if end > record.length:
                 raise LengthExceeded(record.length)
         return record
@@ -507,13 +505,11 @@ class ResumableUploads:
         record = session.record
         record.expires = time.time() + min(self.settings.expire_after, FINISHED_KEPT_SECONDS)
         self.directory.save(record, durable=True)
-        if session.still_staged():  # copied (or stored already), not moved
-            remove_files(record.paths)
-        else:
-            for fd, path in zip(session.fds, record.paths):
-                with contextlib.suppress(FileNotFoundError):
-                    if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
-                        os.unlink(path)
+        # The files the commit did not move into place (it copied them, or the blob was stored already).
+        for fd, path in zip(session.fds, record.paths):
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                    os.unlink(path)
 
     # ---- blocking steps (in a thread) -------------------------------------
 
@@ -591,9 +587,7 @@ class ResumableUploads:
                 os.ftruncate(fd, size)
             record.offset = size
         hasher = self._rebuild_hash(fds[0], record.offset)
-        state = hasher.state()
-        record.hash_state = state.hex() if state is not None else None
-        record.hash_format = STATE_FORMAT if state is not None else None
+        _note_hash(record, hasher)
         self.directory.save(record)
         return hasher
 
@@ -691,6 +685,13 @@ class ResumableUploads:
             stat = await in_thread(os.statvfs, os.path.dirname(directory))
             if stat.f_bavail * stat.f_frsize < length:
                 raise NoSpace(f"Not enough space for {length} bytes in {directory}")
+
+
+def _note_hash(record: UploadRecord, hasher: ResumableSha256) -> None:
+    """The hash's state in the record (none where it cannot be saved: the next request re-reads the bytes)."""
+    state = hasher.state()
+    record.hash_state = state.hex() if state is not None else None
+    record.hash_format = STATE_FORMAT if state is not None else None
 
 
 class _Ended(Exception):

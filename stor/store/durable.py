@@ -45,14 +45,19 @@ def write_copies(fds: Sequence[int], data: bytes, position: int | None, beside: 
     runs beside(): writes and hashing all release the GIL, so the time is
     that of the slowest, not their sum.
     """
-    write: Callable[..., None] = write_all if position is None else write_all_at
-    extra = () if position is None else (position,)
+
+    def write(fd: int) -> None:
+        if position is None:
+            write_all(fd, data)
+        else:
+            write_all_at(fd, data, position)
+
     if len(data) < PARALLEL_WRITE_BYTES:
         beside(data)
         for fd in fds:
-            write(fd, data, *extra)
+            write(fd)
         return
-    writes = [_COPY_WRITERS.submit(write, fd, data, *extra) for fd in fds]
+    writes = [_COPY_WRITERS.submit(write, fd) for fd in fds]
     try:
         beside(data)
     finally:
