@@ -930,7 +930,7 @@ http {{
         config = dict(app="floor_app:asgi_app", http="floor_app:FloorProtocol", loop="uvloop",
                       log_level="warning", access_log=False, server_header=False)
         cmd = [sys.executable, "-c", "import sys; from stor import workers; "
-               f"sys.exit(workers.run({config!r}, '127.0.0.1', {port}, {workers}))"]
+               f"sys.exit(workers.run({config!r}, workers.reserve([('127.0.0.1', {port})]), {workers}))"]
         out = open(self.work / f"floor-w{workers}.log", "wb")
         p = self.procs.start(cmd, stdout=out, stderr=out, cwd=BENCH)
         wait_port(port, p, f"{self.server} floor app")

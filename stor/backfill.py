@@ -280,7 +280,7 @@ class Backfill:
     async def _count(self, start: Digest | None) -> None:
         """The number of blobs to check, for the progress bar's total and ETA (a second walk, on a terminal only)."""
         n = 0
-        async for _ in self.local.iter_digests(start):
+        async for _ in self.local.iter_digests(start.hex if start is not None else ""):
             n += 1
         self.ui.total(n)
 
@@ -288,7 +288,7 @@ class Backfill:
         """The walk, a batch of presence checks at a time; each batch's missing blobs handed to the copier."""
         try:
             batch: list[Digest] = []
-            async for digest in self.local.iter_digests(start):
+            async for digest in self.local.iter_digests(start.hex if start is not None else ""):
                 if self.stopping.is_set():
                     return
                 batch.append(digest)

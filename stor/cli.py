@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import resource
+import socket
 import sys
 from pathlib import Path
 
@@ -33,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", help=f"JSON configuration file (default: ${CONFIG_ENV}, else the embedded default)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    serve.add_argument(
+        "--s3-port",
+        type=int,
+        default=None,
+        help="serve the S3-compatible API on this port too (config: s3_api.enabled and s3_api.port)",
+    )
     serve.add_argument(
         "--workers",
         type=int,
@@ -106,7 +113,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from stor import metricsdir
-    from stor.config import CONFIG_ENV, CREDENTIALS_ENV, NO_FAST_PATH_ENV, ConfigError, load_settings, with_fast_path
+    from stor.config import (
+        CONFIG_ENV,
+        CREDENTIALS_ENV,
+        NO_FAST_PATH_ENV,
+        S3_PORT_ENV,
+        ConfigError,
+        load_settings,
+        with_fast_path,
+        with_s3_port,
+    )
     from stor.http.auth import generate_credentials
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -127,6 +143,11 @@ def _serve(args: argparse.Namespace) -> int:
     if args.no_fast_path:
         settings = with_fast_path(settings, False)
         os.environ[NO_FAST_PATH_ENV] = "1"  # the workers read the settings themselves
+    if args.s3_port is not None:
+        if not 0 <= args.s3_port <= 65535:
+            print("stor: --s3-port: expected a port number", file=sys.stderr)
+            return 2
+        settings = with_s3_port(settings, args.s3_port)
 
     if not settings.has_writer:
         # Generated once here so that every worker accepts the same password.
@@ -142,6 +163,20 @@ def _serve(args: argparse.Namespace) -> int:
              "; ".join(f"{a} + {b}" for a, b in settings.storage_pairs))
 
     _raise_open_file_limit()
+    from stor import workers
+
+    listeners = [(args.host, args.port)]
+    if settings.s3_api.enabled:
+        listeners.append((settings.s3_api.host or args.host, settings.s3_api.port))
+    try:
+        reserved = workers.reserve(listeners)
+    except OSError as e:
+        log.error("cannot listen on %s: %s", ", ".join(f"{h}:{p}" for h, p in listeners), e.strerror or e)
+        return 1
+    if settings.s3_api.enabled:
+        # The port as bound (0 resolved): the workers tell the S3 API's connections by it.
+        os.environ[S3_PORT_ENV] = str(reserved[1].getsockname()[1])
+
     metrics_dir = None
     if settings.metrics.prometheus.enabled and args.workers > 1 and not os.environ.get(PROMETHEUS_MULTIPROC_ENV):
         # Workers each count into files here; /metrics sums them (prometheus-client's multiprocess mode).
@@ -149,11 +184,14 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_dir = metricsdir.create()
         os.environ[PROMETHEUS_MULTIPROC_ENV] = str(metrics_dir.path)
 
-    log.info("serving http://%s:%d, %d worker(s), fast path %s", args.host, args.port, args.workers,
-             "on" if settings.http.fast_path else "off")
+    s3 = " and the S3 API on http://%s:%d" % reserved[1].getsockname()[:2] if len(reserved) > 1 else ""
+    log.info("serving http://%s:%d%s, %d worker(s), fast path %s", *reserved[0].getsockname()[:2], s3,
+             args.workers, "on" if settings.http.fast_path else "off")
     try:
-        return _run_uvicorn(args)
+        return _run_uvicorn(args, reserved)
     finally:
+        for sock in reserved:
+            sock.close()
         if metrics_dir is not None:
             metrics_dir.release()  # the workers have stopped: it is removed
 
@@ -172,7 +210,7 @@ def _raise_open_file_limit() -> None:
             log.warning("cannot raise the open file limit from %d: %s", soft, e)
 
 
-def _run_uvicorn(args: argparse.Namespace) -> int:
+def _run_uvicorn(args: argparse.Namespace, reserved: list[socket.socket]) -> int:
     import uvicorn
 
     from stor import workers
@@ -193,7 +231,8 @@ def _run_uvicorn(args: argparse.Namespace) -> int:
         proxy_headers=False,
     )
     if args.workers > 1:
-        # A listening socket per worker (stor/workers.py), not uvicorn's one shared socket.
-        return workers.run(config, args.host, args.port, args.workers)
-    uvicorn.run(host=args.host, port=args.port, **config)  # type: ignore[arg-type]
+        # Listening sockets per worker (stor/workers.py), not uvicorn's one shared socket.
+        return workers.run(config, reserved, args.workers)
+    listening = workers.listening([sock.getsockname()[:2] for sock in reserved])
+    uvicorn.Server(uvicorn.Config(**config)).run(sockets=listening)  # type: ignore[arg-type]
     return 0

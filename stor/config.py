@@ -16,7 +16,7 @@ import dataclasses
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,14 @@ CONFIG_ENV = "CONFIG_FILE"
 CREDENTIALS_ENV = "STOR_BASIC_AUTH"
 # Set by `stor serve --no-fast-path` for its workers, which read the settings themselves.
 NO_FAST_PATH_ENV = "STOR_NO_FAST_PATH"
+# The S3 API's port as the service listens on it (`stor serve --s3-port`, port 0 resolved), for the workers.
+S3_PORT_ENV = "STOR_S3_PORT"
 
 GB = 1_000_000_000
 # The default place of tus uploads in progress, in the first storage directory.
 TUS_DIR_NAME = ".stor-tus"
+# The default place of the S3 API's multipart uploads in progress, in the first storage directory.
+MULTIPART_DIR_NAME = ".stor-s3-multipart"
 
 
 class ConfigError(Exception):
@@ -255,6 +259,64 @@ class TusSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class S3AccessKey:
+    """An S3 API access key: the id a client signs with, its secret, and the blob API's roles."""
+
+    access_key: str
+    secret_key: str = field(repr=False)  # never in a log line or a repr
+    role: str = "read"  # "read" or "write"; write implies read
+
+
+@dataclass(frozen=True, slots=True)
+class CorsSettings:
+    """Section "s3_api.cors": which browser origins may call the S3 API (none by default)."""
+
+    origins: tuple[str, ...] = ()  # exact origins ("https://app.example.com"), or "*"
+    methods: tuple[str, ...] = ("GET", "HEAD", "PUT", "POST")
+    headers: tuple[str, ...] = ("*",)  # request headers a preflight may ask for
+    expose_headers: tuple[str, ...] = ("ETag", "Content-Length", "Content-Type", "Last-Modified", "x-amz-request-id")
+    max_age: int = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class S3ApiSettings:
+    """Section "s3_api": the S3-compatible API on a listener of its own (`stor serve --s3-port`).
+
+    One bucket, the archive, over the same store as the blob API. port: its
+    own (host: --host's when None). domain: the host name virtual-host style
+    addresses the bucket under (`<bucket>.<domain>`); without one, a Host
+    whose first label is the bucket's name. anonymous_read: reads without a
+    signature; allow_delete: DeleteObject(s) remove every copy (refused by
+    default: the archive is write-once). Multipart uploads in progress live in
+    multipart_directory (shared storage; None: `.stor-s3-multipart` in the
+    first storage directory) and are removed multipart_expire_after seconds
+    after their last part.
+    """
+
+    enabled: bool = False
+    port: int = 9000
+    host: str | None = None
+    bucket: str = "samples"
+    region: str = "us-east-1"
+    domain: str | None = None
+    access_keys: tuple[S3AccessKey, ...] = ()
+    anonymous_read: bool = False
+    allow_delete: bool = False
+    cors: CorsSettings = CorsSettings()
+    max_clock_skew: float = 900.0
+    max_metadata_bytes: int = 2048
+    multipart_directory: Path | None = None
+    multipart_expire_after: float = 86400.0
+    max_multipart_uploads: int = 1000
+    min_part_bytes: int = 5 * 1024 * 1024
+    sweep_period: float = 600.0
+
+    @property
+    def has_writer(self) -> bool:
+        return any(k.role == "write" for k in self.access_keys)
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsSettings:
     """Section "metrics"."""
 
@@ -285,6 +347,7 @@ class Settings:
     s3: S3Settings = S3Settings()
     integrity: IntegritySettings = IntegritySettings()
     tus: TusSettings = TusSettings()
+    s3_api: S3ApiSettings = S3ApiSettings()
     # Where the settings came from, for the start-up log line.
     source: str = "embedded default"
     # One line per legacy flat key read, for the CLI to log at start: the file
@@ -320,6 +383,18 @@ class Settings:
             return self.tus.directory
         return self.storage_pairs[0][0] / TUS_DIR_NAME if self.storage_pairs else None
 
+    @property
+    def multipart_directory(self) -> Path | None:
+        """Where the S3 API's multipart uploads in progress are kept; None when it has nowhere to keep them."""
+        if self.s3_api.multipart_directory is not None:
+            return self.s3_api.multipart_directory
+        return self.storage_pairs[0][0] / MULTIPART_DIR_NAME if self.storage_pairs else None
+
+
+def with_s3_port(settings: Settings, port: int) -> Settings:
+    """The same settings with the S3 API on, at port (`stor serve --s3-port`)."""
+    return dataclasses.replace(settings, s3_api=dataclasses.replace(settings.s3_api, enabled=True, port=port))
+
 
 def with_fast_path(settings: Settings, enabled: bool) -> Settings:
     """The same settings with http.fast_path set, for `stor serve --no-fast-path`."""
@@ -349,6 +424,11 @@ _SECTION_KEYS: dict[str, tuple[str, ...]] = {
     ),
     "integrity": ("verify_reads", "heal", "heal_queue", "heal_concurrency", "scrub_rate", "scrub_workers"),
     "tus": ("enabled", "path", "directory", "expire_after", "max_uploads", "sweep_period"),
+    "s3_api": (
+        "enabled", "port", "host", "bucket", "region", "domain", "access_keys", "anonymous_read", "allow_delete",
+        "cors", "max_clock_skew", "max_metadata_bytes", "multipart_directory", "multipart_expire_after",
+        "max_multipart_uploads", "min_part_bytes", "sweep_period",
+    ),
 }
 
 # stor 2.0's flat keys and their place now: still read, with a warning.
@@ -449,6 +529,7 @@ def parse(raw: dict[str, Any], source: str = "config") -> Settings:
         s3=s3,
         integrity=_integrity(section("integrity")),
         tus=_tus(section("tus")),
+        s3_api=_s3_api(section("s3_api")),
         source=source,
         warnings=tuple(warnings),
     )
@@ -850,6 +931,89 @@ def _tus(r: _Reader, d: TusSettings = TusSettings()) -> TusSettings:
         expire_after=r.positive_number("expire_after", d.expire_after),
         max_uploads=_at_least_one(r, "max_uploads", d.max_uploads),
         sweep_period=r.positive_number("sweep_period", d.sweep_period),
+    )
+
+
+# S3's rules for bucket names (https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html).
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_CORS_KEYS = ("origins", "methods", "headers", "expose_headers", "max_age")
+
+
+def _s3_api(r: _Reader, d: S3ApiSettings = S3ApiSettings()) -> S3ApiSettings:
+    bucket = r.get("bucket", str, d.bucket)
+    if not _BUCKET_NAME.fullmatch(bucket) or ".." in bucket:
+        raise ConfigError(f"{r.name('bucket')}: expected an S3 bucket name (3-63 lower-case letters, digits, "
+                          f"dots and hyphens), got {bucket!r}")
+    port = r.get("port", int, d.port)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{r.name('port')}: expected a port number, got {port!r}")
+    directory = r.get("multipart_directory", str, None)
+    return S3ApiSettings(
+        enabled=r.get("enabled", bool, d.enabled),
+        port=port,
+        host=r.get("host", str, d.host),
+        bucket=bucket,
+        region=r.get("region", str, d.region),
+        domain=r.get("domain", str, d.domain) or None,
+        access_keys=_access_keys(r),
+        anonymous_read=r.get("anonymous_read", bool, d.anonymous_read),
+        allow_delete=r.get("allow_delete", bool, d.allow_delete),
+        cors=_cors(r),
+        max_clock_skew=r.positive_number("max_clock_skew", d.max_clock_skew),
+        max_metadata_bytes=_at_least_one(r, "max_metadata_bytes", d.max_metadata_bytes),
+        multipart_directory=Path(directory) if directory else None,
+        multipart_expire_after=r.positive_number("multipart_expire_after", d.multipart_expire_after),
+        max_multipart_uploads=_at_least_one(r, "max_multipart_uploads", d.max_multipart_uploads),
+        min_part_bytes=r.non_negative_int("min_part_bytes", d.min_part_bytes),
+        sweep_period=r.positive_number("sweep_period", d.sweep_period),
+    )
+
+
+def _access_keys(r: _Reader) -> tuple[S3AccessKey, ...]:
+    key = r.name("access_keys")
+    entries = r.raw("access_keys") or []
+    if not isinstance(entries, list):
+        raise ConfigError(f"{key}: expected a list of {{\"access_key\", \"secret_key\", \"role\"}} objects")
+    keys: list[S3AccessKey] = []
+    for i, entry in enumerate(entries):
+        where = f"{key}[{i}]"
+        if not isinstance(entry, dict) or set(entry) - {"access_key", "secret_key", "role"}:
+            raise ConfigError(f"{where}: expected an object with access_key, secret_key and role")
+        access, secret, role = entry.get("access_key"), entry.get("secret_key"), entry.get("role", "read")
+        if not isinstance(access, str) or not re.fullmatch(r"[A-Za-z0-9._-]{3,128}", access):
+            raise ConfigError(f"{where}.access_key: expected 3-128 letters, digits, '.', '_' or '-'")
+        if not isinstance(secret, str) or len(secret) < 8:
+            raise ConfigError(f"{where}.secret_key: expected a string of at least 8 characters")
+        if role not in ROLES:
+            raise ConfigError(f"{where}.role: expected \"read\" or \"write\", got {role!r}")
+        if any(k.access_key == access for k in keys):
+            raise ConfigError(f"{where}.access_key: {access!r} is defined twice")
+        keys.append(S3AccessKey(access, secret, role))
+    return tuple(keys)
+
+
+def _cors(r: _Reader, d: CorsSettings = CorsSettings()) -> CorsSettings:
+    key = r.name("cors")
+    block = r.raw("cors") or {}
+    if not isinstance(block, dict) or set(block) - set(_CORS_KEYS):
+        raise ConfigError(f"{key}: expected an object with keys {', '.join(_CORS_KEYS)}")
+    c = _Reader(block, prefix=f"{key}.")
+
+    def strings(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = c.get(name, list, list(default))
+        if not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{c.name(name)}: expected a list of non-empty strings")
+        return tuple(value)
+
+    methods = tuple(m.upper() for m in strings("methods", d.methods))
+    if set(methods) - {"GET", "HEAD", "PUT", "POST", "DELETE"}:
+        raise ConfigError(f"{c.name('methods')}: expected methods among GET, HEAD, PUT, POST, DELETE")
+    return CorsSettings(
+        origins=strings("origins", d.origins),
+        methods=methods,
+        headers=tuple(h.lower() for h in strings("headers", d.headers)),
+        expose_headers=strings("expose_headers", d.expose_headers),
+        max_age=c.non_negative_int("max_age", d.max_age),
     )
 
 

@@ -1447,7 +1447,7 @@ class Scrub:
     def _check_object(self, digest: Digest) -> Outcome:
         """One object of the bucket read whole and hashed (once more on a mismatch); a corrupt one repaired."""
         assert self.bucket is not None
-        from stor.store.s3 import object_key
+        from stor.layout import object_key
 
         outcome = Findings()
         name = f"{self.bucket.name}/{object_key(digest)}"
@@ -1514,7 +1514,7 @@ class Scrub:
         assert self.bucket is not None and self.loop is not None
         from stor.store import copies
         from stor.store.copyqueue import copy_blob
-        from stor.store.s3 import object_key
+        from stor.layout import object_key
 
         bucket, loop = self.bucket, self.loop
         sha, where = digest.hex, bucket.name

@@ -26,6 +26,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from stor import metricsdir
@@ -55,19 +56,31 @@ def bound_socket(host: str, port: int, shared: bool = True) -> socket.socket:
     return sock
 
 
-def run(config: dict[str, Any], host: str, port: int, workers: int) -> int:
-    """Serve with workers processes until SIGINT or SIGTERM; the exit status."""
-    # Bound here first, once without SO_REUSEPORT (which any socket already on the port refuses,
-    # so that a second service there is an error, not a silent sharer), then kept bound: port 0
-    # becomes one port for all workers, and the port stays this service's while a worker is
-    # replaced. Never listening, the kept socket receives no connections itself.
+def reserve(listeners: Sequence[tuple[str, int]]) -> list[socket.socket]:
+    """A bound, never listening socket for each (host, port), port 0 resolved; OSError when one cannot be had.
+
+    Bound once without SO_REUSEPORT first (which any socket already on the port
+    refuses, so that a second service there is an error, not a silent sharer),
+    then kept bound: port 0 becomes one port for all workers, and the port
+    stays this service's while a worker is replaced. Never listening, a kept
+    socket receives no connections itself.
+    """
+    reserved: list[socket.socket] = []
     try:
-        with bound_socket(host, port, shared=False) as probe:
-            port = probe.getsockname()[1]
-        reserved = bound_socket(host, port)
-    except OSError as e:
-        log.error("cannot listen on %s:%d: %s", host, port, e.strerror or e)
-        return 1
+        for host, port in listeners:
+            with bound_socket(host, port, shared=False) as probe:
+                port = probe.getsockname()[1]
+            reserved.append(bound_socket(host, port))
+    except BaseException:
+        for sock in reserved:
+            sock.close()
+        raise
+    return reserved
+
+
+def run(config: dict[str, Any], reserved: Sequence[socket.socket], workers: int) -> int:
+    """Serve the reserved listeners with workers processes until SIGINT or SIGTERM; the exit status."""
+    listeners = [sock.getsockname()[:2] for sock in reserved]
     context = multiprocessing.get_context("spawn")
     stop: list[int] = []
     previous = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -76,7 +89,7 @@ def run(config: dict[str, Any], host: str, port: int, workers: int) -> int:
     status = 0
     try:
         for slot in range(workers):
-            running[slot] = _start(context, config, host, port, slot)
+            running[slot] = _start(context, config, listeners, slot)
         while not stop:
             multiprocessing.connection.wait([p.sentinel for p in running.values()], timeout=0.5)
             for slot, process in list(running.items()):
@@ -93,7 +106,7 @@ def run(config: dict[str, Any], host: str, port: int, workers: int) -> int:
                     status = 1
                     break
                 log.error("worker %d (pid %d) exited with %s; starting another", slot, process.pid, process.exitcode)
-                running[slot] = _start(context, config, host, port, slot)
+                running[slot] = _start(context, config, listeners, slot)
     finally:
         for process in running.values():
             if process.is_alive():
@@ -107,12 +120,11 @@ def run(config: dict[str, Any], host: str, port: int, workers: int) -> int:
                 process.join()
         for s, handler in previous.items():
             signal.signal(s, handler)
-        reserved.close()
     return status
 
 
-def _start(context: Any, config: dict[str, Any], host: str, port: int, slot: int) -> Any:
-    process = context.Process(target=_serve, args=(config, host, port, os.getpid()), name=f"stor-worker-{slot}")
+def _start(context: Any, config: dict[str, Any], listeners: list[tuple[str, int]], slot: int) -> Any:
+    process = context.Process(target=_serve, args=(config, listeners, os.getpid()), name=f"stor-worker-{slot}")
     process.start()
     return process
 
@@ -120,8 +132,22 @@ def _start(context: Any, config: dict[str, Any], host: str, port: int, slot: int
 _PR_SET_PDEATHSIG = 1
 
 
-def _serve(config: dict[str, Any], host: str, port: int, supervisor: int) -> None:
-    """One worker: its own socket, uvicorn serving it."""
+def listening(listeners: Sequence[tuple[str, int]]) -> list[socket.socket]:
+    """This process's own listening socket for each (host, port), in the service's SO_REUSEPORT group."""
+    sockets: list[socket.socket] = []
+    try:
+        for host, port in listeners:
+            sockets.append(bound_socket(host, port))
+            sockets[-1].listen(BACKLOG)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _serve(config: dict[str, Any], listeners: list[tuple[str, int]], supervisor: int) -> None:
+    """One worker: its own sockets, uvicorn serving them."""
     import uvicorn
 
     # A supervisor killed outright (SIGKILL, the OOM killer) takes its workers with it (SIGTERM,
@@ -137,9 +163,7 @@ def _serve(config: dict[str, Any], host: str, port: int, supervisor: int) -> Non
     try:
         if os.getppid() != supervisor:
             return  # it died before the request above
-        sock = bound_socket(host, port)
-        sock.listen(BACKLOG)
-        uvicorn.Server(uvicorn.Config(**config)).run(sockets=[sock])
+        uvicorn.Server(uvicorn.Config(**config)).run(sockets=listening(listeners))
     finally:
         held.release()
 

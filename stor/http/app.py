@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from stor import __version__, aio, prometheus
 from stor.cache import LocationCache, MemcachedLocationCache, NoLocationCache
-from stor.config import NO_FAST_PATH_ENV, Settings, load_settings, with_fast_path
+from stor.config import NO_FAST_PATH_ENV, S3_PORT_ENV, Settings, load_settings, with_fast_path, with_s3_port
 from stor.http import filesend, front
 from stor.http import reply as replies
 from stor.http.asgi import AsgiApp
@@ -42,7 +42,7 @@ log = logging.getLogger("stor")
 def create_app(settings: Settings) -> AsgiApp:
     """The ASGI application for uvicorn; with the fast path on, this worker's protocol answers blob reads too."""
     app = Application(settings)
-    front.install(app.service if settings.http.fast_path else None, settings.http)
+    front.install(app.service if settings.http.fast_path else None, settings.http, app.services)
     return app.asgi
 
 
@@ -52,6 +52,8 @@ def create_app_from_env() -> AsgiApp:
     settings = load_settings()
     if os.environ.get(NO_FAST_PATH_ENV):
         settings = with_fast_path(settings, False)
+    if os.environ.get(S3_PORT_ENV):
+        settings = with_s3_port(settings, int(os.environ[S3_PORT_ENV]))
     return create_app(settings)
 
 
@@ -163,7 +165,37 @@ class Application:
             routes.add_prefix(base, route(f"{base}...", **handlers))
 
         self.service = HttpService(routes, traffic, steps_inline=not settings.s3_tier)
-        self.asgi = AsgiApp(self.service, self.startup, self.shutdown, settings.http.body_timeout)
+        # Other listeners' services, by port: the S3 API's.
+        self.services: dict[int, HttpService] = {}
+        self.multipart = None
+        if settings.s3_api.enabled:
+            self.services[settings.s3_api.port] = self._s3_api(store, metrics, traffic)
+        self.asgi = AsgiApp(self.service, self.startup, self.shutdown, settings.http.body_timeout, self.services)
+
+    def _s3_api(self, store: BlobStore, metrics: Metrics, traffic: prometheus.HttpTraffic | None) -> HttpService:
+        """The S3 API's service: one route, every path (S3 addresses by host, path and query)."""
+        # Imported here: a node without the S3 API never loads it (nor botocore's signer).
+        from stor.resumable.multipart import MultipartUploads
+        from stor.s3api.api import s3_endpoint
+
+        settings = self.settings
+        s3 = settings.s3_api
+        directory = settings.multipart_directory
+        if directory is not None:
+            self.multipart = MultipartUploads(
+                directory, store, s3, settings.uploads.max_blob_bytes, metrics, settings.storage_dirs
+            )
+        else:
+            log.info("S3 API: no multipart uploads (no local storage to keep their parts; set "
+                     "s3_api.multipart_directory)")
+        if not s3.access_keys:
+            log.warning("S3 API: no access_keys configured: every signed request will be refused%s",
+                        "; anonymous reads are allowed" if s3.anonymous_read else "")
+        endpoint = s3_endpoint(store, s3, settings.uploads, self.multipart)
+        routes = Routes()
+        routes.add_prefix("/", route("s3", get=endpoint.answer, post=endpoint.answer, put=endpoint.answer,
+                                     fast=True, delete=endpoint.answer, options=endpoint.answer))
+        return HttpService(routes, traffic, steps_inline=not settings.s3_tier)
 
     def _resumable(self, store: BlobStore, metrics: Metrics) -> ResumableUploads | None:
         settings = self.settings
@@ -184,6 +216,8 @@ class Application:
             self.heal.start()
         if self.resumable is not None:
             self.resumable.start()
+        if self.multipart is not None:
+            self.multipart.start()
         if self.settings.s3_tier:
             _fixed_mmap_threshold()
         if self.settings.metrics.prometheus.enabled:
@@ -198,6 +232,8 @@ class Application:
         self._background.clear()
         if self.resumable is not None:
             await self.resumable.close()
+        if self.multipart is not None:
+            await self.multipart.close()
         if self.heal is not None:
             await self.heal.close()
         await self.store.close()

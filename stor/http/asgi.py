@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
@@ -24,11 +24,14 @@ READ_CHUNK = 1 << 20  # a file's bytes in chunks of this size (the original stre
 
 
 class AsgiApp:
+    """services: the service of each listener by its port (the S3 API's); any other port is service's."""
+
     def __init__(
         self, service: HttpService, startup: Callable[[], Awaitable[None]], shutdown: Callable[[], Awaitable[None]],
-        body_timeout: float,
+        body_timeout: float, services: Mapping[int, HttpService] | None = None,
     ) -> None:
         self.service = service
+        self.services = dict(services or {})
         self.startup = startup
         self.shutdown = shutdown
         self.body_timeout = body_timeout
@@ -42,8 +45,15 @@ class AsgiApp:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         service = self.service
+        if self.services:
+            server = scope.get("server")
+            service = self.services.get(server[1] if server else -1, service)
         client = scope.get("client")
-        request = Request(scope["method"], scope["path"], Headers(scope=scope), AsgiBody(receive, self.body_timeout), client[0] if client else "")
+        request = Request(
+            scope["method"], scope["path"], Headers(scope=scope), AsgiBody(receive, self.body_timeout),
+            client[0] if client else "", scope["query_string"].decode("latin-1"),
+            scope.get("raw_path", b"").decode("latin-1") or None,
+        )
         route = service.route(request.path)
         reply = await service.answer(request, route)
         status, sent = reply.status, 0

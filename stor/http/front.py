@@ -35,7 +35,7 @@ import logging
 import re
 import resource
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Coroutine, Mapping
 from typing import Any
 
 import httptools
@@ -66,17 +66,22 @@ _CHECK_SECONDS = 5.0
 LINGER_SECONDS = 5.0
 
 _service: HttpService | None = None
+_services: dict[int, HttpService] = {}  # by a listener's port: the S3 API's
 _limits = HttpSettings()
 _max_connections = max_connections_for(_limits, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 
 
-def install(service: HttpService | None, limits: HttpSettings) -> None:
-    """This worker's limits, and the service its connections answer fast routes for (None: no fast path).
+def install(
+    service: HttpService | None, limits: HttpSettings, services: Mapping[int, HttpService] | None = None
+) -> None:
+    """This worker's limits, and the service its connections answer fast routes for (None: no fast path);
+    services: those of other listeners, by their port (a connection to any other port is service's).
 
     uvicorn makes one application per worker, before the first connection.
     """
-    global _service, _limits, _max_connections
+    global _service, _services, _limits, _max_connections
     _service = service
+    _services = dict(services or {}) if service is not None else {}
     _limits = limits
     _max_connections = max_connections_for(limits, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 
@@ -158,6 +163,7 @@ class StorHttpProtocol(HttpToolsProtocol):
     _client_eof = False  # the client has half-closed: answer what it asked, then close
     _refused = False  # an answer refusing the request was given: what follows is dropped
     _progress: tcp.Progress | None = None  # what the client has taken of a buffered answer
+    _service: HttpService | None = None  # the service of the listener this connection came to, for fast answers
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -173,6 +179,7 @@ class StorHttpProtocol(HttpToolsProtocol):
         # a file goes out by sendfile only behind an empty buffer, and a client that does not read
         # makes the next answer wait instead of piling up in memory.
         transport.set_write_buffer_limits(high=0)
+        self._service = _services.get(self.server[1], _service) if _services and self.server else _service
         if len(self.connections) > self._max_connections:
             _over_cap(self._max_connections)
             self._refused = True
@@ -349,7 +356,7 @@ class StorHttpProtocol(HttpToolsProtocol):
             raise _TooManyHeaders()
         if self.transport.is_closing():
             return  # pipelined behind an answer that closes the connection: never answered
-        service = _service
+        service = self._service
         method = _READS.get(self.parser.get_method())
         url = self.url
         if (

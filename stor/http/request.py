@@ -109,14 +109,19 @@ NO_BODY = NoBody()
 
 
 class Request:
-    __slots__ = ("method", "path", "headers", "body", "client", "started")
+    __slots__ = ("method", "path", "headers", "body", "client", "query", "raw_path", "started")
 
-    def __init__(self, method: str, path: str, headers: Headers, body: RequestBody = NO_BODY, client: str = "") -> None:
+    def __init__(
+        self, method: str, path: str, headers: Headers, body: RequestBody = NO_BODY, client: str = "",
+        query: str = "", raw_path: str | None = None,
+    ) -> None:
         self.method = method
         self.path = path  # percent-decoded, without the query
         self.headers = headers  # lower-case names
         self.body = body
         self.client = client  # the peer's address, without the port ("" when unknown, e.g. a Unix socket)
+        self.query = query  # as sent, without the "?" (what a signature covers)
+        self.raw_path = path if raw_path is None else raw_path  # as sent, percent-escapes and all
         self.started = time.perf_counter()
 
     @property

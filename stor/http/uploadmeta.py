@@ -35,7 +35,7 @@ def upload_meta(headers: Headers) -> BlobMeta:
     filename = headers.get("x-filename")
     return BlobMeta(
         media_type(content_type, "Content-Type") if content_type is not None else None,
-        _header_filename(filename) if filename is not None else None,
+        header_filename(filename) if filename is not None else None,
     )
 
 
@@ -56,19 +56,20 @@ def plain_filename(name: str, what: str) -> str:
     return ascii_filename(name.replace("%", "%25"))
 
 
-def _header_filename(header: str) -> str:
-    """X-Filename as it is kept and given back: non-ASCII percent-encoded; ValueError with a one-line reason."""
+def header_filename(header: str, what: str = "X-Filename") -> str:
+    """A file name in a header (X-Filename, the S3 API's x-amz-meta-filename) as it is kept and given back:
+    non-ASCII percent-encoded; ValueError with a one-line reason."""
     # A header value arrives as latin-1 text (HTTP's own encoding, what Starlette decodes with):
     # a name sent as raw UTF-8 is those bytes again, decoded as UTF-8.
     try:
         text = header.encode("latin-1").decode("utf-8")
     except UnicodeError:
-        raise ValueError(f"Bad X-Filename '{shown(header)}': not UTF-8 (percent-encode the name)") from None
+        raise ValueError(f"Bad {what} '{shown(header)}': not UTF-8 (percent-encode the name)") from None
     try:
         decoded = unquote(text, errors="strict")
     except UnicodeDecodeError:
         decoded = ""
-    _check_name(decoded, text, "X-Filename")
+    _check_name(decoded, text, what)
     # Kept in the spelling the README documents, ASCII, so that it is a valid header again on GET:
     # a name sent as raw UTF-8 and the same name percent-encoded are one name, in the sidecar too.
     return ascii_filename(text)

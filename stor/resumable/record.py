@@ -28,6 +28,7 @@ import secrets
 import stat
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any, TypeVar
 
 from stor.store.durable import fsync_dir, write_all
 from stor.store.metadata import BlobMeta
@@ -39,6 +40,8 @@ _PARTIAL = ".tmp-"  # a record being written: `<id>.json.tmp-<random>`
 _ID = re.compile(r"[0-9a-f]{32}")
 
 OPEN, DONE, FAILED = "open", "done", "failed"
+
+R = TypeVar("R")
 
 
 def new_id() -> str:
@@ -76,13 +79,11 @@ class UploadRecord:
         return BlobMeta(self.content_type, self.filename)
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        return record_json(self)
 
     @classmethod
     def from_json(cls, data: bytes) -> UploadRecord:
-        raw = json.loads(data)
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        return record_from_json(cls, data)
 
 
 class UploadDirectory:
@@ -101,13 +102,11 @@ class UploadDirectory:
     def load(self, upload_id: str) -> UploadRecord | None:
         """The record (an open upload's, else a finished one's); None when there is none or it is unreadable."""
         for suffix in (RECORD_SUFFIX, DONE_SUFFIX):
-            try:
-                fd = os.open(self.record_path(upload_id, suffix), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except FileNotFoundError:
+            data = read_small_file(self.record_path(upload_id, suffix))
+            if data is None:
                 continue
             try:
-                with os.fdopen(fd, "rb") as f:
-                    return UploadRecord.from_json(f.read(1 << 20))
+                return UploadRecord.from_json(data)
             except (ValueError, TypeError):
                 return None
         return None
@@ -115,18 +114,7 @@ class UploadDirectory:
     def save(self, record: UploadRecord, durable: bool = False) -> None:
         """Replace the record; durable: flushed with its directory entry (creation, the end)."""
         final = self.record_path(record.id, RECORD_SUFFIX if record.status == OPEN else DONE_SUFFIX)
-        tmp = f"{final}{_PARTIAL}{secrets.token_hex(4)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        try:
-            write_all(fd, record.to_json())
-            if durable:
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
-        os.close(fd)
-        os.rename(tmp, final)
+        replace_file(final, record.to_json(), durable)
         if record.status != OPEN:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.record_path(record.id))
@@ -158,6 +146,53 @@ class UploadDirectory:
     @staticmethod
     def is_partial_record(name: str) -> bool:
         return _PARTIAL in name
+
+
+def record_json(record: Any) -> bytes:
+    """A record (a dataclass of plain fields) as compact JSON."""
+    return json.dumps(asdict(record), separators=(",", ":")).encode()
+
+
+def record_from_json(cls: type[R], data: bytes) -> R:
+    """The record of class cls that record_json wrote; fields it does not know (a newer writer's) are dropped.
+
+    ValueError or TypeError when data is not such a record.
+    """
+    raw = json.loads(data)
+    if not isinstance(raw, dict):
+        raise ValueError("not a record")
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+def replace_file(final: str, data: bytes, durable: bool = False) -> None:
+    """data under final, by a rename (a reader sees the old file or the new one, never half of either).
+
+    durable: the data flushed before the rename; the caller flushes the
+    directory entry (fsync_dir) once it has made all its changes there.
+    """
+    tmp = f"{final}{_PARTIAL}{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        write_all(fd, data)
+        if durable:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.rename(tmp, final)
+
+
+def read_small_file(path: str, limit: int = 1 << 20) -> bytes | None:
+    """The first limit bytes of a file (a record); None when there is none."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        return f.read(limit)
 
 
 def ensure_dir(path: str) -> None:
@@ -198,12 +233,7 @@ def open_locked(paths: list[str]) -> list[int] | None:
         return None
     fds = [first]
     try:
-        try:
-            fcntl.flock(first, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise Locked() from None
-            raise
+        try_lock(first, fcntl.LOCK_EX)
         for path in paths[1:]:
             fds.append(os.open(path, flags))
     except BaseException:
@@ -211,6 +241,16 @@ def open_locked(paths: list[str]) -> list[int] | None:
             os.close(fd)
         raise
     return fds
+
+
+def try_lock(fd: int, operation: int) -> None:
+    """flock(fd, operation) (LOCK_SH or LOCK_EX) without waiting; Locked when another holder has it."""
+    try:
+        fcntl.flock(fd, operation | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise Locked() from None
+        raise
 
 
 def remove_files(paths: list[str]) -> None:

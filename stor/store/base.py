@@ -4,7 +4,7 @@ A backend (the mirrored local pairs today, an S3 bucket next) answers five
 questions: what is known of a blob (head), its bytes (open, whole or a byte
 range), a staged write (begin -> write -> commit or abort; nothing is
 visible before commit, which verifies), which of many blobs are stored
-(contains), and what is stored (iter_digests); plus its health and a
+(contains), and what is stored (iter_digests, list_blobs); plus its health and a
 start/close for background work. Layers that add caching or metrics
 implement the same interface around a backend (stor.store.hot,
 stor.store.located, stor.store.metered), so handlers never know which
@@ -118,6 +118,14 @@ class BlobInfo:
     # Found with nothing waiting for a disk (the kernel's caches answered): a local blob that
     # may be kept hot, since checking it again cannot wait either.
     from_caches: bool = False
+
+
+class Listed(NamedTuple):
+    """A blob as a listing sees it: what it is, its size, and when it was stored."""
+
+    digest: Digest
+    size: int
+    mtime: float
 
 
 @dataclass(slots=True)
@@ -329,8 +337,13 @@ class BlobStore(Protocol):
     def contains(self, digests: list[Digest]) -> Awaitable[list[bool]]:
         """Whether each blob is stored, in one round trip."""
 
-    def iter_digests(self) -> AsyncIterator[Digest]:
-        """Every stored blob once, in lexical order of the hex digest."""
+    def iter_digests(self, after: str = "") -> AsyncIterator[Digest]:
+        """Every stored blob once, in lexical order of the hex digest; after: only those whose hex sorts
+        after it (lower-case hex digits, any number of them up to a whole digest): a listing starts there
+        without reading what comes before."""
+
+    def list_blobs(self, after: str = "") -> AsyncIterator[Listed]:
+        """As iter_digests, with each blob's size and date (what a listing of a bucket shows)."""
 
     def health(self) -> Awaitable[Health]: ...
 
@@ -370,8 +383,11 @@ class Layer:
     def contains(self, digests: list[Digest]) -> Awaitable[list[bool]]:
         return self.inner.contains(digests)
 
-    def iter_digests(self) -> AsyncIterator[Digest]:
-        return self.inner.iter_digests()
+    def iter_digests(self, after: str = "") -> AsyncIterator[Digest]:
+        return self.inner.iter_digests(after)
+
+    def list_blobs(self, after: str = "") -> AsyncIterator[Listed]:
+        return self.inner.list_blobs(after)
 
     def health(self) -> Awaitable[Health]:
         return self.inner.health()

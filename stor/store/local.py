@@ -28,6 +28,7 @@ import contextlib
 import errno
 import functools
 import hashlib
+import itertools
 import logging
 import os
 import random
@@ -35,7 +36,7 @@ import re
 import stat
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -50,6 +51,7 @@ from stor.store.base import (
     DigestMismatch,
     FileRegion,
     Health,
+    Listed,
     Lookup,
     Missing,
     NoSpace,
@@ -305,25 +307,42 @@ class LocalStore:
         reals = self._real.values()
         return [any(BLOCKING.is_file(f"{real}/{digest.relative_path}") for real in reals) for digest in digests]
 
-    async def iter_digests(self, after: Digest | None = None) -> AsyncIterator[Digest]:
-        """Every blob once, in lexical order, merged over all storages (one directory listing per thread hop).
+    async def iter_digests(self, after: str = "") -> AsyncIterator[Digest]:
+        """Every blob once, in lexical order, merged over all storages, a batch at a time per thread hop.
 
         With after, only the blobs after it: directories wholly before it are not listed (a resumed walk,
-        `stor s3-backfill`, starts where it left off without listing the tree up to there).
+        `stor s3-backfill`, or a page of the S3 API's listing starts where it left off without listing
+        the tree up to there).
         """
-        bound = after.upper if after is not None else ""  # directory names are upper-case hex
-        for first in await in_thread(self._subdirs, ()):
+        async for digest in _batched((digest for digest, _ in self._walk(after.upper()))):
+            yield digest
+
+    async def list_blobs(self, after: str = "") -> AsyncIterator[Listed]:
+        async for listed in _batched(self._listed(after.upper())):
+            yield listed
+
+    def _listed(self, bound: str) -> Iterator[Listed]:
+        for digest, path in self._walk(bound):
+            try:
+                st = os.stat(path, follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # gone since it was listed
+            yield Listed(digest, st.st_size, st.st_mtime)
+
+    def _walk(self, bound: str) -> Iterator[tuple[Digest, str]]:
+        """The blobs whose upper-case hex sorts after bound, in order, each with a path of a copy (blocking)."""
+        for first in self._subdirs(()):
             if first < bound[0:2]:
                 continue
-            for second in await in_thread(self._subdirs, (first,)):
+            for second in self._subdirs((first,)):
                 if first + second < bound[0:4]:
                     continue
-                for third in await in_thread(self._subdirs, (first, second)):
+                for third in self._subdirs((first, second)):
                     if first + second + third < bound[0:6]:
                         continue
-                    for digest in await in_thread(self._blobs_in, (first, second, third)):
-                        if after is None or digest.hex > after.hex:
-                            yield digest
+                    for digest, path in self._blobs_in((first, second, third)):
+                        if digest.upper > bound:
+                            yield digest, path
 
     def _subdirs(self, parents: tuple[str, ...]) -> list[str]:
         names: set[str] = set()
@@ -333,19 +352,20 @@ class LocalStore:
             )
         return sorted(names)
 
-    def _blobs_in(self, parents: tuple[str, ...]) -> list[Digest]:
+    def _blobs_in(self, parents: tuple[str, ...]) -> list[tuple[Digest, str]]:
+        """The blobs in one leaf directory of every storage, in order, each with the path of its first copy."""
         prefix = "".join(parents)
-        shas: set[str] = set()
+        paths: dict[str, str] = {}
         for root in self._real.values():
             for entry in _entries(root, parents):
                 match = _BLOB_NAME.fullmatch(entry.name)
                 if match is not None and match.group(1).startswith(prefix) and entry.is_file(follow_symlinks=False):
-                    shas.add(match.group(1))
-        digests = []
-        for sha in sorted(shas):
+                    paths.setdefault(match.group(1), entry.path)
+        blobs = []
+        for sha in sorted(paths):
             with contextlib.suppress(InvalidDigest):
-                digests.append(Digest.parse(sha))
-        return digests
+                blobs.append((Digest.parse(sha), paths[sha]))
+        return blobs
 
     # ---- health and lifetime -----------------------------------------------
 
@@ -854,6 +874,20 @@ def _put_back(final: str, tmp: str, inode: int) -> None:
             os.rename(final, tmp)
     except OSError as e:
         log.error("cannot roll back %s: %s", final, e)
+
+
+# Blobs a listing takes per thread hop: a page of 1000 keys in four hops.
+WALK_BATCH = 256
+
+
+async def _batched(items: Iterator[T]) -> AsyncIterator[T]:
+    """A blocking iterator's items, WALK_BATCH of them per thread hop."""
+    while True:
+        batch = await in_thread(lambda: list(itertools.islice(items, WALK_BATCH)))
+        for item in batch:
+            yield item
+        if len(batch) < WALK_BATCH:
+            return
 
 
 def _entries(root: str, parents: tuple[str, ...]) -> list[os.DirEntry[str]]:

@@ -1,4 +1,4 @@
-"""What an uploader said about a blob besides its bytes: its media type and original filename.
+"""What an uploader said about a blob besides its bytes: its media type, original filename, and user metadata.
 
 Kept in a sidecar `<SHA>.meta` (JSON) beside the `.dat` on each mirror, so
 the blob's bytes, name and identity stay exactly those of the original
@@ -22,12 +22,17 @@ MAX_META_BYTES = 64 * 1024
 class BlobMeta:
     content_type: str | None = None
     filename: str | None = None
+    # The S3 API's x-amz-meta-* pairs (lower-case names without the prefix; "filename" is the field above),
+    # in the order given.
+    user: tuple[tuple[str, str], ...] = ()
 
     def __bool__(self) -> bool:
-        return self.content_type is not None or self.filename is not None
+        return self.content_type is not None or self.filename is not None or bool(self.user)
 
     def to_json(self) -> bytes:
-        fields = {"content_type": self.content_type, "filename": self.filename}
+        fields: dict[str, object] = {"content_type": self.content_type, "filename": self.filename}
+        if self.user:
+            fields["user"] = dict(self.user)
         return json.dumps({k: v for k, v in fields.items() if v is not None}).encode()
 
     @classmethod
@@ -38,10 +43,11 @@ class BlobMeta:
             return cls()  # a damaged sidecar must not make the blob unreadable
         if not isinstance(fields, dict):
             return cls()
-        content_type, filename = fields.get("content_type"), fields.get("filename")
+        content_type, filename, user = fields.get("content_type"), fields.get("filename"), fields.get("user")
         return cls(
             content_type if isinstance(content_type, str) else None,
             filename if isinstance(filename, str) else None,
+            tuple((k, v) for k, v in user.items() if isinstance(v, str)) if isinstance(user, dict) else (),
         )
 
 

@@ -1,8 +1,9 @@
 """The BlobStore of an S3 bucket: the original Stor's key scheme, streamed reads, verified multipart writes.
 
 A blob is the object `aa/bb/cc/<sha>` (lower case, no suffix), as the
-original read it; its media type is the object's Content-Type and its
-filename the user metadata `filename`. Reads are one request: a GET whose
+original read it; its media type is the object's Content-Type, its
+filename the user metadata `filename`, and the S3 API's x-amz-meta-* pairs
+the rest of the object's user metadata. Reads are one request: a GET whose
 answer carries what a HEAD would (a HEAD alone for a read of no bytes), its
 body streamed in chunks, never held whole. A write hashes the body as it
 goes and makes the object visible only once the whole hashes to its name:
@@ -25,7 +26,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -36,12 +36,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from stor.aio import in_thread
 from stor.config import S3Credentials, S3Settings
-from stor.digest import Digest, InvalidDigest
+from stor.digest import Digest
+from stor.layout import digest_of_key, key_of_hex, object_key
 from stor.store.base import (
     NO_BYTES,
     BlobInfo,
     DigestMismatch,
     Health,
+    Listed,
     Lookup,
     Missing,
     OpenBlob,
@@ -65,7 +67,6 @@ HASH_IN_THREAD_BYTES = 256 * 1024  # smaller chunks are hashed on the loop (a th
 MAX_CONCURRENT_HEADS = 16  # per contains() call
 # The types S3 servers give an object stored without one: served as stor's default.
 _UNTYPED = frozenset({"binary/octet-stream", "application/octet-stream", ""})
-_KEY = re.compile(r"([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{64})")
 _FOUND = Lookup("s3")
 _TRANSIENT_CODES = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling"})
 
@@ -86,22 +87,6 @@ class CorruptObject(StoreError):
     def __init__(self, digest: Digest, actual: str) -> None:
         super().__init__(f"S3 object of {digest.hex} hashes to {actual}")
         self.digest = digest
-
-
-def object_key(digest: Digest) -> str:
-    """The original's key: the lower-case sha under three levels of two hex digits, no suffix."""
-    h = digest.hex
-    return f"{h[0:2]}/{h[2:4]}/{h[4:6]}/{h}"
-
-
-def digest_of_key(key: str) -> Digest | None:
-    """The blob a key names in that scheme, or None (any other object in the bucket)."""
-    match = _KEY.fullmatch(key)
-    if match is None or not match.group(4).startswith(match.group(1) + match.group(2) + match.group(3)):
-        return None
-    with contextlib.suppress(InvalidDigest):
-        return Digest.parse(match.group(4))
-    return None
 
 
 def fault(e: BaseException, doing: str) -> StoreError:
@@ -225,8 +210,12 @@ class S3Store:
 
     def _info(self, digest: Digest, answer: dict[str, Any], size: int) -> BlobInfo:
         content_type = answer.get("ContentType")
-        filename = answer.get("Metadata", {}).get("filename")
-        meta = BlobMeta(None if content_type in _UNTYPED or content_type is None else content_type, filename or None)
+        user = dict(answer.get("Metadata", {}))
+        filename = user.pop("filename", None)
+        meta = BlobMeta(
+            None if content_type in _UNTYPED or content_type is None else content_type, filename or None,
+            tuple(user.items()),
+        )
         return BlobInfo(
             digest, size, answer["LastModified"].timestamp(), meta if meta else NO_META, TIER,
             self.location(digest), self.name, _FOUND,
@@ -256,15 +245,20 @@ class S3Store:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
-    async def iter_digests(self) -> AsyncIterator[Digest]:
+    async def iter_digests(self, after: str = "") -> AsyncIterator[Digest]:
         """Every blob in the bucket, in lexical order (S3 lists keys in that order, and so does the scheme)."""
-        pages = self.writer.get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
+        async for listed in self.list_blobs(after):
+            yield listed.digest
+
+    async def list_blobs(self, after: str = "") -> AsyncIterator[Listed]:
+        start = {"StartAfter": key_of_hex(after)} if after else {}
+        pages = self.writer.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, **start)
         try:
             async for page in pages:
                 for entry in page.get("Contents", ()):
                     digest = digest_of_key(entry["Key"])
                     if digest is not None:
-                        yield digest
+                        yield Listed(digest, entry["Size"], entry["LastModified"].timestamp())
         except CLIENT_ERRORS as e:
             raise fault(e, f"listing bucket {self.bucket}") from e
 
@@ -297,8 +291,11 @@ class S3Store:
         fields: dict[str, Any] = {}
         if meta.content_type:
             fields["ContentType"] = meta.content_type
+        user = dict(meta.user)
         if meta.filename:
-            fields["Metadata"] = {"filename": meta.filename}
+            user["filename"] = meta.filename
+        if user:
+            fields["Metadata"] = user
         return fields
 
     async def _put_object(self, digest: Digest, data: bytes, meta: BlobMeta) -> Stored:

@@ -27,7 +27,7 @@ from stor.config import S3Settings
 from stor.digest import Digest
 from stor.lru import LRU
 from stor.metrics import Metrics
-from stor.store.base import BlobInfo, BlobStore, Health, Missing, OpenBlob, StagedBytes, Stored, Upload, UploadLayer
+from stor.store.base import BlobInfo, BlobStore, Health, Listed, Missing, OpenBlob, StagedBytes, Stored, Upload, UploadLayer
 from stor.store.copyqueue import CopyQueue
 from stor.store.metadata import NO_META, BlobMeta
 from stor.store.verify import CorruptBlob
@@ -162,8 +162,11 @@ class TieredStore:
         found = {d.hex for d, p in zip(missing, in_s3) if p}
         return [p or d.hex in found for d, p in zip(digests, present)]
 
-    def iter_digests(self) -> AsyncIterator[Digest]:
-        return (self.local or self.s3).iter_digests()
+    def iter_digests(self, after: str = "") -> AsyncIterator[Digest]:
+        return (self.local or self.s3).iter_digests(after)
+
+    def list_blobs(self, after: str = "") -> AsyncIterator[Listed]:
+        return (self.local or self.s3).list_blobs(after)
 
     # ---- writes ------------------------------------------------------------
 
