@@ -134,16 +134,17 @@ class Request:
 
 
 def close_if_body_unread(request: Request, reply: Reply) -> Reply:
-    """After an answer given before the body was read (a duplicate, 401, 412, 413, 507, a tus 409).
+    """After an answer given before the body was read (a duplicate, 401, 412, 413, 507, a tus 409, an S3 error).
 
-    A client that sent Expect: 100-continue sends nothing more, so the
-    connection stays usable. Any other client is sending (or about to send) a
-    body nobody will read: the connection is closed after the answer, and the
-    answer says so, so that no client reuses it. (Draining instead would wait
-    for a body the client may hold back until it has the answer.)
+    The client is sending (or about to send) a body nobody will read, or,
+    after Expect: 100-continue, may send it or not (RFC 9110 lets it: curl
+    does not and closes; botocore does not and reuses the connection): the
+    bytes that follow cannot be told apart from the next request. So the
+    connection is closed after the answer, and the answer says so. (Draining
+    instead would wait for a body the client may hold back.)
     """
     headers = request.headers
-    if request.body.complete or request.expects_continue:
+    if request.body.complete:
         return reply
     if headers.get("content-length", "0") != "0" or "chunked" in headers.get("transfer-encoding", ""):
         return reply.with_header("connection", "close")
