@@ -175,6 +175,11 @@ SECTIONS = {
     ],
     "integrity": ["verify_reads", "heal", "heal_queue", "heal_concurrency", "scrub_rate", "scrub_workers"],
     "tus": ["enabled", "path", "directory", "expire_after", "max_uploads", "sweep_period"],
+    "s3_api": [
+        "enabled", "port", "host", "bucket", "region", "domain", "access_keys", "anonymous_read", "allow_delete",
+        "cors", "max_clock_skew", "max_metadata_bytes", "multipart_directory", "multipart_expire_after",
+        "max_multipart_uploads", "min_part_bytes", "sweep_period",
+    ],
 }
 ORIGINAL_KEYS = [
     "storage_pairs", "writable_pairs_regex", "basic_auth", "memcached_servers", "statsite", "s3_enabled",

@@ -345,6 +345,10 @@ class BlobStore(Protocol):
     def list_blobs(self, after: str = "") -> AsyncIterator[Listed]:
         """As iter_digests, with each blob's size and date (what a listing of a bucket shows)."""
 
+    def delete(self, digest: Digest) -> Awaitable[tuple[str, ...]]:
+        """Remove every copy of the blob (an archive deployment that allows deletion asks for it);
+        the storages it was removed from, empty when none held it."""
+
     def health(self) -> Awaitable[Health]: ...
 
     def start(self) -> Awaitable[None]:
@@ -388,6 +392,9 @@ class Layer:
 
     def list_blobs(self, after: str = "") -> AsyncIterator[Listed]:
         return self.inner.list_blobs(after)
+
+    def delete(self, digest: Digest) -> Awaitable[tuple[str, ...]]:
+        return self.inner.delete(digest)
 
     def health(self) -> Awaitable[Health]:
         return self.inner.health()

@@ -303,6 +303,26 @@ class LocalStore:
     async def contains(self, digests: list[Digest]) -> list[bool]:
         return await in_thread(self._contains, digests)
 
+    async def delete(self, digest: Digest) -> tuple[str, ...]:
+        return await in_thread(self._delete_blocking, digest)
+
+    def _delete_blocking(self, digest: Digest) -> tuple[str, ...]:
+        """Every copy and its metadata unlinked, under the digest's lock (a commit completing a pair
+        meanwhile would leave a copy); the directories that held one."""
+        removed = []
+        with tempfiles.digest_lock([self._real[d] for d in self.dirs], digest.hex):
+            for directory, real in self._real.items():
+                path = f"{real}/{digest.relative_path}"
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{real}/{meta_relative_path(digest)}")
+                fsync_dir(os.path.dirname(path))
+                removed.append(str(directory))
+        return tuple(removed)
+
     def _contains(self, digests: list[Digest]) -> list[bool]:
         reals = self._real.values()
         return [any(BLOCKING.is_file(f"{real}/{digest.relative_path}") for real in reals) for digest in digests]
@@ -360,7 +380,8 @@ class LocalStore:
             for entry in _entries(root, parents):
                 match = _BLOB_NAME.fullmatch(entry.name)
                 if match is not None and match.group(1).startswith(prefix) and entry.is_file(follow_symlinks=False):
-                    paths.setdefault(match.group(1), entry.path)
+                    # The entry's own path is its bare name (listed from a descriptor): the copy's path in full.
+                    paths.setdefault(match.group(1), "/".join((root, *parents, entry.name)))
         blobs = []
         for sha in sorted(paths):
             with contextlib.suppress(InvalidDigest):

@@ -101,6 +101,13 @@ class LocatedStore(Layer):
             await self._shared.set(stored.digest, stored.storage)
         return stored
 
+    async def delete(self, digest: Digest) -> tuple[str, ...]:
+        removed = await self.inner.delete(digest)
+        self._recent.drop(digest.hex)
+        if self._shared is not None:
+            await self._shared.delete(digest)
+        return removed
+
     async def health(self) -> Health:
         inner = await self.inner.health()
         servers = await self.cache.health()

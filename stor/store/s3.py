@@ -183,6 +183,16 @@ class S3Store:
         except CLIENT_ERRORS as e:
             raise fault(e, f"{verb} {key}") from e
 
+    async def delete(self, digest: Digest) -> tuple[str, ...]:
+        if await self._read("HEAD", digest) is None:
+            return ()
+        key = object_key(digest)
+        try:
+            await self.writer.delete_object(Bucket=self.bucket, Key=key)
+        except CLIENT_ERRORS as e:
+            raise fault(e, f"DELETE {key}") from e
+        return (f"s3://{self.bucket}",)
+
     async def head(self, digest: Digest, at: str | None = None) -> BlobInfo | Missing:
         answer = await self._read("HEAD", digest)
         if answer is None:

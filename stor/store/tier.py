@@ -195,6 +195,13 @@ class TieredStore:
 
     # ---- health and lifetime -----------------------------------------------
 
+    async def delete(self, digest: Digest) -> tuple[str, ...]:
+        """Both tiers' copies; S3's first, so that a failure there leaves the local copy to answer reads."""
+        removed = await self.s3.delete(digest)
+        if self.local is not None:
+            removed += await self.local.delete(digest)
+        return removed
+
     async def health(self) -> Health:
         local = await self.local.health() if self.local is not None else Health()
         s3 = await self.s3.health()
