@@ -62,6 +62,12 @@ TUS_UPLOADS = Counter(
 )
 TUS_RECEIVED = Counter("stor_tus_received_bytes", "Bytes taken into tus uploads")
 TUS_EVENTS = ("created", "completed", "duplicate", "failed", "expired", "terminated")
+S3_MULTIPART = Counter(
+    "stor_s3_multipart_uploads",
+    "The S3 API's multipart uploads by event (created, parts: parts stored, completed, aborted, expired)",
+    ["event"],
+)
+S3_MULTIPART_EVENTS = ("created", "parts", "completed", "aborted", "expired")
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -163,6 +169,7 @@ class PrometheusSink:
         **{f"heal.{result}.count": HEAL_JOBS.labels(result) for result in ("queued", "dropped", "repaired", "failed", "clean")},
         **{f"tus.{event}.count": TUS_UPLOADS.labels(event) for event in TUS_EVENTS},
         "tus.received.bytes": TUS_RECEIVED,
+        **{f"s3.multipart.{event}.count": S3_MULTIPART.labels(event) for event in S3_MULTIPART_EVENTS},
     }
     _LOCAL_FOUND = READS.labels("local", "found")
 
