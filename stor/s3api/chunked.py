@@ -18,6 +18,12 @@ temporary storage and drops it on any exception, so passing on a chunk's first
 bytes before its signature is checked is harmless; its last bytes are passed on
 only after the check.
 
+The size lines must add up to x-amz-decoded-content-length exactly, checked as each
+arrives: a body announcing more is refused before that chunk's data is read, one
+whose last chunk comes short of it, or that ends before its last empty line, is
+IncompleteBody. A signed body has no trailer unless its payload is the -TRAILER one,
+whose trailer signature, chained on the last chunk's, is then required.
+
 A checksum trailer's value (x-amz-checksum-crc32, ...) is handed over in trailers,
 not checked here: the caller hashes the payload anyway.
 """
@@ -179,7 +185,9 @@ class AwsChunkedDecoder:
         return S3Error("InvalidRequest", f"{problem} in the aws-chunked body.")
 
     def _trailers(self, lines: list[bytes], previous: str) -> dict[str, str]:
-        if self._signing is not None:
+        # Only the -TRAILER payloads have a trailer, and so a trailer signature: a signed body without
+        # one (STREAMING-AWS4-HMAC-SHA256-PAYLOAD) ends at its last chunk, whose signature closes the chain.
+        if self._signing is not None and self._trailer:
             name, _, signature = (lines.pop() if lines else b"").partition(b":")
             if name.strip().lower() != TRAILER_SIGNATURE:
                 raise S3Error("SignatureDoesNotMatch",

@@ -11,6 +11,14 @@ and the query is decoded from the wire and re-encoded by botocore.
 Any region in the credential scope is accepted: the signature proves the secret,
 and clients disagree on the region they default to. The service must be "s3".
 
+Every x-amz-* header of the request must be signed, as S3 demands: one that is not
+(x-amz-copy-source, x-amz-meta-*, x-amz-decoded-content-length, ...) could be added
+to a captured request without breaking its signature. x-amz-date and
+x-amz-content-sha256 are bound anyway (the string to sign and the canonical
+request hold their values). Header values are read as latin-1, as the wire's
+bytes, which is how botocore sends them; no other reading is tried, so that two
+different requests never share one canonical form.
+
 Deriving a signing key is four HMACs; keys are cached per access key, date and
 region, so a request costs one canonical request, two SHA-256 and one HMAC.
 Nothing here logs a secret or a signing key, and neither is in any repr.
@@ -47,6 +55,10 @@ SIGNING_KEYS_KEPT = 256  # (key, date, region) entries; a few per key per day in
 
 _PAYLOADS = frozenset({UNSIGNED_PAYLOAD, STREAMING_SIGNED, STREAMING_SIGNED_TRAILER, STREAMING_UNSIGNED_TRAILER})
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+# A header name as HTTP allows it (RFC 9110 token), lower case: a name holding ":" or a line break would
+# let two different requests have one canonical form.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
+_BOUND_ANYWAY = frozenset({"x-amz-date", "x-amz-content-sha256"})
 # Characters urllib's urlsplit (inside botocore) would cut a path at or drop from it: a path
 # holding one would be signed as something other than what the server acts on.
 _UNSPLITTABLE = re.compile(r"[?#\t\r\n]")
@@ -144,6 +156,7 @@ class SignatureVerifier:
                                     "SignedHeaders, and Signature.")
         scope = _credential(fields["Credential"], _malformed_header)
         signed = _signed_header_names(fields["SignedHeaders"], _malformed_header)
+        _check_amz_signed(headers, signed)
 
         amz_date = _header_date(headers)
         if amz_date[:8] != scope.date:
@@ -195,14 +208,19 @@ class SignatureVerifier:
             raise _malformed_query('X-Amz-Algorithm only supports "AWS4-HMAC-SHA256"')
         scope = _credential(params["X-Amz-Credential"], _malformed_query)
         signed = _signed_header_names(params["X-Amz-SignedHeaders"], _malformed_query)
+        _check_amz_signed(headers, signed)
         amz_date = params["X-Amz-Date"]
         if not _is_amz_date(amz_date):
             raise _malformed_query("X-Amz-Date must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\"")
         if amz_date[:8] != scope.date:
             raise _malformed_query("Invalid credential date. Date is not the same as X-Amz-Date.")
         expires = params["X-Amz-Expires"]
-        if not (expires.isascii() and expires.isdigit() and 1 <= int(expires) <= MAX_PRESIGNED_EXPIRES):
-            raise _malformed_query(f"X-Amz-Expires must be a number of seconds from 1 to {MAX_PRESIGNED_EXPIRES}")
+        if not (expires.isascii() and expires.isdigit()):
+            raise _malformed_query("X-Amz-Expires should be a number")
+        # Counted before int(): a number of thousands of digits is a ValueError there, not an answer.
+        if len(expires.lstrip("0")) > len(str(MAX_PRESIGNED_EXPIRES)) or int(expires) > MAX_PRESIGNED_EXPIRES:
+            raise _malformed_query(f"X-Amz-Expires must be less than a week (in seconds) that is "
+                                   f"{MAX_PRESIGNED_EXPIRES}")
         signed_at = _amz_time(amz_date)
         now = self._clock()
         if now > signed_at + int(expires):
@@ -210,13 +228,14 @@ class SignatureVerifier:
                           ServerTime=_iso(now), **{"X-Amz-Expires": expires})
         if signed_at - now > self._max_skew:
             raise S3Error("AccessDenied", "Request is not valid yet")
+        payload = _presigned_payload(params, headers, signed)
         key = self._key(scope.access_key)
         signing_key = self._signing_key(key, scope.date, scope.region)
         unsigned_query = [(name, value) for name, value in query if name != "X-Amz-Signature"]
-        signature = _expected(signing_key, method, raw_path, unsigned_query, headers, signed, UNSIGNED_PAYLOAD,
+        signature = _expected(signing_key, method, raw_path, unsigned_query, headers, signed, payload,
                               amz_date, scope.region)
         _check(signature, params["X-Amz-Signature"])
-        return Authenticated(key, UNSIGNED_PAYLOAD, presigned=True, chunk_signing=None)
+        return Authenticated(key, payload, presigned=True, chunk_signing=None)
 
     def _key(self, access_key: str) -> S3AccessKey:
         key = self._keys.get(access_key)
@@ -286,6 +305,8 @@ class _Canonical(S3SigV4Auth):
 def _expected(signing_key: bytes, method: str, raw_path: str, query: list[tuple[str, str]], headers: Headers,
               signed: list[str], payload: str, amz_date: str, region: str) -> str:
     """The signature the request should carry."""
+    if not all(_utf8(name) and _utf8(value) for name, value in query):
+        raise S3Error("InvalidArgument", "The query string holds a percent-escape that is not UTF-8.")
     values = _SignedHeaders((name, headers.getlist(name)) for name in signed)
     request = _Request(method, raw_path, query, payload, values, amz_date)
     canonical = _Canonical(region)
@@ -293,19 +314,52 @@ def _expected(signing_key: bytes, method: str, raw_path: str, query: list[tuple[
     return hmac.new(signing_key, string_to_sign.encode(), hashlib.sha256).hexdigest()
 
 
+def _utf8(text: str) -> bool:
+    """Whether text has no lone surrogate: what botocore's quote() can encode."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check(expected: str, given: str) -> None:
-    if not hmac.compare_digest(expected.encode(), given.encode()):
+    # surrogateescape: a signature from the query may hold an escape that is not UTF-8 (_query_pairs).
+    if not hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogateescape")):
         raise S3Error("SignatureDoesNotMatch", MISMATCH)
 
 
 def _query_pairs(raw_query: str) -> list[tuple[str, str]]:
-    """The query's (name, value) pairs, percent-decoded; "+" is a plus sign, as S3 signs it, not a space."""
+    """The query's (name, value) pairs, percent-decoded; "+" is a plus sign, as S3 signs it, not a space.
+
+    An escape that is not UTF-8 is kept as a lone surrogate (surrogateescape), not replaced by U+FFFD:
+    decoding stays one-to-one, and _expected refuses what botocore could not re-encode.
+    """
     pairs = []
     for part in raw_query.split("&"):
         if part:
             name, _, value = part.partition("=")
-            pairs.append((unquote(name), unquote(value)))
+            pairs.append((unquote(name, errors="surrogateescape"), unquote(value, errors="surrogateescape")))
     return pairs
+
+
+def _presigned_payload(params: dict[str, str], headers: Headers, signed: list[str]) -> str:
+    """The payload hash a presigned URL was signed with: UNSIGNED-PAYLOAD unless the signer named one.
+
+    aws-sdk-js puts X-Amz-Content-Sha256 in the query; botocore signs an x-amz-content-sha256 header
+    when the request had one.
+    """
+    payload = params.get("X-Amz-Content-Sha256")
+    if payload is None and "x-amz-content-sha256" in signed:
+        payload = headers.get("x-amz-content-sha256")
+    if payload is None:
+        return UNSIGNED_PAYLOAD
+    if payload != UNSIGNED_PAYLOAD and not _SHA256_HEX.fullmatch(payload):
+        raise S3Error("InvalidArgument", "x-amz-content-sha256 of a presigned request must be UNSIGNED-PAYLOAD "
+                      "or a valid sha256 value.", ArgumentName="x-amz-content-sha256")
+    return payload
 
 
 def _credential(value: str, malformed: Callable[[str], S3Error]) -> _Scope:
@@ -321,14 +375,22 @@ def _credential(value: str, malformed: Callable[[str], S3Error]) -> _Scope:
 
 
 def _signed_header_names(value: str, malformed: Callable[[str], S3Error]) -> list[str]:
-    names = value.split(";")
-    if not all(names):
+    names = [name.lower() for name in value.split(";")]
+    if not all(_HEADER_NAME.fullmatch(name) for name in names):
         raise malformed("SignedHeaders is malformed.")
-    names = [name.lower() for name in names]
     if "host" not in names:
         raise S3Error("AccessDenied", "There were headers present in the request which were not signed",
                       HeadersNotSigned="host")
     return names
+
+
+def _check_amz_signed(headers: Headers, signed: list[str]) -> None:
+    """AccessDenied when an x-amz-* header of the request is not among those signed."""
+    present = {name.lower() for name in headers.keys()}
+    unsigned = sorted(name for name in present - set(signed) - _BOUND_ANYWAY if name.startswith("x-amz-"))
+    if unsigned:
+        raise S3Error("AccessDenied", "There were headers present in the request which were not signed",
+                      HeadersNotSigned=", ".join(unsigned))
 
 
 def _header_date(headers: Headers) -> str:
