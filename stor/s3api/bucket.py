@@ -30,7 +30,8 @@ _NOT_CONFIGURED = {
     "replication": ("ReplicationConfigurationNotFoundError", "The replication configuration was not found"),
     "object-lock": ("ObjectLockConfigurationNotFoundError", "Object Lock configuration does not exist for this bucket"),
     "ownershipControls": ("OwnershipControlsNotFoundError", "The bucket ownership controls were not found"),
-    "publicAccessBlock": ("NoSuchPublicAccessBlockConfiguration", "The public access block configuration was not found"),
+    "publicAccessBlock": ("NoSuchPublicAccessBlockConfiguration",
+                          "The public access block configuration was not found"),
 }
 _EMPTY_DOCUMENTS = {
     "versioning": xmlbody.document("VersioningConfiguration"),
@@ -39,6 +40,12 @@ _EMPTY_DOCUMENTS = {
     "accelerate": xmlbody.document("AccelerateConfiguration"),
     "requestPayment": xmlbody.document("RequestPaymentConfiguration", xmlbody.element("Payer", "BucketOwner")),
 }
+
+# Bucket subresources that are not a listing and have no answer here (a listing in their place would be read as one).
+_UNSUPPORTED = frozenset({
+    "versions", "analytics", "inventory", "metrics", "intelligent-tiering", "policyStatus", "metadataTable",
+    "metadataConfiguration",
+})
 
 
 def xml_reply(body: bytes, status: int = 200) -> Reply:
@@ -84,6 +91,10 @@ class BucketOperations:
             for name in _EMPTY_DOCUMENTS:
                 if name in query:
                     return self.empty_document
+            unsupported = _UNSUPPORTED.intersection(query)
+            if unsupported:
+                raise S3Error("NotImplemented", f"?{min(unsupported)} is not supported by this archive (one version "
+                              "of each object, no analytics, inventory or metrics configurations)")
             return self.list_v2 if query.get("list-type") == "2" else self.list_v1
         if method == "PUT":
             return self.create
@@ -155,7 +166,8 @@ class BucketOperations:
             xmlbody.element("NextContinuationToken", next_token),
             xmlbody.element("StartAfter", xmlbody.encoded(start_after, url)),
         ]
-        return xml_reply(xmlbody.document("ListBucketResult", *parts, *_entries(page, q.get("fetch-owner") == "true", url)))
+        entries = _entries(page, q.get("fetch-owner") == "true", url)
+        return xml_reply(xmlbody.document("ListBucketResult", *parts, *entries))
 
     async def list_v1(self, call: Call) -> Reply:
         q = call.query
@@ -202,8 +214,13 @@ def _token(after: str) -> str:
 
 
 def _token_key(token: str) -> str:
+    """The key a continuation token of _token's resumes after; InvalidArgument for anything else (urlsafe_b64decode
+    alone would drop characters outside the alphabet and take "%" or "" for the start of the listing)."""
     try:
-        return base64.urlsafe_b64decode(token.encode("ascii")).decode()
+        after = base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeError, ValueError):
+        after = ""
+    if not after or _token(after) != token:
         raise S3Error("InvalidArgument", "The continuation token provided is incorrect",
-                      ArgumentName="continuation-token") from None
+                      ArgumentName="continuation-token")
+    return after

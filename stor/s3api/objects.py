@@ -52,6 +52,8 @@ _RESPONSE_OVERRIDES = {
     "response-cache-control": "cache-control",
     "response-expires": "expires",
 }
+# GetObject's siblings on the same URL: what they ask for is not the object.
+_UNSUPPORTED_READS = frozenset({"attributes", "retention", "legal-hold", "torrent"})
 _EMPTY_TAGGING = xmlbody.document("Tagging", "<TagSet></TagSet>")
 DELETION_OFF = "Deletion is off: the archive is write-once (s3_api.allow_delete)"
 
@@ -75,6 +77,10 @@ class ObjectOperations:
                 return self.acl
             if "tagging" in query:
                 return self.tagging
+            unsupported = _UNSUPPORTED_READS.intersection(query)
+            if unsupported:  # not the object's bytes, which a client would take for the answer it asked for
+                raise S3Error("NotImplemented", f"?{min(unsupported)} is not supported: objects of the archive carry "
+                              "no retention, legal hold or torrent, and GetObjectAttributes is not answered")
             return self.read
         if method == "PUT":
             if "acl" in query or "tagging" in query or "retention" in query or "legal-hold" in query:
@@ -116,7 +122,9 @@ class ObjectOperations:
         modified = http_date(info.mtime)
         headers = [("etag", etag), ("last-modified", modified), ("accept-ranges", "bytes"), *_meta_headers(info)]
         _check_preconditions(call, info)
-        answer = decide(call.request.headers, info.size, etag, modified, info.mtime)
+        answer = NotModified() if _none_match(call, info) else decide(
+            call.request.headers, info.size, etag, modified, info.mtime
+        )
         for name, header in _RESPONSE_OVERRIDES.items():
             value = call.query.get(name)
             if value is not None:
@@ -373,6 +381,13 @@ def _check_preconditions(call: Call, info: BlobInfo) -> None:
         if int(info.mtime) > limit:
             raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold",
                           Condition="If-Unmodified-Since")
+
+
+def _none_match(call: Call, info: BlobInfo) -> bool:
+    """If-None-Match names the blob: "*", or its ETag in either spelling (this API's, or the blob API's
+    `"<sha>"`), as If-Match takes them. decide() compares only this API's."""
+    tags = call.header("if-none-match")
+    return tags is not None and any(t.strip() == "*" or etag_matches(t, info.digest) for t in tags.split(","))
 
 
 def _meta_headers(info: BlobInfo) -> list[tuple[str, str]]:
