@@ -31,6 +31,7 @@ from s3api_fixture import (
     BUCKET,
     READER_KEY,
     READER_SECRET,
+    WRITER_KEY,
     aws,
     boto3_client,
     layout_key,
@@ -779,6 +780,40 @@ def test_deletion_is_refused(s3: S3) -> None:
     assert error(e) == (403, "AccessDenied")
     assert c.get_object(Bucket=BUCKET, Key=key)["Body"].read() == data
     assert blob_api_get(s3, sha).content == data
+
+
+def test_deletion_when_allowed_removes_every_copy_and_is_logged(tmp_path_factory: pytest.TempPathFactory) -> None:
+    servers = _start(tmp_path_factory, "s3-delete", allow_delete=True)
+    s3 = next(servers)
+    try:
+        c = s3.client()
+        blobs = [blob() for _ in range(4)]
+        for data, sha in blobs[:3]:
+            put(s3, data)
+        posted, posted_sha = blobs[3]
+        assert httpx.post(f"{s3.url}/{posted_sha}", content=posted, auth=AUTH).status_code == 201
+        first = blobs[0][1]
+        reader = s3.client(key=READER_KEY, secret=READER_SECRET)
+        with pytest.raises(ClientError) as e:
+            reader.delete_object(Bucket=BUCKET, Key=first)
+        assert error(e) == (403, "AccessDenied")
+        assert c.delete_object(Bucket=BUCKET, Key=layout_key(first))["ResponseMetadata"]["HTTPStatusCode"] == 204
+        with pytest.raises(ClientError) as e:
+            c.head_object(Bucket=BUCKET, Key=first)
+        assert error(e)[0] == 404
+        assert blob_api_get(s3, first).status_code == 404
+        assert first not in stored_shas(s3.disks)
+        assert not [p for d in s3.disks for p in d.glob(f"??/??/??/{first.upper()}.*")]  # the sidecar too
+        assert f"DELETE {first} through the S3 API by {WRITER_KEY}: removed from" in s3.server.log_text()
+        # Again: S3 answers 204 for a key that names nothing.
+        assert c.delete_object(Bucket=BUCKET, Key=first)["ResponseMetadata"]["HTTPStatusCode"] == 204
+        keys = [blobs[1][1], layout_key(blobs[2][1]), posted_sha, "not-a-key"]
+        answer = c.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in keys]})
+        assert sorted(x["Key"] for x in answer["Deleted"]) == sorted(keys) and not answer.get("Errors")
+        assert stored_shas(s3.disks) == []
+        assert blob_api_get(s3, posted_sha).status_code == 404
+    finally:
+        servers.close()
 
 
 def test_a_reader_key_reads_but_cannot_write(s3: S3) -> None:

@@ -34,6 +34,7 @@ def tier_api(seaweed: Any, s3_bucket: str, tmp_path: Path) -> Iterator[tuple[Sto
                             {"access_key": READER_KEY, "secret_key": READER_SECRET, "role": "read"}],
             "multipart_directory": str(spool),
             "min_part_bytes": MIB,
+            "allow_delete": True,
         },
     }
     server = StorServer(workdir=tmp_path, config=config, workers=2, args=["--s3-port", str(s3_port)])
@@ -91,3 +92,17 @@ def test_a_multipart_upload_is_copied_into_the_bucket_when_whole(
     assert object_bytes(seaweed, s3_bucket, sha) == data
     assert not [p for p in spool.iterdir() if p.name.endswith((".s3mp", ".s3part"))]
     assert client.get_object(Bucket=BUCKET, Key=sha)["Body"].read() == data
+
+
+def test_a_delete_removes_the_bucket_object(
+    tier_api: tuple[StorServer, int, Path], seaweed: Any, s3_bucket: str
+) -> None:
+    server, port, _ = tier_api
+    client = boto3_client(port)
+    data = os.urandom(5000)
+    sha = hashlib.sha256(data).hexdigest()
+    client.put_object(Bucket=BUCKET, Key=sha, Body=data)
+    assert object_bytes(seaweed, s3_bucket, sha) == data
+    client.delete_object(Bucket=BUCKET, Key=key_of(sha))
+    assert object_bytes(seaweed, s3_bucket, sha) is None
+    assert f"DELETE {sha} through the S3 API by {WRITER_KEY}: removed from s3://{s3_bucket}" in server.log_text()

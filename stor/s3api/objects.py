@@ -37,6 +37,9 @@ from stor.store.verify import CorruptBlob
 
 log = logging.getLogger("stor.s3api")
 
+# A length of more digits is no size a store takes (and int() of thousands of digits is refused).
+MAX_LENGTH_DIGITS = 20
+
 META_PREFIX = "x-amz-meta-"
 # S3's largest single PutObject; larger objects are multipart uploads.
 MAX_PUT_BYTES = 5 * 1024**3
@@ -258,21 +261,42 @@ class ObjectOperations:
         return xml_reply(body)
 
     async def delete(self, call: Call) -> Reply:
+        """DeleteObject: every copy removed (S3 answers 204 for a key that names nothing, too)."""
         if not self.allow_delete:
             raise S3Error("AccessDenied", DELETION_OFF)
-        raise S3Error("NotImplemented", "Deletion is not supported yet")
+        assert call.key is not None
+        await self._delete(call, call.key)
+        return Reply(204, [])
 
     async def delete_objects(self, call: Call) -> Reply:
         """DeleteObjects: each key answered in the result (S3 answers 200 and says per key what happened)."""
         keys, quiet = xmlbody.parse_delete(await read_small_body(call, xmlbody.MAX_REQUEST_XML))
-        if self.allow_delete:
-            raise S3Error("NotImplemented", "Deletion is not supported yet")
-        errors = "".join(
-            f"<Error>{xmlbody.element('Key', key)}{xmlbody.element('Code', 'AccessDenied')}"
-            f"{xmlbody.element('Message', DELETION_OFF)}</Error>"
-            for key in keys
-        )
-        return xml_reply(xmlbody.document("DeleteResult", errors))
+        if not self.allow_delete:
+            errors = "".join(_delete_error(key, "AccessDenied", DELETION_OFF) for key in keys)
+            return xml_reply(xmlbody.document("DeleteResult", errors))
+        entries = []
+        for key in keys:
+            try:
+                await self._delete(call, key)
+            except Exception as e:  # one key's fault is its entry's; the others go on
+                log.error("DeleteObjects %s: %s", shown(key), e)
+                entries.append(_delete_error(key, "InternalError", "We encountered an internal error. Please "
+                                             "try again."))
+                continue
+            if not quiet:
+                entries.append(f"<Deleted>{xmlbody.element('Key', key)}</Deleted>")
+        return xml_reply(xmlbody.document("DeleteResult", "".join(entries)))
+
+    async def _delete(self, call: Call, key: str) -> None:
+        """The blob a key names removed from every storage, and said in the log (a key outside the two
+        forms names none)."""
+        digest = digest_of(key)
+        if digest is None:
+            return
+        removed = await self.store.delete(digest)
+        if removed:
+            who = call.auth.key.access_key if call.auth is not None else "anonymous"
+            log.warning("DELETE %s through the S3 API by %s: removed from %s", digest, who, ", ".join(removed))
 
 
 async def read_small_body(call: Call, limit: int) -> bytes:
@@ -316,8 +340,8 @@ def body_payload(call: Call, limit: int | None) -> tuple[AsyncIterator[bytes], i
         if chunked or "chunked" not in headers.get("transfer-encoding", "").lower():
             raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.")
         length = None
-    elif not is_decimal(text):
-        raise S3Error("InvalidArgument", f"Bad length '{shown(text)}'")
+    elif not is_decimal(text) or len(text) > MAX_LENGTH_DIGITS:
+        raise S3Error("InvalidArgument", f"Bad length '{shown(text)[:40]}'")
     else:
         length = int(text)
     if limit is not None and length is not None and length > limit:
@@ -326,7 +350,7 @@ def body_payload(call: Call, limit: int | None) -> tuple[AsyncIterator[bytes], i
     if not chunked:
         return request.body.chunks(), length
     signing = call.auth.chunk_signing if call.auth is not None else None
-    trailer = payload in (STREAMING_SIGNED_TRAILER, STREAMING_UNSIGNED_TRAILER) or "x-amz-trailer" in headers
+    trailer = payload in (STREAMING_SIGNED_TRAILER, STREAMING_UNSIGNED_TRAILER)
     return AwsChunkedDecoder(request.body.chunks(), length, signing, trailer), length
 
 
@@ -397,3 +421,8 @@ def _meta_headers(info: BlobInfo) -> list[tuple[str, str]]:
         headers.append((META_PREFIX + "filename", meta.filename))
     headers.extend((META_PREFIX + k, v) for k, v in meta.user)
     return headers
+
+
+def _delete_error(key: str, code: str, message: str) -> str:
+    return f"<Error>{xmlbody.element('Key', key)}{xmlbody.element('Code', code)}" \
+           f"{xmlbody.element('Message', message)}</Error>"
