@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stor.aio import in_thread
-from stor.config import TUS_DIR_NAME, S3ApiSettings
+from stor.config import S3ApiSettings
 from stor.digest import Digest
 from stor.metrics import Metrics
 from stor.resumable.record import (
@@ -60,8 +60,10 @@ from stor.resumable.record import (
     record_from_json,
     record_json,
     replace_file,
+    staging_places,
     try_lock,
 )
+from stor.resumable.sweeping import PeriodicSweep
 from stor.store.base import BlobInfo, BlobStore, DigestMismatch, NoSpace, StagedBytes, Stored, TooLarge
 from stor.store.durable import fsync_dir, write_copies
 from stor.store.metadata import BlobMeta
@@ -177,28 +179,16 @@ class MultipartUploads:
         self.max_blob_bytes = max_blob_bytes
         self.metrics = metrics
         # Where bytes files may lie (the store's staging directories, or the root), for the sweep of leftovers.
-        self.staging_places = tuple(dict.fromkeys([self.root, *(f"{r}/{TUS_DIR_NAME}" for r in storage_roots)]))
-        self._sweeper: asyncio.Task[None] | None = None
+        self.staging_places = staging_places(self.root, storage_roots)
+        self._sweeper = PeriodicSweep(self.sweep, settings.sweep_period, "abandoned multipart uploads", log)
 
     # ---- life cycle --------------------------------------------------------
 
     def start(self) -> None:
-        self._sweeper = asyncio.create_task(self._sweep_forever())
+        self._sweeper.start()
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
-
-    async def _sweep_forever(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except Exception:
-                log.exception("sweep of abandoned multipart uploads failed")
-            await asyncio.sleep(self.settings.sweep_period)
+        await self._sweeper.close()
 
     # ---- the operations ----------------------------------------------------
 

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from stor.config import TUS_DIR_NAME
 from stor.store.durable import fsync_dir, write_all
 from stor.store.metadata import BlobMeta
 
@@ -193,6 +194,12 @@ def read_small_file(path: str, limit: int = 1 << 20) -> bytes | None:
         return None
     with os.fdopen(fd, "rb") as f:
         return f.read(limit)
+
+
+def staging_places(directory: str, storage_roots: tuple[Path, ...]) -> tuple[str, ...]:
+    """Where an upload's bytes files may lie: its own directory, or the staging directory of a storage
+    (BlobStore.staging_dirs), for a sweep of leftovers."""
+    return tuple(dict.fromkeys([directory, *(f"{r}/{TUS_DIR_NAME}" for r in storage_roots)]))
 
 
 def ensure_dir(path: str) -> None:

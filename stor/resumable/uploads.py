@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stor.aio import in_thread
-from stor.config import TUS_DIR_NAME, TusSettings
+from stor.config import TusSettings
 from stor.digest import Digest
 from stor.metrics import Metrics
 from stor.resumable.record import (
@@ -57,7 +57,9 @@ from stor.resumable.record import (
     new_id,
     open_locked,
     remove_files,
+    staging_places,
 )
+from stor.resumable.sweeping import PeriodicSweep
 from stor.sha256state import STATE_FORMAT, ResumableSha256
 from stor.store.base import BlobInfo, BlobStore, DigestMismatch, NoSpace, StagedBytes, Stored, TooLarge
 from stor.store.durable import write_copies
@@ -204,28 +206,16 @@ class ResumableUploads:
         self.max_blob_bytes = max_blob_bytes
         self.metrics = metrics
         # Where the store may have put bytes files (its staging directories), for the sweep of leftovers.
-        self.staging_dirs = tuple(dict.fromkeys([str(directory), *(f"{r}/{TUS_DIR_NAME}" for r in staging_roots)]))
-        self._sweeper: asyncio.Task[None] | None = None
+        self.staging_dirs = staging_places(str(directory), staging_roots)
+        self._sweeper = PeriodicSweep(self.sweep, settings.sweep_period, "expired uploads", log)
 
     # ---- life cycle --------------------------------------------------------
 
     def start(self) -> None:
-        self._sweeper = asyncio.create_task(self._sweep_forever())
+        self._sweeper.start()
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
-
-    async def _sweep_forever(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except Exception:
-                log.exception("sweep of expired uploads failed")
-            await asyncio.sleep(self.settings.sweep_period)
+        await self._sweeper.close()
 
     # ---- the operations ----------------------------------------------------
 
