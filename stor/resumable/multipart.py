@@ -5,10 +5,10 @@ Knows nothing of HTTP or XML (stor.s3api.multipart_ops speaks S3 over it).
 An upload is a directory in the multipart directory (shared storage):
 `upload.json` (its record: the key's sha, metadata, where its bytes wait),
 `lock` (flock: shared while a part is written, exclusive to complete, abort
-or sweep it), `geometry` (the part size, fixed by the first full-sized part)
-and per part `<n>.part` (its record: size, sha256, where its bytes are) and
+or sweep it), `geometry` (the part size, fixed by the first full-sized part),
+per part `<n>.part` (its record: size, sha256, where its bytes are) and
 `<n>.lock` (held while part n is written: two writers of one part would mix
-their bytes).
+their bytes), and `hash` with `hash.lock` (the running hash below).
 
 The bytes wait where the store asks (BlobStore.staging_dirs: for local pairs
 one directory on each mirror of the pair the blob will go to). Clients cut
@@ -21,6 +21,13 @@ Any other part (larger than P, or P not known yet) goes to a file of its
 own, and such an upload is committed by copying its parts, in order, through
 the store's staged write. Either way nothing becomes visible unless the
 whole hashes to the key's sha; an upload whose parts do not stays open.
+
+The whole is hashed as its leading parts arrive: after each part of the
+part size, the request that wrote it takes the running hash (its SHA-256
+state saved in `hash`, stor.sha256state) over the parts that now follow
+it, read back from the page cache, so that a completion hashes only the
+last part and whatever came after the rest. A part sent again forgets the
+running hash if it covered it.
 
 A part's ETag is `"<its sha256>-1"`, not its MD5: the bytes are hashed
 with SHA-256 anyway (to check a signed payload), and the dash tells s3cmd
@@ -64,6 +71,7 @@ from stor.resumable.record import (
     try_lock,
 )
 from stor.resumable.sweeping import PeriodicSweep
+from stor.sha256state import STATE_FORMAT, ResumableSha256
 from stor.store.base import BlobInfo, BlobStore, DigestMismatch, NoSpace, StagedBytes, Stored, TooLarge
 from stor.store.durable import fsync_dir, write_copies
 from stor.store.metadata import BlobMeta
@@ -84,6 +92,7 @@ FINISHED_KEPT_SECONDS = 3600.0
 ORPHAN_SECONDS = 3600.0
 
 _RECORD, _LOCK, _GEOMETRY = "upload.json", "lock", "geometry"
+_HASH, _HASH_LOCK = "hash", "hash.lock"  # the running hash (RunningHash) and its lock
 
 
 class MultipartError(Exception):
@@ -152,6 +161,13 @@ class PartRecord:
     @property
     def etag(self) -> str:
         return f"{self.sha256}-1"
+
+
+@dataclass(slots=True)
+class RunningHash:
+    parts: int  # the slot file's parts 1..parts are hashed
+    state: str  # ResumableSha256's state there, hex
+    format: str  # stor.sha256state.STATE_FORMAT: a state of another format (machine) is not taken up
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +246,8 @@ class MultipartUploads:
                 raise PartDigestMismatch("md5")
             part = PartRecord(number, length, actual, time.time(), held.file)
             await in_thread(held.keep, part)
+            if held.file is None and length == held.geometry:
+                await in_thread(self._advance_hash, held.record, length)
         except BaseException:
             await in_thread(held.discard)
             raise
@@ -291,8 +309,9 @@ class MultipartUploads:
         """Whether the commit stored the blob (False: it was stored meanwhile)."""
         geometry = await in_thread(self._geometry, record.id)
         if _in_slot_order(parts, geometry):
+            assert geometry is not None
             slots = [self._slot_path(d, record.id) for d in record.staging]
-            actual = await in_thread(_hash_file, slots[0], total)
+            actual = await in_thread(self._whole_hash, record, geometry, parts)
             if actual != digest.hex:
                 raise DigestMismatch(digest, actual)
             await in_thread(_truncate_all, slots, total)
@@ -411,7 +430,7 @@ class MultipartUploads:
             if geometry is None and length >= self.settings.min_part_bytes:
                 geometry = self._fix_geometry(upload_id, length)
             in_slot = geometry is not None and length <= geometry
-            return _HeldPart(self, record, number, fds, (number - 1) * geometry if in_slot else 0,
+            return _HeldPart(self, record, number, fds, geometry, (number - 1) * geometry if in_slot else 0,
                              None if in_slot else f"{upload_id}.{number}.{new_id()[:8]}{PART_SUFFIX}")
         except Locked:
             _close_all(fds)
@@ -440,6 +459,97 @@ class MultipartUploads:
         geometry = self._geometry(upload_id)
         assert geometry is not None
         return geometry
+
+    # The running hash: the slot file's leading parts hashed as they arrive, so that a completion
+    # hashes only what is left (the last part, parts that came out of order after the rest).
+
+    def _hash_lock(self, upload_id: str, wait: bool) -> int | None:
+        """The upload's hash lock held (its descriptor); None when another request holds it and wait is False."""
+        fd = _open_lock(f"{self._dir(upload_id)}/{_HASH_LOCK}", create=True)
+        try:
+            if wait:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            else:
+                try_lock(fd, fcntl.LOCK_EX)
+            return fd
+        except Locked:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _load_hash(self, upload_id: str) -> tuple[int, ResumableSha256]:
+        """How many leading parts the running hash covers, and the hash (none: 0, a fresh one)."""
+        data = read_small_file(f"{self._dir(upload_id)}/{_HASH}")
+        if data is not None:
+            try:
+                running = record_from_json(RunningHash, data)
+                if running.format == STATE_FORMAT:
+                    return running.parts, ResumableSha256.from_state(bytes.fromhex(running.state))
+            except (ValueError, TypeError):
+                pass
+        return 0, ResumableSha256()
+
+    def _hash_slot(self, record: MultipartRecord, hasher: ResumableSha256, start: int, end: int) -> None:
+        """The slot file's bytes from start to end into hasher."""
+        fd = os.open(self._slot_path(record.staging[0], record.id), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            for piece in _pieces(fd, start, end - start):
+                hasher.update(piece)
+        finally:
+            os.close(fd)
+
+    def _advance_hash(self, record: MultipartRecord, geometry: int) -> None:
+        """The running hash taken over the parts of the part size that now follow it (blocking); nothing
+        when another request is at it (it goes on, or the completion does)."""
+        fd = self._hash_lock(record.id, wait=False)
+        if fd is None:
+            return
+        try:
+            hashed, hasher = self._load_hash(record.id)
+            number = hashed
+            while True:
+                part = self._load_part(record.id, number + 1)
+                if part is None or part.file is not None or part.size != geometry:
+                    break
+                number += 1
+            if number == hashed:
+                return
+            self._hash_slot(record, hasher, hashed * geometry, number * geometry)
+            state = hasher.state()
+            if state is not None:
+                replace_file(f"{self._dir(record.id)}/{_HASH}",
+                             record_json(RunningHash(number, state.hex(), STATE_FORMAT)))
+        finally:
+            os.close(fd)
+
+    def _forget_hash(self, upload_id: str, number: int) -> None:
+        """Part number is sent again: a running hash over it is of bytes that are going."""
+        fd = self._hash_lock(upload_id, wait=True)
+        assert fd is not None
+        try:
+            hashed, _ = self._load_hash(upload_id)
+            if hashed >= number:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{self._dir(upload_id)}/{_HASH}")
+        finally:
+            os.close(fd)
+
+    def _whole_hash(self, record: MultipartRecord, geometry: int, parts: list[PartRecord]) -> str:
+        """The SHA-256 of the slot file's parts 1..N (blocking): the running hash, finished."""
+        fd = self._hash_lock(record.id, wait=True)
+        assert fd is not None
+        try:
+            full = len(parts) if parts[-1].size == geometry else len(parts) - 1
+            hashed, hasher = self._load_hash(record.id)
+            if hashed > full:  # it went past the parts completed: start again
+                hashed, hasher = 0, ResumableSha256()
+            total = (len(parts) - 1) * geometry + parts[-1].size
+            self._hash_slot(record, hasher, hashed * geometry, total)
+            return hasher.hexdigest()
+        finally:
+            os.close(fd)
 
     def _load_part(self, upload_id: str, number: int) -> PartRecord | None:
         data = read_small_file(f"{self._dir(upload_id)}/{number}.part")
@@ -584,13 +694,14 @@ class _HeldPart:
     """
 
     def __init__(
-        self, uploads: MultipartUploads, record: MultipartRecord, number: int, locks: list[int], position: int,
-        file: str | None,
+        self, uploads: MultipartUploads, record: MultipartRecord, number: int, locks: list[int],
+        geometry: int | None, position: int, file: str | None,
     ) -> None:
         self.uploads = uploads
         self.record = record
         self.number = number
         self.locks = locks
+        self.geometry = geometry
         self.position = position  # where the part's bytes go in its files
         self.file = file  # its own files' name; None: the slot file
         self.previous: PartRecord | None = None
@@ -604,6 +715,8 @@ class _HeldPart:
         """The files the part is written to, after its earlier record is gone (its bytes are overwritten)."""
         directory = self.uploads._dir(self.record.id)
         self.previous = self.uploads._load_part(self.record.id, self.number)
+        if self.previous is not None:
+            self.uploads._forget_hash(self.record.id, self.number)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{directory}/{self.number}.part")
         flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_EXCL if self.file else 0)
@@ -691,20 +804,15 @@ def _in_slot_order(parts: list[PartRecord], geometry: int | None) -> bool:
     )
 
 
-def _hash_file(path: str, length: int) -> str:
-    sha = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        position = 0
-        while position < length:
-            piece = os.pread(fd, min(READ_PIECE, length - position), position)
-            if not piece:
-                break
-            sha.update(piece)
-            position += len(piece)
-    finally:
-        os.close(fd)
-    return sha.hexdigest()
+def _pieces(fd: int, position: int, length: int) -> Iterator[bytes]:
+    """A file's bytes from position, in pieces; OSError when it ends before length."""
+    end = position + length
+    while position < end:
+        piece = os.pread(fd, min(READ_PIECE, end - position), position)
+        if not piece:
+            raise OSError(errno.EIO, f"a part's bytes end {end - position} bytes early")
+        yield piece
+        position += len(piece)
 
 
 def _truncate_all(paths: list[str], length: int) -> None:

@@ -66,7 +66,7 @@ from stor.store.base import (
     Unavailable,
     Upload,
 )
-from stor.store.durable import fsync_dir, make_dirs_durably, write_copies, write_file_durably
+from stor.store.durable import fsync_all, fsync_dir, make_dirs_durably, write_copies, write_file_durably
 from stor.store.fileaccess import BLOCKING, CACHED_ONLY, FileAccess, WouldBlock
 from stor.store.metadata import NO_META, BlobMeta, meta_relative_path, read_meta
 from stor.store.pairs import StoragePair, choose_pair, make_pairs, pair_free_bytes, probe_order
@@ -830,8 +830,7 @@ class _MirrorWriter:
     def flush(self) -> None:
         """The temporary files' data to disk (before the digest's lock is taken: it can take a while)."""
         with self.lock:
-            for fd, _ in self.files:
-                os.fsync(fd)
+            fsync_all([fd for fd, _ in self.files])
 
     def publish(self, digest: Digest) -> None:
         """Rename the flushed temporary files into place as digest's blob."""
