@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from stor.aio import DEFAULT_THREADS
 
@@ -238,6 +239,66 @@ class IntegritySettings:
     scrub_workers: int = 2
 
 
+# The events stor sends beyond the original's bare sha of each request (stor.events).
+EVENT_NAMES = ("blob.created", "blob.duplicate", "blob.repaired", "blob.corrupt", "upload.completed", "upload.failed")
+
+
+@dataclass(frozen=True, slots=True)
+class AmqpTarget:
+    """rabbitmq_uri, read as the original read it: an AMQP URI whose query names the exchange (default
+    `stor`, a durable topic exchange), the routing key of the requested shas (default `sha`) and the
+    heartbeat in seconds (default 60)."""
+
+    url: str = field(repr=False)  # what the client connects to: credentials inside, stor's parameters out
+    shown: str  # the same without the password, for logs and /status
+    exchange: str = "stor"
+    routing_key: str = "sha"
+    heartbeat: int = 60
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    """One receiver of events: JSON POSTed to url, signed with secret (HMAC-SHA256) when there is one."""
+
+    url: str
+    events: tuple[str, ...] = EVENT_NAMES
+    secret: str | None = field(default=None, repr=False)
+    timeout: float = 5.0
+    max_attempts: int = 8
+
+
+@dataclass(frozen=True, slots=True)
+class PreUploadHookSettings:
+    """An endpoint asked before an upload is taken; on_timeout: "refuse" or "accept" when it does not answer."""
+
+    url: str
+    timeout: float = 5.0
+    on_timeout: str = "refuse"
+
+
+@dataclass(frozen=True, slots=True)
+class EventsSettings:
+    """Section "events": what is sent where, beyond rabbitmq_uri itself.
+
+    publish_requests: the original's message (the bare sha, routing key
+    from rabbitmq_uri) on each GET and HEAD of a valid sha. rabbitmq_events:
+    the JSON events also published on the exchange (routing key = the
+    event's name). queue_size: per worker and destination; beyond it,
+    events are dropped and counted, never held in memory without bound.
+    node: the name events carry (default: the host's). webhook_spool: a
+    directory where webhook deliveries wait, so that they survive a restart
+    (at least once); without it they live in memory.
+    """
+
+    publish_requests: bool = True
+    rabbitmq_events: tuple[str, ...] = EVENT_NAMES
+    queue_size: int = 10000
+    node: str | None = None
+    webhooks: tuple[WebhookSettings, ...] = ()
+    webhook_spool: Path | None = None
+    pre_upload_hook: PreUploadHookSettings | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class TusSettings:
     """Section "tus": resumable uploads (the tus 1.0 protocol) under path.
@@ -348,6 +409,7 @@ class Settings:
     integrity: IntegritySettings = IntegritySettings()
     tus: TusSettings = TusSettings()
     s3_api: S3ApiSettings = S3ApiSettings()
+    events: EventsSettings = EventsSettings()
     # Where the settings came from, for the start-up log line.
     source: str = "embedded default"
     # One line per legacy flat key read, for the CLI to log at start: the file
@@ -357,6 +419,11 @@ class Settings:
     @property
     def has_writer(self) -> bool:
         return self.basic_auth is not None or any(u.role == "write" for u in self.auth.users)
+
+    @property
+    def amqp(self) -> AmqpTarget | None:
+        """rabbitmq_uri read (None without one)."""
+        return parse_rabbitmq_uri(self.rabbitmq_uri) if self.rabbitmq_uri else None
 
     @property
     def s3_tier(self) -> bool:
@@ -424,6 +491,8 @@ _SECTION_KEYS: dict[str, tuple[str, ...]] = {
     ),
     "integrity": ("verify_reads", "heal", "heal_queue", "heal_concurrency", "scrub_rate", "scrub_workers"),
     "tus": ("enabled", "path", "directory", "expire_after", "max_uploads", "sweep_period"),
+    "events": ("publish_requests", "rabbitmq_events", "queue_size", "node", "webhooks", "webhook_spool",
+               "pre_upload_hook"),
     "s3_api": (
         "enabled", "port", "host", "bucket", "region", "domain", "access_keys", "anonymous_read", "allow_delete",
         "cors", "max_clock_skew", "max_metadata_bytes", "multipart_directory", "multipart_expire_after",
@@ -530,9 +599,12 @@ def parse(raw: dict[str, Any], source: str = "config") -> Settings:
         integrity=_integrity(section("integrity")),
         tus=_tus(section("tus")),
         s3_api=_s3_api(section("s3_api")),
+        events=_events(section("events")),
         source=source,
         warnings=tuple(warnings),
     )
+    if settings.rabbitmq_uri:
+        parse_rabbitmq_uri(settings.rabbitmq_uri)  # refused now, not at the first event
     if settings.s3_enabled and settings.s3_credentials is None:
         raise ConfigError("s3_credentials: required when s3_enabled is true")
     if s3.write_mode != "local" and not settings.s3_tier:
@@ -915,6 +987,90 @@ def _integrity(r: _Reader, d: IntegritySettings = IntegritySettings()) -> Integr
         heal_concurrency=_at_least_one(r, "heal_concurrency", d.heal_concurrency),
         scrub_rate=rate,
         scrub_workers=_at_least_one(r, "scrub_workers", d.scrub_workers),
+    )
+
+
+_STOR_AMQP_PARAMETERS = ("exchange", "routing_key", "heartbeat")
+
+
+def parse_rabbitmq_uri(uri: str) -> AmqpTarget:
+    """The original's rabbitmq_uri: ConfigError when it is not an amqp:// or amqps:// URI with a host."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+        raise ConfigError(f"rabbitmq_uri: expected amqp://user:pass@host/vhost?exchange=...&routing_key=..., "
+                          f"got a URI of scheme {parts.scheme!r}")
+    query = dict(parse_qsl(parts.query))
+    heartbeat = query.get("heartbeat", "60")
+    if not heartbeat.isdigit():
+        raise ConfigError(f"rabbitmq_uri: heartbeat is a whole number of seconds, got {heartbeat!r}")
+    kept = [(k, v) for k, v in parse_qsl(parts.query) if k not in _STOR_AMQP_PARAMETERS]
+    kept.append(("heartbeat", heartbeat))
+    url = urlunsplit(parts._replace(query=urlencode(kept)))
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+    if parts.username:
+        netloc = f"{parts.username}@{netloc}"
+    return AmqpTarget(
+        url=url, shown=urlunsplit(parts._replace(netloc=netloc, query="")),
+        exchange=query.get("exchange", "stor"), routing_key=query.get("routing_key", "sha"), heartbeat=int(heartbeat),
+    )
+
+
+def _event_names(r: _Reader, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    names = r.raw(key, None)
+    if names is None:
+        return default
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{r.name(key)}: expected a list of event names")
+    unknown = sorted(set(names) - set(EVENT_NAMES))
+    if unknown:
+        raise ConfigError(f"{r.name(key)}: unknown events {', '.join(unknown)}; known: {', '.join(EVENT_NAMES)}")
+    return tuple(names)
+
+
+def _http_url(r: _Reader, what: str, url: Any) -> str:
+    if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+        raise ConfigError(f"{what}: expected an http:// or https:// URL, got {url!r}")
+    return url
+
+
+def _events(r: _Reader, d: EventsSettings = EventsSettings()) -> EventsSettings:
+    hooks = r.raw("webhooks", None) or []
+    if not isinstance(hooks, list):
+        raise ConfigError(f"{r.name('webhooks')}: expected a list of {{\"url\": ..., \"events\": [...]}}")
+    webhooks = []
+    for i, entry in enumerate(hooks):
+        what = f"{r.name('webhooks')}[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{what}: expected an object with a url")
+        w = _Reader(entry, prefix=f"{what}.")
+        webhooks.append(WebhookSettings(
+            url=_http_url(w, f"{what}.url", entry.get("url")),
+            events=_event_names(w, "events", EVENT_NAMES),
+            secret=w.get("secret", str, None) or None,
+            timeout=w.positive_number("timeout", 5.0),
+            max_attempts=max(1, w.non_negative_int("max_attempts", 8)),
+        ))
+    hook = r.raw("pre_upload_hook", None)
+    pre_upload = None
+    if hook is not None:
+        what = r.name("pre_upload_hook")
+        if not isinstance(hook, dict):
+            raise ConfigError(f"{what}: expected an object with a url")
+        h = _Reader(hook, prefix=f"{what}.")
+        on_timeout = h.get("on_timeout", str, "refuse")
+        if on_timeout not in ("refuse", "accept"):
+            raise ConfigError(f"{what}.on_timeout: \"refuse\" or \"accept\", got {on_timeout!r}")
+        pre_upload = PreUploadHookSettings(_http_url(h, f"{what}.url", hook.get("url")),
+                                           h.positive_number("timeout", 5.0), on_timeout)
+    spool = r.get("webhook_spool", str, None)
+    return EventsSettings(
+        publish_requests=r.get("publish_requests", bool, d.publish_requests),
+        rabbitmq_events=_event_names(r, "rabbitmq_events", d.rabbitmq_events),
+        queue_size=_at_least_one(r, "queue_size", d.queue_size),
+        node=r.get("node", str, None) or None,
+        webhooks=tuple(webhooks),
+        webhook_spool=Path(spool) if spool else None,
+        pre_upload_hook=pre_upload,
     )
 
 

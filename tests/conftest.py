@@ -403,3 +403,22 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def s3_bucket(seaweed: Any) -> str:
     """A fresh, empty bucket on the session's SeaweedFS."""
     return str(seaweed.new_bucket())
+
+
+# --- a real RabbitMQ (Debian's rabbitmq-server) for the events: tests/rabbitmq.py -----------------
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One private RabbitMQ node for the session (AMQP on a free loopback port, its own data), stopped at the end.
+
+    A test may stop() it and start() it again (same port and data); start() is a no-op on a running node.
+    Fails (never skips) when rabbitmq-server is missing: apt-get install rabbitmq-server.
+    """
+    from rabbitmq import INSTALL_HINT, RabbitMQ, rabbitmq_server_binary
+
+    if rabbitmq_server_binary() is None:
+        pytest.fail(f"rabbitmq-server not found: {INSTALL_HINT}")
+    broker = RabbitMQ(tmp_path_factory.mktemp("rabbitmq")).start()
+    yield broker
+    broker.stop()

@@ -180,6 +180,9 @@ SECTIONS = {
         "cors", "max_clock_skew", "max_metadata_bytes", "multipart_directory", "multipart_expire_after",
         "max_multipart_uploads", "min_part_bytes", "sweep_period",
     ],
+    "events": [
+        "publish_requests", "rabbitmq_events", "queue_size", "node", "webhooks", "webhook_spool", "pre_upload_hook",
+    ],
 }
 ORIGINAL_KEYS = [
     "storage_pairs", "writable_pairs_regex", "basic_auth", "memcached_servers", "statsite", "s3_enabled",

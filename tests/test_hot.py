@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from conftest import evict, layout_path, pair_config, sha256
+from conftest import evict, layout_path, pair_config, sha256, wait_for
 from realservers import put_by_hand
 
 
@@ -112,8 +112,11 @@ def test_hot_blobs_stay_within_their_byte_budget(start_server: Any, mirrors: tup
             if sha == first:
                 assert is_hot(first)
     assert is_hot(second)
-    assert not is_hot(first), "two 1 MiB blobs kept hot with a budget of 1.5 MiB"
-    assert not is_hot(too_big), "a blob larger than hot_total_bytes was kept hot"
+    # A read's own descriptor is closed just after its last byte went out, which a loaded machine can
+    # show a moment late: each "not hot" is waited for, for much less than the 10 s a hot entry stays
+    # open, so a blob kept hot still fails here.
+    wait_for(lambda: not is_hot(first), 2, "two 1 MiB blobs kept hot with a budget of 1.5 MiB")
+    wait_for(lambda: not is_hot(too_big), 2, "a blob larger than hot_total_bytes was kept hot")
 
 
 def test_hot_blobs_off_holds_no_file(start_server: Any, mirrors: tuple[Path, Path]) -> None:

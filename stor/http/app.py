@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 from stor import __version__, aio, prometheus
 from stor.cache import LocationCache, MemcachedLocationCache, NoLocationCache
 from stor.config import NO_FAST_PATH_ENV, S3_PORT_ENV, Settings, load_settings, with_fast_path, with_s3_port
+from stor.events.bus import EventBus
+from stor.events.layer import AnnouncedStore
 from stor.http import filesend, front
 from stor.http import reply as replies
 from stor.http.asgi import AsgiApp
@@ -123,6 +125,13 @@ class Application:
         self.settings = settings
         metrics = Metrics(_metric_sinks(settings))
         store, self.heal = build_store(settings, metrics)
+        # Events (RabbitMQ as the original, webhooks): a bus per worker, and a layer that tells it of writes.
+        self.events: EventBus | None = None
+        if settings.amqp is not None or settings.events.webhooks:
+            self.events = EventBus(settings, metrics)
+            store = AnnouncedStore(store, self.events)
+            if self.heal is not None:
+                self.heal.events = self.events
         self.store = store
         auth = Authenticator(settings.basic_auth, settings.auth)
         if settings.memcached_servers and not settings.storage_pairs:
@@ -135,14 +144,14 @@ class Application:
         if settings.integrity.verify_reads:
             log.info("verified reads: %s of whole-blob reads are checked against their sha",
                      "all" if settings.integrity.verify_reads >= 1 else f"{settings.integrity.verify_reads:.0%}")
-        if settings.rabbitmq_uri:
-            log.warning("rabbitmq_uri is set, but publishing requested shas to RabbitMQ is not supported; ignored")
         self._background: list[asyncio.Task[None]] = []
 
         # The route table: a new endpoint is a handler and one line here.
         routes = Routes()
         self.resumable = self._resumable(store, metrics)
-        health = HealthEndpoint(store, metrics, self.resumable)
+        if self.resumable is not None:
+            self.resumable.events = self.events
+        health = HealthEndpoint(store, metrics, self.resumable, self.events)
         routes.add_fixed("/", route("/", get=_index))
         routes.add_fixed("/status", route("/status", get=health.status))
         routes.add_fixed("/storages", route("/storages", get=health.storages))
@@ -153,7 +162,7 @@ class Application:
             copy_queue = settings.s3_tier and settings.s3.write_mode == "local+s3"
             routes.add_fixed(path, route(path, get=ScrapeEndpoint(settings.storage_dirs, copy_queue).scrape))
             traffic = prometheus.HttpTraffic()
-        blobs = BlobEndpoint(store, auth, metrics, settings.uploads)
+        blobs = BlobEndpoint(store, auth, metrics, settings.uploads, self.events)
         routes.add_blob(route(BLOB_ROUTE, get=blobs.read, post=blobs.write, put=blobs.write, fast=True))
         if self.resumable is not None:
             tus = TusEndpoint(self.resumable, auth, settings.tus, settings.uploads.max_blob_bytes)
@@ -212,6 +221,8 @@ class Application:
         aio.configure(self.settings.storage.io_threads)
         filesend.configure(self.settings.storage.io_threads, self.settings.http.send_timeout)
         await self.store.start()
+        if self.events is not None:
+            self.events.start()
         if self.heal is not None:
             self.heal.start()
         if self.resumable is not None:
@@ -236,6 +247,8 @@ class Application:
             await self.multipart.close()
         if self.heal is not None:
             await self.heal.close()
+        if self.events is not None:
+            await self.events.close()
         await self.store.close()
         if self.settings.metrics.prometheus.enabled:
             prometheus.DEFERRED.flush()

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from stor.config import UploadSettings
 from stor.digest import Digest, InvalidDigest
+from stor.events.bus import EventBus
 from stor.http import reply as replies
 from stor.http.auth import Authenticator, refusal
 from stor.http.conditional import CONDITIONAL_HEADERS, Full, NotModified, Partial, Refused, decide
@@ -40,11 +41,16 @@ SMALL_UPLOAD_BYTES = 1 << 20
 class BlobEndpoint:
     """The handlers of the blob route: read (GET, HEAD) and write (POST, PUT)."""
 
-    def __init__(self, store: BlobStore, auth: Authenticator, metrics: Metrics, uploads: UploadSettings) -> None:
+    def __init__(
+        self, store: BlobStore, auth: Authenticator, metrics: Metrics, uploads: UploadSettings,
+        events: EventBus | None = None,
+    ) -> None:
         self.store = store
         self.auth = auth
         self.metrics = metrics
         self.max_blob_bytes = uploads.max_blob_bytes
+        # The original's message of each GET and HEAD of a valid sha (found or not), when one is wanted.
+        self._requested = events.requested if events is not None and events.wants_requests else None
 
     async def read(self, request: Request) -> Reply:
         self.metrics.incr("request.get.count")
@@ -59,6 +65,8 @@ class BlobEndpoint:
             self.metrics.incr("error.get.malformed_sha.count")
             # The original's wording differs between GET ("SHA256") and POST ("sha256"); probes may match either.
             return replies.text(404, f"Given hash '{shown(sha)}' isn't SHA256")
+        if self._requested is not None:
+            self._requested(sha)
         try:
             opened = await self.store.open(digest, NO_BYTES if request.method == "HEAD" else None)
         except CorruptBlob as e:  # a verified read found no good copy (each bad one is queued for repair)

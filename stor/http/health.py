@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from stor.events.bus import EventBus
 from stor.http import reply as replies
 from stor.http.reply import Reply
 from stor.http.request import Request
@@ -13,10 +14,14 @@ from stor.store.base import BlobStore, Health, StorageState
 
 
 class HealthEndpoint:
-    def __init__(self, store: BlobStore, metrics: Metrics, uploads: ResumableUploads | None = None) -> None:
+    def __init__(
+        self, store: BlobStore, metrics: Metrics, uploads: ResumableUploads | None = None,
+        events: EventBus | None = None,
+    ) -> None:
         self.store = store
         self.metrics = metrics
         self.uploads = uploads  # tus uploads in progress, shown in the JSON
+        self.events = events  # where events go (the broker's state), shown in the JSON
 
     async def status(self, request: Request) -> Reply:
         health = await self.store.health()
@@ -43,6 +48,7 @@ class HealthEndpoint:
                     ],
                     **_s3(health),
                     **(await self._uploads()),
+                    **({"events": self.events.status()} if self.events is not None else {}),
                 },
             )
         if healthy:

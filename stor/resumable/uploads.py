@@ -36,6 +36,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stor.aio import in_thread
 from stor.config import TusSettings
@@ -64,6 +65,9 @@ from stor.sha256state import STATE_FORMAT, ResumableSha256
 from stor.store.base import BlobInfo, BlobStore, DigestMismatch, NoSpace, StagedBytes, Stored, TooLarge
 from stor.store.durable import write_copies
 from stor.store.metadata import BlobMeta
+
+if TYPE_CHECKING:
+    from stor.events.bus import EventBus
 
 log = logging.getLogger("stor.resumable")
 
@@ -208,6 +212,7 @@ class ResumableUploads:
         # Where the store may have put bytes files (its staging directories), for the sweep of leftovers.
         self.staging_dirs = staging_places(str(directory), staging_roots)
         self._sweeper = PeriodicSweep(self.sweep, settings.sweep_period, "expired uploads", log)
+        self.events: EventBus | None = None  # told of each upload completed or failed
 
     # ---- life cycle --------------------------------------------------------
 
@@ -454,7 +459,7 @@ class ResumableUploads:
         actual = session.hasher.hexdigest()
         if record.expected is not None and actual != record.expected:
             mismatch = DigestMismatch(Digest.parse(record.expected), actual)
-            await in_thread(self._fail, session, str(mismatch))
+            await self._failed(session, str(mismatch))
             raise UploadFailed(str(mismatch))
         digest = Digest.parse(actual)
         await in_thread(self._flush_record, session, record.length)
@@ -465,12 +470,14 @@ class ResumableUploads:
         except DigestMismatch as e:
             # The stored bytes are not those that were hashed as they arrived: changed on the disk since.
             log.error("upload %s: its stored bytes changed before the commit: %s", record.id, e)
-            await in_thread(self._fail, session, "its stored bytes changed on the storage before the commit")
+            await self._failed(session, "its stored bytes changed on the storage before the commit")
             raise UploadFailed("The upload's stored bytes changed before the commit; send it again") from e
         record.status, record.sha256 = DONE, digest.hex
         record.hash_state = record.hash_format = None
         await in_thread(self._finish, session)
         self.metrics.incr("tus.completed.count")
+        if self.events is not None:
+            self.events.emit("upload.completed", digest.hex, record.length, upload=record.id)
         log.info("upload %s complete: %s, %d bytes%s", record.id, digest, record.length,
                  "" if stored.created else " (stored already)")
         return record
@@ -480,6 +487,12 @@ class ResumableUploads:
         """The record names every byte before the commit takes the files (a crash after it then finds them
         moved, and the record whole)."""
         session.keep(length)
+
+    async def _failed(self, session: _Session, reason: str) -> None:
+        await in_thread(self._fail, session, reason)
+        if self.events is not None:
+            record = session.record
+            self.events.emit("upload.failed", record.expected or "", record.offset, upload=record.id, reason=reason)
 
     def _fail(self, session: _Session, reason: str) -> None:
         record = session.record

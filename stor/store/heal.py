@@ -28,6 +28,7 @@ from stor.metrics import Metrics
 from stor.store import copies
 
 if TYPE_CHECKING:
+    from stor.events.bus import EventBus
     from stor.store.local import LocalStore
     from stor.store.s3 import S3Store
 
@@ -51,6 +52,7 @@ class HealQueue:
         self.metrics = metrics
         self.enabled = enabled
         self.bucket: S3Store | None = None  # the S3 tier's bucket, a source when no local copy is good
+        self.events: EventBus | None = None  # told of each corrupt copy found and each blob repaired
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[Digest] = asyncio.Queue()
         self._pending: set[str] = set()  # queued or being repaired
@@ -72,6 +74,8 @@ class HealQueue:
     def _take(self, digest: Digest, damage: str, storage: Path) -> None:
         if damage == "corrupt":
             self.metrics.incr("error.get.corrupt_old.count")
+            if self.events is not None:
+                self.events.emit("blob.corrupt", digest.hex, None, storage=str(storage))
         if not self.enabled or digest.hex in self._pending:
             return
         failed = self._failed.get(digest.hex)
@@ -112,6 +116,8 @@ class HealQueue:
                 self._pending.discard(digest.hex)
             if outcome == "failed":
                 self._failed.put(digest.hex, time.monotonic())
+            elif outcome == "repaired" and self.events is not None:
+                self.events.emit("blob.repaired", digest.hex, None)
             self.metrics.incr(f"heal.{outcome}.count")
 
     def _heal(self, digest: Digest, loop: asyncio.AbstractEventLoop) -> str:

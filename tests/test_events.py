@@ -1,0 +1,151 @@
+"""Events to a real RabbitMQ (a private node the tests start): the original's messages and stor's JSON events.
+
+The original published the sha of each GET (and HEAD: Mojolicious routes a
+HEAD to the GET handler) of a valid sha, found or not, as the message body,
+with rabbitmq_uri's routing key, on a durable topic exchange. stor does the
+same, from an outbox per worker, and adds JSON events with routing keys of
+their own names. A broker outage never fails a request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import AUTH, StorServer, pair_config, wait_for
+from rabbitmq import Consumer
+
+
+def _uri(rabbitmq: Any, exchange: str, **params: str) -> str:
+    query = "&".join(f"{k}={v}" for k, v in {"exchange": exchange, **params}.items())
+    return f"{rabbitmq.url}?{query}"
+
+
+@pytest.fixture
+def exchange() -> str:
+    return f"stor-test-{secrets.token_hex(4)}"
+
+
+def _server(tmp_path: Path, uri: str, workers: int = 2, **events: Any) -> StorServer:
+    mirrors = (tmp_path / "m1", tmp_path / "m2")
+    for m in mirrors:
+        m.mkdir(exist_ok=True)
+    config = pair_config(mirrors, rabbitmq_uri=uri, **({"events": events} if events else {}))
+    return StorServer(workdir=tmp_path, config=config, workers=workers).start()
+
+
+@pytest.fixture
+def served(tmp_path: Path, rabbitmq: Any, exchange: str) -> Iterator[StorServer]:
+    server = _server(tmp_path, _uri(rabbitmq, exchange, routing_key="sample.requested"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _blob(size: int = 1000) -> tuple[bytes, str]:
+    data = os.urandom(size)
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def _status(server: StorServer) -> dict[str, Any]:
+    return dict(httpx.get(f"{server.url}/status", headers={"Accept": "application/json"}, timeout=10).json())
+
+
+def test_get_and_head_publish_the_requested_sha_as_the_original(
+    served: StorServer, rabbitmq: Any, exchange: str
+) -> None:
+    consumer = Consumer(rabbitmq.url, exchange, "sample.requested")
+    try:
+        data, sha = _blob()
+        assert httpx.get(f"{served.url}/{'z' * 64}").status_code == 404  # not a sha: nothing published
+        assert httpx.get(f"{served.url}/{sha}").status_code == 404  # a valid sha, not stored: published
+        assert httpx.post(f"{served.url}/{sha}", content=data, auth=AUTH).status_code == 201
+        assert httpx.get(f"{served.url}/{sha.upper()}").content == data
+        assert httpx.head(f"{served.url}/{sha}").status_code == 200
+        got = consumer.messages(3, timeout=20)
+        assert [m.body for m in got] == [sha.encode(), sha.upper().encode(), sha.encode()]
+        assert {m.routing_key for m in got} == {"sample.requested"}
+    finally:
+        consumer.close()
+    state = _status(served)["events"]["rabbitmq"]
+    assert state["state"] == "up" and state["exchange"] == exchange and "guest:" not in json.dumps(state)
+
+
+def test_writes_publish_json_events(served: StorServer, rabbitmq: Any, exchange: str) -> None:
+    consumer = Consumer(rabbitmq.url, exchange, "blob.*")
+    try:
+        data, sha = _blob(4321)
+        assert httpx.post(f"{served.url}/{sha}", content=data, auth=AUTH).status_code == 201
+        assert httpx.post(f"{served.url}/{sha}", content=data, auth=AUTH).status_code == 200
+        got = consumer.messages(2, timeout=20)
+    finally:
+        consumer.close()
+    assert [m.routing_key for m in got] == ["blob.created", "blob.duplicate"]
+    created, duplicate = (json.loads(m.body) for m in got)
+    assert created["event"] == "blob.created" and created["sha256"] == sha and created["size"] == 4321
+    assert created["node"] and isinstance(created["time"], float)
+    assert duplicate["event"] == "blob.duplicate" and duplicate["sha256"] == sha
+
+
+def test_a_broker_outage_fails_no_request_and_publishing_resumes_by_itself(
+    tmp_path: Path, rabbitmq: Any, exchange: str
+) -> None:
+    server = _server(tmp_path, _uri(rabbitmq, exchange), workers=1, queue_size=5, rabbitmq_events=[])
+    try:
+        consumer = Consumer(rabbitmq.url, exchange, "sha")
+        _, first = _blob()
+        assert httpx.get(f"{server.url}/{first}").status_code == 404
+        assert consumer.bodies(1, timeout=20) == [first.encode()]
+        consumer.close()
+        rabbitmq.stop()
+        try:
+            wait_for(lambda: _status(server)["events"]["rabbitmq"]["state"] == "down", 30, "the outage noticed")
+            shas = [_blob()[1] for _ in range(20)]
+            for sha in shas:  # the requests are answered as ever
+                assert httpx.get(f"{server.url}/{sha}", timeout=5).status_code == 404
+            state = _status(server)["events"]["rabbitmq"]
+            assert state["queued"] == 5 and state["dropped"] == 15
+            assert _status(server)["status"] == "ok"  # the broker is no storage: the node serves
+        finally:
+            rabbitmq.start()
+        consumer = Consumer(rabbitmq.url, exchange, "sha")  # the exchange is durable; a new queue on it
+        try:
+            wait_for(lambda: _status(server)["events"]["rabbitmq"]["state"] == "up", 60, "the reconnection")
+            _, after = _blob()
+            assert httpx.get(f"{server.url}/{after}").status_code == 404
+            # What waited in the outbox went out once the broker was back, then the new request's.
+            assert consumer.bodies(6, timeout=20) == [sha.encode() for sha in shas[:5]] + [after.encode()]
+        finally:
+            consumer.close()
+        log = server.log_text()
+        assert log.count("unreachable") == 1 and "reachable again" in log
+        assert "guest:guest" not in log
+    finally:
+        server.stop()
+
+
+def test_a_tus_upload_publishes_upload_completed(served: StorServer, rabbitmq: Any, exchange: str) -> None:
+    consumer = Consumer(rabbitmq.url, exchange, "upload.*")
+    try:
+        data, sha = _blob(2000)
+        created = httpx.post(f"{served.url}/files/", auth=AUTH, headers={
+            "Tus-Resumable": "1.0.0", "Upload-Length": str(len(data))})
+        assert created.status_code == 201
+        patched = httpx.patch(f"{served.url}{created.headers['location']}", auth=AUTH, content=data, headers={
+            "Tus-Resumable": "1.0.0", "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"})
+        assert patched.status_code == 204
+        (message,) = consumer.messages(1, timeout=20)
+    finally:
+        consumer.close()
+    event = json.loads(message.body)
+    assert message.routing_key == "upload.completed" and event["sha256"] == sha and event["size"] == 2000
+    assert created.headers["location"].endswith(event["upload"])
