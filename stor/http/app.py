@@ -127,7 +127,7 @@ class Application:
         store, self.heal = build_store(settings, metrics)
         # Events (RabbitMQ as the original, webhooks): a bus per worker, and a layer that tells it of writes.
         self.events: EventBus | None = None
-        if settings.amqp is not None or settings.events.webhooks:
+        if settings.amqp is not None or settings.events.webhooks or settings.events.pre_upload_hook:
             self.events = EventBus(settings, metrics)
             store = AnnouncedStore(store, self.events)
             if self.heal is not None:
@@ -165,7 +165,8 @@ class Application:
         blobs = BlobEndpoint(store, auth, metrics, settings.uploads, self.events)
         routes.add_blob(route(BLOB_ROUTE, get=blobs.read, post=blobs.write, put=blobs.write, fast=True))
         if self.resumable is not None:
-            tus = TusEndpoint(self.resumable, auth, settings.tus, settings.uploads.max_blob_bytes)
+            tus = TusEndpoint(self.resumable, auth, settings.tus, settings.uploads.max_blob_bytes,
+                              self.events.hook if self.events is not None else None)
             base = settings.tus.path
             handlers = {
                 "post": tus.post, "head": tus.head, "patch": tus.patch, "delete": tus.delete, "options": tus.options,

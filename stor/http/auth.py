@@ -167,6 +167,14 @@ def _basic_credentials(authorization: str | None) -> bytes | None:
         return None
 
 
+def user_of(request: Request) -> str | None:
+    """The user name of the request's Basic credentials (for a request refusal() let through: not checked here)."""
+    credentials = _basic_credentials(request.headers.get("authorization"))
+    if credentials is None:
+        return None
+    return credentials.partition(b":")[0].decode(errors="replace")
+
+
 def _rounds(settings: AuthSettings) -> int:
     """The decoy hash's cost: that of the configured users, so a miss takes as long as a hit."""
     costs = [int(u.password_hash[4:6]) for u in settings.users]

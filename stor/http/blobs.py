@@ -9,7 +9,7 @@ from stor.config import UploadSettings
 from stor.digest import Digest, InvalidDigest
 from stor.events.bus import EventBus
 from stor.http import reply as replies
-from stor.http.auth import Authenticator, refusal
+from stor.http.auth import Authenticator, refusal, user_of
 from stor.http.conditional import CONDITIONAL_HEADERS, Full, NotModified, Partial, Refused, decide
 from stor.http.reply import Reply
 from stor.http.representation import full_headers, representation_headers, validator_headers
@@ -51,6 +51,7 @@ class BlobEndpoint:
         self.max_blob_bytes = uploads.max_blob_bytes
         # The original's message of each GET and HEAD of a valid sha (found or not), when one is wanted.
         self._requested = events.requested if events is not None and events.wants_requests else None
+        self.hook = events.hook if events is not None else None  # asked before an upload is taken
 
     async def read(self, request: Request) -> Reply:
         self.metrics.incr("request.get.count")
@@ -109,6 +110,10 @@ class BlobEndpoint:
             if not is_decimal(length_header):
                 return replies.text(400, f"Bad Content-Length '{shown(length_header)}'")
             length = int(length_header)
+        if self.hook is not None:
+            reason = await self.hook.refusal(digest.hex, length, user_of(request), meta, "blob")
+            if reason is not None:
+                return replies.text(403, reason)
 
         try:
             stored = await self._store(request, digest, length, meta)

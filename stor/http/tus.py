@@ -15,14 +15,14 @@ import binascii
 import email.utils
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import Headers
 
 from stor.config import TusSettings
 from stor.digest import Digest, InvalidDigest
 from stor.http import reply as replies
-from stor.http.auth import Authenticator, refusal
+from stor.http.auth import Authenticator, refusal, user_of
 from stor.http.reply import Reply
 from stor.http.request import BodyTimeout, ClientDisconnect, Request, close_if_body_unread
 from stor.http.text import is_decimal, shown
@@ -45,6 +45,9 @@ from stor.resumable.uploads import (
 from stor.store.base import NoSpace, NoWritableStorage, TooLarge, unavailable_reason
 from stor.store.metadata import BlobMeta
 
+if TYPE_CHECKING:
+    from stor.events.hook import PreUploadHook
+
 log = logging.getLogger("stor.http")
 
 TUS_VERSION = "1.0.0"
@@ -58,10 +61,12 @@ _Step = Callable[[Request, Any], Awaitable[Reply]]
 
 class TusEndpoint:
     def __init__(
-        self, uploads: ResumableUploads, auth: Authenticator, settings: TusSettings, max_blob_bytes: int | None
+        self, uploads: ResumableUploads, auth: Authenticator, settings: TusSettings, max_blob_bytes: int | None,
+        hook: PreUploadHook | None = None,
     ) -> None:
         self.uploads = uploads
         self.auth = auth
+        self.hook = hook  # asked before an upload is created (tusd's pre-create)
         self.base = settings.path  # ends with "/"
         self.max_blob_bytes = max_blob_bytes
 
@@ -142,6 +147,10 @@ class TusEndpoint:
             raise _BadRequest(415, f"A creation's body must be Content-Type: {OFFSET_STREAM}")
         checksum = _checksum(headers.get("upload-checksum")) if has_body else None
         declared = _content_length(headers) if has_body else None
+        if self.hook is not None:
+            reason = await self.hook.refusal(expected.hex if expected else None, length, user_of(request), meta, "tus")
+            if reason is not None:
+                raise _BadRequest(403, reason)
         record = await self.uploads.create(length, metadata, expected, meta)
         location = [("location", f"{self.base}{record.id}")]
         if has_body and record.status == OPEN:
