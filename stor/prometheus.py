@@ -68,6 +68,15 @@ S3_MULTIPART = Counter(
     ["event"],
 )
 S3_MULTIPART_EVENTS = ("created", "parts", "completed", "aborted", "expired")
+EVENT_MESSAGES = Counter(
+    "stor_event_messages",
+    "Events and requested shas by destination (rabbitmq, webhook) and outcome (published or delivered; dropped: "
+    "an outbox full; failed: a webhook gave up)",
+    ["destination", "result"],
+)
+RABBITMQ_OUTAGES = Counter("stor_rabbitmq_outages", "Times the RabbitMQ broker became unreachable")
+UPLOAD_HOOK = Counter("stor_upload_hook_answers", "Answers of the pre-upload hook (accepted, refused, unanswered)",
+                      ["result"])
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -170,6 +179,14 @@ class PrometheusSink:
         **{f"tus.{event}.count": TUS_UPLOADS.labels(event) for event in TUS_EVENTS},
         "tus.received.bytes": TUS_RECEIVED,
         **{f"s3.multipart.{event}.count": S3_MULTIPART.labels(event) for event in S3_MULTIPART_EVENTS},
+        "events.amqp.published.count": EVENT_MESSAGES.labels("rabbitmq", "published"),
+        "events.amqp.dropped.count": EVENT_MESSAGES.labels("rabbitmq", "dropped"),
+        "events.amqp.outages.count": RABBITMQ_OUTAGES,
+        "events.webhook.delivered.count": EVENT_MESSAGES.labels("webhook", "delivered"),
+        "events.webhook.dropped.count": EVENT_MESSAGES.labels("webhook", "dropped"),
+        "events.webhook.failed.count": EVENT_MESSAGES.labels("webhook", "failed"),
+        **{f"events.hook.{result}.count": UPLOAD_HOOK.labels(result)
+           for result in ("accepted", "refused", "unanswered")},
     }
     _LOCAL_FOUND = READS.labels("local", "found")
 

@@ -201,3 +201,34 @@ def test_a_pre_upload_hook_that_does_not_answer(tmp_path: Path, receiver: Receiv
         assert "pre-upload hook" in server.log_text()
     finally:
         server.stop()
+
+
+def test_the_pre_upload_hook_is_asked_by_the_s3_api_too(tmp_path: Path, receiver: Receiver) -> None:
+    from botocore.exceptions import ClientError
+
+    from s3api_fixture import BUCKET, WRITER_KEY, boto3_client, s3_api_config
+
+    mirrors = (tmp_path / "m1", tmp_path / "m2")
+    for m in mirrors:
+        m.mkdir()
+    s3_port = free_port()
+    config = s3_api_config(mirrors) | {"events": _hook_config(receiver)}
+    server = StorServer(workdir=tmp_path, config=config, workers=1, args=["--s3-port", str(s3_port)]).start()
+    try:
+        client = boto3_client(s3_port)
+        data, sha = _blob()
+        receiver.answers = [(403, "not this one"), (403, "nor in parts")]
+        with pytest.raises(ClientError) as e:
+            client.put_object(Bucket=BUCKET, Key=sha, Body=data)
+        assert e.value.response["Error"]["Code"] == "AccessDenied"
+        assert "Refused by the pre-upload hook (403): not this one" in e.value.response["Error"]["Message"]
+        with pytest.raises(ClientError) as e:
+            client.create_multipart_upload(Bucket=BUCKET, Key=sha)
+        assert e.value.response["Error"]["Code"] == "AccessDenied"
+        asked = [json.loads(r.body) for r in receiver.received]
+        assert [(a["via"], a["user"], a["sha256"]) for a in asked] == [("s3", WRITER_KEY, sha)] * 2
+        assert httpx.get(f"{server.url}/{sha}").status_code == 404
+        client.put_object(Bucket=BUCKET, Key=sha, Body=data)  # accepted now
+        assert httpx.get(f"{server.url}/{sha}").content == data
+    finally:
+        server.stop()

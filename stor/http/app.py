@@ -201,7 +201,8 @@ class Application:
         if not s3.access_keys:
             log.warning("S3 API: no access_keys configured: every signed request will be refused%s",
                         "; anonymous reads are allowed" if s3.anonymous_read else "")
-        endpoint = s3_endpoint(store, s3, settings.uploads, self.multipart)
+        endpoint = s3_endpoint(store, s3, settings.uploads, self.multipart,
+                               self.events.hook if self.events is not None else None)
         routes = Routes()
         routes.add_prefix("/", route("s3", get=endpoint.answer, post=endpoint.answer, put=endpoint.answer,
                                      fast=True, delete=endpoint.answer, options=endpoint.answer))

@@ -5,25 +5,27 @@ from __future__ import annotations
 import time
 
 from stor.config import S3ApiSettings, UploadSettings
+from stor.events.hook import PreUploadHook
+from stor.resumable.multipart import MultipartUploads
 from stor.s3api import xmlbody
 from stor.s3api.bucket import BucketOperations
 from stor.s3api.endpoint import Call, Cors, Operation, Operations, S3Endpoint
 from stor.s3api.multipart_ops import MULTIPART_QUERY, MultipartOperations
 from stor.s3api.objects import ObjectOperations
 from stor.s3api.sigv4 import SignatureVerifier
-from stor.resumable.multipart import MultipartUploads
 from stor.store.base import BlobStore
 
 
 def s3_endpoint(
     store: BlobStore, settings: S3ApiSettings, uploads: UploadSettings, multipart: MultipartUploads | None,
+    hook: PreUploadHook | None = None,
 ) -> S3Endpoint:
     cors_settings = settings.cors
     cors = Cors(cors_settings.origins, cors_settings.methods, cors_settings.headers, cors_settings.expose_headers,
                 cors_settings.max_age)
     acl = xmlbody.access_control_policy(settings.anonymous_read)
     objects = ObjectOperations(
-        store, settings.bucket, uploads.max_blob_bytes, settings.max_metadata_bytes, settings.allow_delete, acl
+        store, settings.bucket, uploads.max_blob_bytes, settings.max_metadata_bytes, settings.allow_delete, acl, hook,
     )
     parts = MultipartOperations(multipart, objects, settings.bucket)
     bucket = BucketOperations(

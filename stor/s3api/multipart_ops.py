@@ -63,7 +63,9 @@ class MultipartOperations:
 
     async def create(self, call: Call) -> Reply:
         digest = key_digest(call)
-        record = await self._uploads().create(digest, self.objects.object_meta(call))
+        meta = self.objects.object_meta(call)
+        await self.objects.check_hook(call, digest, None, meta)
+        record = await self._uploads().create(digest, meta)
         assert call.key is not None
         return xml_reply(xmlbody.initiate_multipart(self.bucket, call.key, record.id))
 

@@ -15,6 +15,7 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator
 from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from stor.aio import in_thread
@@ -34,6 +35,9 @@ from stor.s3api.sigv4 import STREAMING_SIGNED, STREAMING_SIGNED_TRAILER, STREAMI
 from stor.store.base import NO_BYTES, BlobInfo, BlobStore, DigestMismatch, Missing, OpenBlob, Stored
 from stor.store.metadata import BlobMeta
 from stor.store.verify import CorruptBlob
+
+if TYPE_CHECKING:
+    from stor.events.hook import PreUploadHook
 
 log = logging.getLogger("stor.s3api")
 
@@ -64,7 +68,7 @@ DELETION_OFF = "Deletion is off: the archive is write-once (s3_api.allow_delete)
 class ObjectOperations:
     def __init__(
         self, store: BlobStore, bucket: str, max_blob_bytes: int | None, max_metadata_bytes: int,
-        allow_delete: bool, acl: bytes,
+        allow_delete: bool, acl: bytes, hook: PreUploadHook | None = None,
     ) -> None:
         self.store = store
         self.bucket = bucket
@@ -72,6 +76,16 @@ class ObjectOperations:
         self.max_metadata_bytes = max_metadata_bytes
         self.allow_delete = allow_delete
         self._acl = acl
+        self.hook = hook  # asked before a PutObject or a multipart upload is taken
+
+    async def check_hook(self, call: Call, digest: Digest, size: int | None, meta: BlobMeta) -> None:
+        """AccessDenied, with the pre-upload hook's reason, when it refuses the upload."""
+        if self.hook is None:
+            return
+        who = call.auth.key.access_key if call.auth is not None else None
+        reason = await self.hook.refusal(digest.hex, size, who, meta, "s3")
+        if reason is not None:
+            raise S3Error("AccessDenied", reason)
 
     def operation(self, call: Call) -> Operation:
         method, query = call.method, call.query
@@ -180,6 +194,7 @@ class ObjectOperations:
         if declared is not None and declared != digest.hex:
             raise S3Error("BadDigest", "The x-amz-checksum-sha256 is not the key's SHA-256")
         md5 = content_md5(call)
+        await self.check_hook(call, digest, length, meta)
         try:
             stored = await self._store(digest, length, meta, payload, md5)
         except DigestMismatch as e:
