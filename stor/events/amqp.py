@@ -132,7 +132,10 @@ class AmqpPublisher:
             batch = taking.result()
             try:
                 await asyncio.gather(*(
-                    exchange.publish(_message(body, json), routing_key=key) for key, body, json in batch
+                    # Not mandatory, as the original's publish: an exchange nobody is bound to drops the
+                    # message (mandatory, the broker would send each one back).
+                    exchange.publish(_message(body, json), routing_key=key, mandatory=False)
+                    for key, body, json in batch
                 ))
             except BaseException:
                 self.outbox.put_back(batch)  # sent again after the reconnection (some may be twice)
