@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from childproc import die_with_parent, port_free
+
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")  # Debian's real scripts (/usr/sbin's are the `su` wrapper)
 INSTALL_HINT = (
     "apt-get install --no-install-recommends rabbitmq-server (bash .ci/run does it): "
@@ -51,15 +53,6 @@ def rabbitmq_server_binary() -> str | None:
 
 
 RESERVED_PORTS = {4369, 5671, 5672, 15672, 25672}  # epmd and a system node's usual ports
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _free_port() -> int:
@@ -78,22 +71,11 @@ def _free_port() -> int:
     if low > 12000:
         for _ in range(200):
             port = random.randrange(10000, low)
-            if port not in RESERVED_PORTS and _port_free(port):
+            if port not in RESERVED_PORTS and port_free(port):
                 return port
     with socket.socket() as s:  # no room below the range: take the kernel's pick
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the process that started the node dies (a test run killed by a
-    timeout leaves no orphaned broker). SIGKILL, not SIGTERM: early in its boot the VM loses a SIGTERM (it
-    asks init to stop, which is not listening yet) and would run on; the node's data is the dead run's anyway.
-    The setting survives exec, and the start script execs into the VM (see RabbitMQ.command)."""
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _quiet_pika() -> None:
@@ -250,7 +232,10 @@ class RabbitMQ:
                 stdout=console,
                 stderr=console,
                 start_new_session=True,  # a group: the VM and its helpers (epmd daemonises, in a session of its own)
-                preexec_fn=_die_with_parent,  # Linux: tied to the starting thread, so start from the main thread
+                # SIGKILL, not SIGTERM: early in its boot the VM loses a SIGTERM (it asks init to stop, which
+                # is not listening yet) and would run on; the setting survives exec, and the start script
+                # execs into the VM (see command()).
+                preexec_fn=die_with_parent(signal.SIGKILL),
             )
 
     def accepts_login(self) -> bool:

@@ -25,6 +25,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from childproc import die_with_parent, port_free
+
 ACCESS_KEY = "stor-test-access"
 SECRET_KEY = "stor-test-secret-0123456789"
 REGION = "us-east-1"
@@ -42,17 +44,6 @@ def weed_binary() -> str | None:
     return shutil.which("weed")
 
 
-def _port_free(port: int) -> bool:
-    if not 1024 <= port <= 65535:
-        return False
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_base() -> int:
     """A base port B where B..B+3 and B+10000..B+10003 are all free on loopback."""
     for _ in range(200):
@@ -62,18 +53,9 @@ def free_base() -> int:
         if base + 3 + GRPC_OFFSET > 65535:
             continue
         ports = [base + i for i in range(4)] + [base + GRPC_OFFSET + i for i in range(4)]
-        if all(_port_free(p) for p in ports):
+        if all(port_free(p) for p in ports):
             return base
     raise RuntimeError("no free port base for weed mini")
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the process that started weed dies (a test run killed by a
-    timeout leaves no orphaned weed holding ports and a data directory)."""
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def s3_config(**extra: Any) -> Any:
@@ -208,7 +190,7 @@ class SeaweedFS:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # Linux: tied to the starting thread, so start from the main thread
+                preexec_fn=die_with_parent(signal.SIGTERM),
             )
 
     def _wait_ready(self, timeout: float) -> None:

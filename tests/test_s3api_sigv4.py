@@ -389,6 +389,8 @@ def test_a_query_escape_that_is_not_utf8_is_refused() -> None:
 
 
 def test_signatures_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spy around the real hmac.compare_digest (it still decides): a comparison's timing cannot be
+    measured reliably in a test, so the test checks that the constant-time one is the one called."""
     compared: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest
 

@@ -46,8 +46,7 @@ from stor.config import WebhookSettings
 from stor.events.model import Event
 from stor.events.outbox import Outbox
 from stor.metrics import Metrics
-from stor.resumable.record import replace_file
-from stor.store.durable import fsync_dir
+from stor.store.durable import fsync_dir, replace_file
 
 log = logging.getLogger("stor.events")
 
@@ -97,12 +96,11 @@ class WebhookSender:
         if event.event not in self.wants:
             return
         delivery = Delivery(secrets.token_hex(12), event.event, event.to_json())
-        queue = self.incoming if self.spool is not None else self.outbox
-        if len(queue) + (len(self.outbox) if queue is self.incoming else 0) >= self.outbox.capacity:
+        if len(self.incoming) + len(self.outbox) >= self.outbox.capacity:
             self.outbox.dropped += 1
             self._dropped()
             return
-        queue.add(delivery)
+        (self.incoming if self.spool is not None else self.outbox).add(delivery)
 
     def _dropped(self) -> None:
         self.metrics.incr("events.webhook.dropped.count")

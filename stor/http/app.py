@@ -129,9 +129,12 @@ class Application:
         self.events: EventBus | None = None
         if settings.amqp is not None or settings.events.webhooks or settings.events.pre_upload_hook:
             self.events = EventBus(settings, metrics)
-            store = AnnouncedStore(store, self.events)
+            if settings.amqp is not None or settings.events.webhooks:  # somewhere to send what writes do
+                store = AnnouncedStore(store, self.events)
             if self.heal is not None:
                 self.heal.events = self.events
+        # Asked before an upload is taken, by every door that takes one.
+        self.upload_hook = self.events.hook if self.events is not None else None
         self.store = store
         auth = Authenticator(settings.basic_auth, settings.auth)
         if settings.memcached_servers and not settings.storage_pairs:
@@ -166,7 +169,7 @@ class Application:
         routes.add_blob(route(BLOB_ROUTE, get=blobs.read, post=blobs.write, put=blobs.write, fast=True))
         if self.resumable is not None:
             tus = TusEndpoint(self.resumable, auth, settings.tus, settings.uploads.max_blob_bytes,
-                              self.events.hook if self.events is not None else None)
+                              self.upload_hook)
             base = settings.tus.path
             handlers = {
                 "post": tus.post, "head": tus.head, "patch": tus.patch, "delete": tus.delete, "options": tus.options,
@@ -202,7 +205,7 @@ class Application:
             log.warning("S3 API: no access_keys configured: every signed request will be refused%s",
                         "; anonymous reads are allowed" if s3.anonymous_read else "")
         endpoint = s3_endpoint(store, s3, settings.uploads, self.multipart,
-                               self.events.hook if self.events is not None else None)
+                               self.upload_hook)
         routes = Routes()
         routes.add_prefix("/", route("s3", get=endpoint.answer, post=endpoint.answer, put=endpoint.answer,
                                      fast=True, delete=endpoint.answer, options=endpoint.answer))

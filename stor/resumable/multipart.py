@@ -805,14 +805,18 @@ def _in_slot_order(parts: list[PartRecord], geometry: int | None) -> bool:
 
 
 def _pieces(fd: int, position: int, length: int) -> Iterator[bytes]:
-    """A file's bytes from position, in pieces; OSError when it ends before length."""
+    """A file's bytes from position, in pieces (blocking); OSError when it ends before length."""
+    for offset, count in _spans(position, length):
+        yield _read_exactly(fd, count, offset)
+
+
+def _spans(position: int, length: int) -> Iterator[tuple[int, int]]:
+    """(offset, count) of each piece of length bytes from position."""
     end = position + length
     while position < end:
-        piece = os.pread(fd, min(READ_PIECE, end - position), position)
-        if not piece:
-            raise OSError(errno.EIO, f"a part's bytes end {end - position} bytes early")
-        yield piece
-        position += len(piece)
+        count = min(READ_PIECE, end - position)
+        yield position, count
+        position += count
 
 
 def _truncate_all(paths: list[str], length: int) -> None:
@@ -824,11 +828,8 @@ def _read_pieces(path: str, position: int, size: int) -> Iterator[asyncio.Future
     """A part's bytes read in pieces, each a thread's read to await."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        end = position + size
-        while position < end:
-            count = min(READ_PIECE, end - position)
-            yield in_thread(_read_exactly, fd, count, position)
-            position += count
+        for offset, count in _spans(position, size):
+            yield in_thread(_read_exactly, fd, count, offset)
     finally:
         os.close(fd)
 

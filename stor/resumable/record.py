@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from stor.config import TUS_DIR_NAME
-from stor.store.durable import fsync_dir, write_all
+from stor.store.durable import PARTIAL_MARK, fsync_dir, replace_file
 from stor.store.metadata import BlobMeta
 
 RECORD_SUFFIX = ".json"  # an open upload's record
 DONE_SUFFIX = ".done"  # a finished upload's record
 DATA_SUFFIX = ".bin"
-_PARTIAL = ".tmp-"  # a record being written: `<id>.json.tmp-<random>`
+_PARTIAL = PARTIAL_MARK  # a record being written: `<id>.json.tmp-<random>`
 _ID = re.compile(r"[0-9a-f]{32}")
 
 OPEN, DONE, FAILED = "open", "done", "failed"
@@ -164,26 +164,6 @@ def record_from_json(cls: type[R], data: bytes) -> R:
         raise ValueError("not a record")
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     return cls(**{k: v for k, v in raw.items() if k in known})
-
-
-def replace_file(final: str, data: bytes, durable: bool = False) -> None:
-    """data under final, by a rename (a reader sees the old file or the new one, never half of either).
-
-    durable: the data flushed before the rename; the caller flushes the
-    directory entry (fsync_dir) once it has made all its changes there.
-    """
-    tmp = f"{final}{_PARTIAL}{secrets.token_hex(4)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        write_all(fd, data)
-        if durable:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.rename(tmp, final)
 
 
 def read_small_file(path: str, limit: int = 1 << 20) -> bytes | None:

@@ -9,6 +9,7 @@ both there or both not.
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -63,6 +64,30 @@ def write_copies(fds: Sequence[int], data: bytes, position: int | None, beside: 
     finally:
         for w in writes:
             w.result()
+
+
+# What a file being written by replace_file carries in its name: `<final>.tmp-<random>`.
+PARTIAL_MARK = ".tmp-"
+
+
+def replace_file(final: str, data: bytes, durable: bool = False) -> None:
+    """data under final, by a rename (a reader sees the old file or the new one, never half of either).
+
+    durable: the data flushed before the rename; the caller flushes the
+    directory entry (fsync_dir) once it has made all its changes there.
+    """
+    tmp = f"{final}{PARTIAL_MARK}{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        write_all(fd, data)
+        if durable:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.rename(tmp, final)
 
 
 def fsync_all(fds: Sequence[int]) -> None:
