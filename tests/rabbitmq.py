@@ -371,15 +371,20 @@ def declare_exchange(channel: Any, exchange: str) -> None:
 
 
 class Consumer:
-    """An exclusive, auto-delete queue bound to `exchange` (durable topic, declared if missing) with binding_key.
+    """A queue bound to `exchange` (durable topic, declared if missing) with binding_key.
 
     Binds before returning: everything published to the exchange afterwards with a matching routing key is
-    kept for messages(). The queue goes with the connection (close(), or the broker stopped): after a broker
-    restart, make a new Consumer (or reconnect()), and what was published in between is not there.
+    kept for messages(). By default the queue is exclusive and auto-delete: it goes with the connection
+    (close(), or the broker stopped), and what is published before a new Consumer binds is not there.
+    With `durable_queue=NAME` it is a named durable queue, which outlives the connection and a clean broker
+    restart with its binding: a Consumer made on the same name afterwards gets what was routed meanwhile
+    (delete_queue() removes it).
     """
 
-    def __init__(self, url: str, exchange: str = "stor", binding_key: str = "#", timeout: float = 10.0) -> None:
+    def __init__(self, url: str, exchange: str = "stor", binding_key: str = "#", timeout: float = 10.0,
+                 durable_queue: str = "") -> None:
         self.url, self.exchange, self.binding_key, self.timeout = url, exchange, binding_key, timeout
+        self.durable_queue = durable_queue
         self._received: deque[Message] = deque()
         self.connection: Any = None
         self.channel: Any = None
@@ -390,7 +395,10 @@ class Consumer:
         self.connection = connect(self.url, self.timeout)
         self.channel = self.connection.channel()
         declare_exchange(self.channel, self.exchange)
-        declared = self.channel.queue_declare(queue="", exclusive=True, auto_delete=True)
+        if self.durable_queue:
+            declared = self.channel.queue_declare(queue=self.durable_queue, durable=True)
+        else:
+            declared = self.channel.queue_declare(queue="", exclusive=True, auto_delete=True)
         self.queue = declared.method.queue
         self.channel.queue_bind(queue=self.queue, exchange=self.exchange, routing_key=self.binding_key)
         self.channel.basic_consume(queue=self.queue, on_message_callback=self._on_message, auto_ack=True)
@@ -419,6 +427,11 @@ class Consumer:
         """A new connection and queue, bound as before (after a broker restart); unread messages are kept."""
         self.close()
         self._open()
+
+    def delete_queue(self) -> None:
+        """Remove the queue now (a durable one stays otherwise), and close."""
+        self.channel.queue_delete(queue=self.queue)
+        self.close()
 
     def close(self) -> None:
         if self.connection is not None and self.connection.is_open:

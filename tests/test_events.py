@@ -101,7 +101,10 @@ def test_a_broker_outage_fails_no_request_and_publishing_resumes_by_itself(
 ) -> None:
     server = _server(tmp_path, _uri(rabbitmq, exchange), workers=1, queue_size=5, rabbitmq_events=[])
     try:
-        consumer = Consumer(rabbitmq.url, exchange, "sha")
+        # A durable queue: it is there again as the broker comes back, before stor's publisher reconnects
+        # (an exclusive one made after the restart could bind after stor had already sent its outbox).
+        queue = f"{exchange}-outage"
+        consumer = Consumer(rabbitmq.url, exchange, "sha", durable_queue=queue)
         _, first = _blob()
         assert httpx.get(f"{server.url}/{first}").status_code == 404
         assert consumer.bodies(1, timeout=20) == [first.encode()]
@@ -117,7 +120,7 @@ def test_a_broker_outage_fails_no_request_and_publishing_resumes_by_itself(
             assert _status(server)["status"] == "ok"  # the broker is no storage: the node serves
         finally:
             rabbitmq.start()
-        consumer = Consumer(rabbitmq.url, exchange, "sha")  # the exchange is durable; a new queue on it
+        consumer = Consumer(rabbitmq.url, exchange, "sha", durable_queue=queue)
         try:
             wait_for(lambda: _status(server)["events"]["rabbitmq"]["state"] == "up", 60, "the reconnection")
             _, after = _blob()
@@ -125,7 +128,7 @@ def test_a_broker_outage_fails_no_request_and_publishing_resumes_by_itself(
             # What waited in the outbox went out once the broker was back, then the new request's.
             assert consumer.bodies(6, timeout=20) == [sha.encode() for sha in shas[:5]] + [after.encode()]
         finally:
-            consumer.close()
+            consumer.delete_queue()
         log = server.log_text()
         assert log.count("unreachable") == 1 and "reachable again" in log
         assert "guest:guest" not in log
