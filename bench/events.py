@@ -181,7 +181,7 @@ class EventsBench(Bench):
 
 
 def totals(states: dict[float, dict]) -> dict[str, int]:
-    return {k: sum(s[k] for s in states.values()) for k in ("published", "dropped", "queued")}
+    return {k: sum(s.get(k, 0) for s in states.values()) for k in ("published", "dropped", "queued", "writes")}
 
 
 def run(args: argparse.Namespace, procs: Procs, work: Path, started: dt.datetime) -> dict:
@@ -306,6 +306,7 @@ def measure(args, bench: EventsBench, broker, tools, loadavg, started) -> dict:
             pub = after["published"] - before["published"]
             drop = after["dropped"] - before["dropped"]
             in_run = end["published"] - before["published"]
+            writes = end["writes"] - before["writes"]
             consumed = None
             if consumer:
                 deadline = time.monotonic() + 30
@@ -314,12 +315,14 @@ def measure(args, bench: EventsBench, broker, tools, loadavg, started) -> dict:
                 consumed = consumer.count - consumed0
             tail_ccpu = consumer_cpu() - ccpu1
             share = pub / (pub + drop) if pub + drop else float("nan")
-            extra.update(published=pub, dropped=drop, published_in_run=in_run, queued_at_end=end["queued"],
+            extra.update(published=pub, dropped=drop, published_in_run=in_run, writes_in_run=writes,
+                         queued_at_end=end["queued"],
                          published_share=share, consumed=consumed, drain_before_s=waited,
                          after_run=dict(seconds=tail, published=tail_n, worker_cpu_s=tail_cpu, broker_cpu_s=tail_bcpu,
                                         consumer_cpu_s=tail_ccpu))
             published_runs.append(extra)
-            line += (f"\n    {pub + drop:,} messages: {in_run:,} published during the run ({in_run / secs:,.0f}/s), "
+            line += (f"\n    {pub + drop:,} messages: {in_run:,} published during the run ({in_run / secs:,.0f}/s, "
+                     f"{in_run / writes if writes else 0:.1f} a write), "
                      f"{drop:,} dropped, {tail_n:,} queued or unconfirmed at its end, published in the {tail:.1f} s after "
                      f"({tail_n / tail:,.0f}/s; workers {tail_cpu / tail_n * 1e6 if tail_n else 0:.0f} us, broker "
                      f"{tail_bcpu / tail_n * 1e6 if tail_n else 0:.0f} us CPU per message): {share:.1%} published")
@@ -451,22 +454,18 @@ def _rabbitmq_version() -> str:
     return r.stdout.strip() or "?"
 
 
-# ---- what publishing costs a client, stor's way and at its floor --------------------------------
+# ---- what publishing costs a client, stor's way and aio-pika's -----------------------------------
 
 def publish_floor(args, broker, consumer) -> dict:
     """In this process (uvloop, as the workers), with the servers stopped: the same 64-byte messages to the
-    same exchange, (a) as stor's publisher sends them (aio-pika, publisher confirms, batches of 256 gathered),
-    (b) frames marshalled once and a batch written in one write (aiormq's connection and confirms, its
-    publish path bypassed: a sketch of the floor of a Python client, not stor's code). Client, broker and
-    consumer CPU per message."""
+    same exchange, (a) through stor's own link (stor.events.amqp_link: frames marshalled once, a batch of
+    256 in one write, confirms counted by delivery tag), (b) through aio-pika with a confirm awaited per
+    message, 256 gathered (how stor published before 2026-12-08; only when aio-pika is installed).
+    Client, broker and consumer CPU per message."""
     import asyncio
-    import struct
 
-    import aio_pika
-    import pamqp.frame
-    from aiormq.abc import ChannelFrame
-    from pamqp import commands as spec
-    from pamqp.header import ContentHeader
+    from stor.config import parse_rabbitmq_uri
+    from stor.events.amqp_link import AmqpLink
 
     try:
         import uvloop
@@ -474,46 +473,48 @@ def publish_floor(args, broker, consumer) -> dict:
         new_loop = uvloop.new_event_loop
     except ImportError:
         new_loop = asyncio.new_event_loop
-    n_stor = 10_240 if args.quick else 40_960
-    n_raw = 10 * n_stor
+    n_aio = 10_240 if args.quick else 40_960
+    n_link = 10 * n_aio
     body = b"0123456789abcdef" * 4  # a sha's 64 characters
     batch = 256
+    target = parse_rabbitmq_uri(f"{broker.url}?exchange={EXCHANGE}&routing_key={ROUTING_KEY}")
 
-    async def stor_way(exchange, _channel, count: int) -> None:
-        for _ in range(count // batch):
-            await asyncio.gather(*(exchange.publish(aio_pika.Message(body), routing_key=ROUTING_KEY)
-                                   for _ in range(batch)))
+    async def through_link(count: int):
+        link = await AmqpLink.open(target, "bench", 10)
+        items = [(ROUTING_KEY, body, False)] * batch
 
-    async def one_write(_exchange, channel, count: int) -> None:
-        raw = await channel.get_underlay_channel()
-        loop = asyncio.get_running_loop()
-        prefix = (pamqp.frame.marshal(spec.Basic.Publish(exchange=EXCHANGE, routing_key=ROUTING_KEY), raw.number)
-                  + pamqp.frame.marshal(ContentHeader(0, len(body), spec.Basic.Properties(delivery_mode=1)), raw.number)
-                  + struct.pack(">BHI", 3, raw.number, len(body)))
-        for _ in range(count // batch):
-            payload = b"".join(prefix + body + b"\xce" for _ in range(batch))
-            futures = []
-            for _ in range(batch):
-                raw.delivery_tag += 1
-                futures.append(future := loop.create_future())
-                raw.confirmations[raw.delivery_tag] = future
-            await raw.connection.write_queue.put(ChannelFrame(payload=payload, should_close=False))
-            await asyncio.gather(*futures)
+        async def send(n: int) -> None:
+            for _ in range(n // batch):
+                assert await link.publish(items) == 0
 
-    async def measure_one(fn, count: int) -> dict:
+        return send, link.close
+
+    async def through_aio_pika(count: int):
+        import aio_pika
+
         connection = await aio_pika.connect(broker.url)
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+
+        async def send(n: int) -> None:
+            for _ in range(n // batch):
+                await asyncio.gather(*(exchange.publish(aio_pika.Message(body), routing_key=ROUTING_KEY,
+                                                        mandatory=False) for _ in range(batch)))
+
+        return send, connection.close
+
+    async def measure_one(opener, count: int) -> dict:
+        send, close = await opener(count)
         try:
-            channel = await connection.channel(publisher_confirms=True)
-            exchange = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
             consumed0 = consumer.count if consumer else 0
-            await fn(exchange, channel, batch)  # warm
+            await send(batch)  # warm
             bpids = broker_pids(broker)
             t0, c0, b0 = time.perf_counter(), time.process_time(), cpu_seconds(bpids)
             k0 = cpu_seconds(consumer.pids()) if consumer else 0.0
-            await fn(exchange, channel, count)
+            await send(count)
             secs, cpu, bcpu = time.perf_counter() - t0, time.process_time() - c0, cpu_seconds(bpids) - b0
         finally:
-            await connection.close()
+            await close()
         if consumer:
             deadline = time.monotonic() + 60
             while consumer.count - consumed0 < count + batch and time.monotonic() < deadline:
@@ -523,10 +524,16 @@ def publish_floor(args, broker, consumer) -> dict:
                 "broker_us": bcpu / count * 1e6, "consumer_us": kcpu / count * 1e6,
                 "consumed": (consumer.count - consumed0 - batch) if consumer else None}
 
+    ways = {"stor's link (frames marshalled once, 256 a write, confirms by tag)": (through_link, n_link)}
+    try:
+        import aio_pika  # noqa: F401
+
+        ways["aio-pika (a confirm awaited per message, 256 gathered)"] = (through_aio_pika, n_aio)
+    except ImportError:
+        pass
     loop = new_loop()
     try:
-        runs = {"aio-pika as stor publishes (confirms, 256 gathered)": loop.run_until_complete(measure_one(stor_way, n_stor)),
-                "frames marshalled once, 256 a write (confirms)": loop.run_until_complete(measure_one(one_write, n_raw))}
+        runs = {name: loop.run_until_complete(measure_one(opener, n)) for name, (opener, n) in ways.items()}
     finally:
         loop.close()
     lines = ["publishing alone, one client process (uvloop), servers stopped; CPU us per message:"]
@@ -534,6 +541,8 @@ def publish_floor(args, broker, consumer) -> dict:
         lines.append(f"  {name}: {r['messages']:,} in {r['seconds']:.1f} s, {r['per_s']:,.0f}/s; client {r['client_us']:.1f}, "
                      f"broker {r['broker_us']:.1f}" + (f", consumer {r['consumer_us']:.1f} (received {r['consumed']:,})"
                                                         if consumer else ""))
+    if len(runs) == 1:
+        lines.append("  (pip install aio-pika for the comparison with it)")
     return {"runs": runs, "text": "\n".join(lines)}
 
 
@@ -544,14 +553,10 @@ PROFILE_GROUPS = [
     ("GET path: stor's protocol answering (front.py data_received)", r"^StorHttpProtocol\.data_received "),
     ("  of it: EventBus.requested (into the outbox)", r"^EventBus\.requested "),
     ("publisher: AmqpPublisher._publish_forever", r"^AmqpPublisher\._publish_forever "),
-    ("  aio_pika Exchange.publish (per message)", r"^Exchange\.publish \(aio_pika"),
-    ("    aiormq Channel.basic_publish", r"^Channel\.basic_publish \(aiormq"),
-    ("      pamqp: frames marshalled", r"^ChannelFrame\.marshall "),
-    ("  aio_pika Message() (per message)", r"^Message\.__init__ \(aio_pika"),
-    ("aiormq writer task (a write and a drain per message)", r"^Connection\.__writer "),
-    ("  of it: StreamWriter.write (the send() syscall)", r"^StreamWriter\.write "),
-    ("aiormq reader task (confirms in)", r"^Connection\.__reader "),
-    ("aiormq confirm callbacks", r"^Channel\._confirm_delivery "),
+    ("  AmqpLink.publish (a batch marshalled and written)", r"^AmqpLink\.publish "),
+    ("    of it: AmqpLink._write (the send() syscall)", r"^AmqpLink\._write "),
+    ("    of it: AmqpLink._prefix (frames marshalled, once a key)", r"^AmqpLink\._prefix "),
+    ("AmqpLink.data_received (confirms in)", r"^AmqpLink\.data_received "),
 ]
 
 
@@ -621,10 +626,10 @@ def profile_runs(args, bench: EventsBench, servers: dict, path: str) -> dict:
         vals = [us_per_get(t, match) for t in ("unset", "set")]
         shares[label] = dict(zip(("unset", "set"), vals))
         lines.append(f"  {label:58} " + " ".join(f"{v:>7.1f}" for v in vals))
-    amqp = re.compile(r"\((aio_pika|aiormq|pamqp)/|^AmqpPublisher\.")
+    amqp = re.compile(r"\(pamqp/|^(AmqpPublisher|AmqpLink)\.")
     amqp_us = us_per_get("set", lambda s: any(amqp.search(f) for f in s.split(";")))
     n_pub = runs["set"]["published"]
-    lines.append(f"  {'every frame of aio_pika, aiormq, pamqp, AmqpPublisher':58} {0.0:>7.1f} {amqp_us:>7.1f}")
+    lines.append(f"  {'every frame of AmqpPublisher, AmqpLink, pamqp':58} {0.0:>7.1f} {amqp_us:>7.1f}")
     if n_pub:
         lines.append(f"  = {amqp_us * runs['set']['requests'] / n_pub:,.0f} us per message published during the set run "
                      f"({n_pub:,} of {runs['set']['requests']:,} GETs)")
@@ -659,7 +664,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sink", choices=SINKS, default="consumer",
                    help="what drains the exchange: consumer (default: a pika consumer, auto_ack, in a process of "
                         f"its own), maxlen (a queue capped at {MAXLEN} messages by the broker, no consumer), "
-                        "none (nothing bound: stor's messages are mandatory, aio-pika's default, so the broker returns each)")
+                        "none (nothing bound: the broker drops what it routes nowhere; stor's publishes are not mandatory)")
     p.add_argument("--events", metavar="JSON",
                    help='the "events" section of the set server\'s config (e.g. \'{"queue_size": 100000}\'; default none)')
     p.add_argument("--erl-args", metavar="ARGS",

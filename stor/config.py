@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from stor.aio import DEFAULT_THREADS
 
@@ -247,10 +247,18 @@ EVENT_NAMES = ("blob.created", "blob.duplicate", "blob.repaired", "blob.corrupt"
 class AmqpTarget:
     """rabbitmq_uri, read as the original read it: an AMQP URI whose query names the exchange (default
     `stor`, a durable topic exchange), the routing key of the requested shas (default `sha`) and the
-    heartbeat in seconds (default 60)."""
+    heartbeat in seconds (default 60); for amqps://, the CA bundle and a client certificate."""
 
-    url: str = field(repr=False)  # what the client connects to: credentials inside, stor's parameters out
-    shown: str  # the same without the password, for logs and /status
+    host: str
+    shown: str  # the URI without the password and the query, for logs and /status
+    port: int = 5672
+    user: str = "guest"
+    password: str = field(default="guest", repr=False)
+    vhost: str = "/"
+    tls: bool = False
+    cafile: str | None = None  # amqps: the CAs to verify the broker with (default: the system's)
+    certfile: str | None = None  # amqps: a client certificate (and keyfile, unless inside certfile)
+    keyfile: str | None = None
     exchange: str = "stor"
     routing_key: str = "sha"
     heartbeat: int = 60
@@ -990,27 +998,40 @@ def _integrity(r: _Reader, d: IntegritySettings = IntegritySettings()) -> Integr
     )
 
 
-_STOR_AMQP_PARAMETERS = ("exchange", "routing_key", "heartbeat")
+_AMQP_PARAMETERS = ("exchange", "routing_key", "heartbeat", "cafile", "certfile", "keyfile")
 
 
 def parse_rabbitmq_uri(uri: str) -> AmqpTarget:
-    """The original's rabbitmq_uri: ConfigError when it is not an amqp:// or amqps:// URI with a host."""
+    """The original's rabbitmq_uri: ConfigError when it is not an amqp:// or amqps:// URI with a host, or its
+    query has a parameter stor does not know (a typo would otherwise be ignored)."""
     parts = urlsplit(uri)
     if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
         raise ConfigError(f"rabbitmq_uri: expected amqp://user:pass@host/vhost?exchange=...&routing_key=..., "
                           f"got a URI of scheme {parts.scheme!r}")
     query = dict(parse_qsl(parts.query))
+    unknown = sorted(set(query) - set(_AMQP_PARAMETERS))
+    if unknown:
+        raise ConfigError(f"rabbitmq_uri: unknown parameter {', '.join(unknown)}; known: {', '.join(_AMQP_PARAMETERS)}")
     heartbeat = query.get("heartbeat", "60")
     if not heartbeat.isdigit():
         raise ConfigError(f"rabbitmq_uri: heartbeat is a whole number of seconds, got {heartbeat!r}")
-    kept = [(k, v) for k, v in parse_qsl(parts.query) if k not in _STOR_AMQP_PARAMETERS]
-    kept.append(("heartbeat", heartbeat))
-    url = urlunsplit(parts._replace(query=urlencode(kept)))
+    tls = parts.scheme == "amqps"
+    if not tls and {"cafile", "certfile", "keyfile"} & set(query):
+        raise ConfigError("rabbitmq_uri: cafile, certfile and keyfile are for amqps:// URIs")
+    try:
+        port = parts.port or (5671 if tls else 5672)
+    except ValueError as e:
+        raise ConfigError(f"rabbitmq_uri: {e}") from None
     netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
     if parts.username:
         netloc = f"{parts.username}@{netloc}"
+    # As other AMQP clients read it: the path's first segment, percent-decoded, is the vhost; none is "/".
+    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
     return AmqpTarget(
-        url=url, shown=urlunsplit(parts._replace(netloc=netloc, query="")),
+        host=parts.hostname, port=port, user=unquote(parts.username or "guest"),
+        password=unquote(parts.password or "guest"), vhost=vhost, tls=tls,
+        cafile=query.get("cafile"), certfile=query.get("certfile"), keyfile=query.get("keyfile"),
+        shown=urlunsplit(parts._replace(netloc=netloc, query="")),
         exchange=query.get("exchange", "stor"), routing_key=query.get("routing_key", "sha"), heartbeat=int(heartbeat),
     )
 

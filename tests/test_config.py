@@ -32,6 +32,7 @@ from stor.config import (
     embedded_default,
     load_file,
     parse,
+    parse_rabbitmq_uri,
     with_fast_path,
 )
 
@@ -499,3 +500,26 @@ def test_parse_tus() -> None:
             parse({"storage_pairs": GOOD_PAIRS, "tus": {"path": bad}})
     with pytest.raises(ConfigError, match="^tus.max_uploads: "):
         parse({"storage_pairs": GOOD_PAIRS, "tus": {"max_uploads": 0}})
+
+
+def test_parse_rabbitmq_uri_as_the_original_and_other_amqp_clients_read_it() -> None:
+    t = parse_rabbitmq_uri("amqp://stor:s%40cret%2F1@mq.example/samples%2Fin?exchange=ex&routing_key=rk&heartbeat=7")
+    assert (t.host, t.port, t.user, t.password, t.vhost) == ("mq.example", 5672, "stor", "s@cret/1", "samples/in")
+    assert (t.exchange, t.routing_key, t.heartbeat, t.tls) == ("ex", "rk", 7, False)
+    assert t.shown == "amqp://stor@mq.example/samples%2Fin" and "cret" not in repr(t)
+    d = parse_rabbitmq_uri("amqps://mq.example?cafile=/etc/ca.pem")
+    assert (d.port, d.tls, d.cafile, d.user, d.password, d.vhost) == (5671, True, "/etc/ca.pem", "guest", "guest", "/")
+    assert (d.exchange, d.routing_key, d.heartbeat) == ("stor", "sha", 60)
+    assert parse_rabbitmq_uri("amqp://h:1234/").vhost == "/" and parse_rabbitmq_uri("amqp://h/%2F").vhost == "/"
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("http://mq.example/", "expected amqp://"),
+    ("amqp://mq.example/?exchange=stor&routingkey=sha", "unknown parameter routingkey"),
+    ("amqp://mq.example/?heartbeat=1m", "heartbeat is a whole number"),
+    ("amqp://mq.example/?cafile=/ca.pem", "are for amqps://"),
+    ("amqp://mq.example:99999/", "rabbitmq_uri: Port out of range"),
+])
+def test_parse_rabbitmq_uri_refuses_with_the_reason(uri: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_rabbitmq_uri(uri)

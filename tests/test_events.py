@@ -152,3 +152,98 @@ def test_a_tus_upload_publishes_upload_completed(served: StorServer, rabbitmq: A
     event = json.loads(message.body)
     assert message.routing_key == "upload.completed" and event["sha256"] == sha and event["size"] == 2000
     assert created.headers["location"].endswith(event["upload"])
+
+
+# ---- stor's own AMQP link (stor/events/amqp_link.py) against the real broker ----------------------
+
+
+def test_a_user_on_a_vhost_with_a_quoted_password_and_the_uris_heartbeat(
+    tmp_path: Path, rabbitmq: Any, exchange: str
+) -> None:
+    user = f"stor ev {secrets.token_hex(3)}"
+    url = rabbitmq.add_user(user, "p@ss/w:rd %1", vhost="samples/in")  # every part percent-encoded in the URL
+    server = _server(tmp_path, f"{url}?exchange={exchange}&heartbeat=7", workers=1)
+    try:
+        consumer = Consumer(url, exchange, "sha")
+        try:
+            _, sha = _blob()
+            assert httpx.head(f"{server.url}/{sha}").status_code == 404
+            assert consumer.bodies(1, timeout=20) == [sha.encode()]
+        finally:
+            consumer.close()
+        rows = rabbitmq.rabbitmqctl("list_connections", "--quiet", "--no-table-headers", "user", "vhost", "timeout")
+        ours = [row.split("\t") for row in rows.splitlines() if row.startswith(user)]
+        assert ours == [[user, "samples/in", "7"]]  # the URI's heartbeat, not the broker's 60
+        assert "p@ss" not in server.log_text()
+    finally:
+        server.stop()
+
+
+def test_a_refused_login_is_reported_and_requests_go_on(tmp_path: Path, rabbitmq: Any, exchange: str) -> None:
+    wrong = rabbitmq.url.replace("guest:guest@", "guest:wrong-secret@")
+    server = _server(tmp_path, f"{wrong}?exchange={exchange}", workers=1)
+    try:
+        wait_for(lambda: _status(server)["events"]["rabbitmq"]["state"] == "down", 30, "the refusal reported")
+        state = _status(server)["events"]["rabbitmq"]
+        assert "403" in state["error"] and "ACCESS_REFUSED" in state["error"], state
+        assert httpx.get(f"{server.url}/{_blob()[1]}").status_code == 404
+        log = server.log_text()
+        assert log.count("unreachable") == 1 and "ACCESS_REFUSED" in log and "wrong-secret" not in log
+    finally:
+        server.stop()
+
+
+def test_an_exchange_declared_otherwise_is_a_clear_error(tmp_path: Path, rabbitmq: Any, exchange: str) -> None:
+    from rabbitmq import connect
+
+    connection = connect(rabbitmq.url)
+    connection.channel().exchange_declare(exchange=exchange, exchange_type="direct", durable=True)
+    connection.close()
+    server = _server(tmp_path, _uri(rabbitmq, exchange), workers=1)
+    try:
+        wait_for(lambda: _status(server)["events"]["rabbitmq"]["state"] == "down", 30, "the refusal reported")
+        error = _status(server)["events"]["rabbitmq"]["error"]
+        assert "406" in error and "PRECONDITION_FAILED" in error and "type" in error, error
+    finally:
+        server.stop()
+
+
+def test_a_burst_is_published_in_full_and_in_order(tmp_path: Path, rabbitmq: Any, exchange: str) -> None:
+    server = _server(tmp_path, _uri(rabbitmq, exchange), workers=1, rabbitmq_events=[])
+    consumer = Consumer(rabbitmq.url, exchange, "sha")
+    try:
+        shas = [_blob(8)[1] for _ in range(3000)]
+        with httpx.Client(base_url=server.url) as client:
+            for sha in shas:
+                assert client.get(f"/{sha}").status_code == 404
+        assert consumer.bodies(len(shas), timeout=60) == [sha.encode() for sha in shas]
+        state = _status(server)["events"]["rabbitmq"]
+        assert state["published"] == 3000 and state["dropped"] == 0 and state["queued"] == 0
+    finally:
+        consumer.close()
+        server.stop()
+
+
+def test_a_frozen_broker_is_noticed_by_the_heartbeat(tmp_path: Path, rabbitmq: Any, exchange: str) -> None:
+    """SIGSTOP: the broker's socket stays open but nothing comes from it (a hung node, a dead link)."""
+    import signal
+
+    server = _server(tmp_path, _uri(rabbitmq, exchange, heartbeat="2"), workers=1)
+    try:
+        wait_for(lambda: _status(server)["events"]["rabbitmq"]["state"] == "up", 30, "the connection")
+        os.kill(rabbitmq.proc.pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: _status(server)["events"]["rabbitmq"]["state"] == "down", 20, "the silence noticed")
+            assert "heartbeat 2 s" in _status(server)["events"]["rabbitmq"]["error"]
+        finally:
+            os.kill(rabbitmq.proc.pid, signal.SIGCONT)
+        wait_for(lambda: _status(server)["events"]["rabbitmq"]["state"] == "up", 60, "the reconnection")
+        consumer = Consumer(rabbitmq.url, exchange, "sha")
+        try:
+            _, sha = _blob()
+            assert httpx.get(f"{server.url}/{sha}").status_code == 404
+            assert consumer.bodies(1, timeout=20) == [sha.encode()]
+        finally:
+            consumer.close()
+    finally:
+        server.stop()

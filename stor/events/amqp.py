@@ -3,9 +3,9 @@
 The original published each requested sha synchronously, in the request,
 retrying until the broker took it: an outage stalled every GET. Here a
 request only adds to the worker's outbox (stor.events.outbox); one task
-connects (aio-pika), declares the original's durable topic exchange,
-and publishes with publisher confirms, a batch at a time, so the broker
-has each message before it leaves the outbox. A message whose confirm
+connects (stor.events.amqp_link), declares the original's durable topic
+exchange, and publishes with publisher confirms, a batch at a time in one
+write, so the broker has each message before it leaves the outbox. A message whose confirm
 did not come (the connection went down under it) is sent again after the
 reconnection: at least once, while the worker lives. A broker outage is
 logged when it starts and when it ends, counted, and the outbox's
@@ -21,15 +21,14 @@ import logging
 import time
 from typing import Any
 
-import aio_pika
-
 from stor.config import AmqpTarget
+from stor.events.amqp_link import AmqpLink, Item, connection_name
 from stor.events.outbox import Outbox
 from stor.metrics import Metrics
 
 log = logging.getLogger("stor.events")
 
-# Messages published side by side, each awaiting its confirm.
+# Messages written at once; the next batch goes once the broker has confirmed them all.
 BATCH = 256
 CONNECT_TIMEOUT = 10.0
 RETRY_MIN, RETRY_MAX = 0.5, 30.0
@@ -38,22 +37,20 @@ DRAIN_SECONDS = 2.0
 
 UP, DOWN, CONNECTING = "up", "down", "connecting"
 
-# (routing key, body, JSON?) of one message.
-Item = tuple[str, bytes, bool]
-
 
 class AmqpPublisher:
-    def __init__(self, target: AmqpTarget, capacity: int, metrics: Metrics) -> None:
+    def __init__(self, target: AmqpTarget, capacity: int, metrics: Metrics, node: str) -> None:
         self.target = target
+        self.node = node
         self.metrics = metrics
         self.outbox: Outbox[Item] = Outbox(capacity)
         self.state = CONNECTING
         self.since = time.time()
         self.error: str | None = None
         self.published = 0
+        self.writes = 0  # batches written: published / writes is how much each write carried
         self._dropped_at_outage = 0
-        self._connection: Any = None
-        self._lost: asyncio.Future[None] | None = None
+        self._link: AmqpLink | None = None
         self._task: asyncio.Task[None] | None = None
 
     def publish(self, routing_key: str, body: bytes, json: bool = False) -> None:
@@ -85,7 +82,9 @@ class AmqpPublisher:
         return {
             "broker": self.target.shown, "exchange": self.target.exchange, "state": self.state,
             "since": round(self.since, 3), "queued": len(self.outbox), "dropped": self.outbox.dropped,
-            "published": self.published, **({"error": self.error} if self.error and self.state != UP else {}),
+            "published": self.published, "writes": self.writes,
+            **({"error": self.error} if self.error and self.state != UP else {}),
+            **({"blocked": self._link.blocked} if self._link is not None and self._link.blocked else {}),
         }
 
     # ---- the task ----------------------------------------------------------
@@ -94,9 +93,9 @@ class AmqpPublisher:
         backoff = RETRY_MIN
         while True:
             try:
-                exchange = await self._connect()
+                link = await self._connect()
                 backoff = RETRY_MIN
-                await self._publish_forever(exchange)
+                await self._publish_forever(link)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # any fault of the broker or the link: down until a reconnection works
@@ -105,43 +104,36 @@ class AmqpPublisher:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, RETRY_MAX)
 
-    async def _connect(self) -> Any:
-        self._connection = await aio_pika.connect(self.target.url, timeout=CONNECT_TIMEOUT)
-        # Closed by the broker (or the link lost) while nothing is being published: noticed at once,
-        # not at the next event.
-        lost = self._lost = asyncio.get_running_loop().create_future()
-        self._connection.close_callbacks.add(lambda *_: lost.done() or lost.set_result(None))
-        channel = await self._connection.channel(publisher_confirms=True)
-        exchange = await channel.declare_exchange(self.target.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+    async def _connect(self) -> AmqpLink:
+        link = self._link = await AmqpLink.open(self.target, connection_name(self.node), CONNECT_TIMEOUT)
         if self.state == DOWN:
             log.warning("RabbitMQ %s reachable again after %.0f s; %d events dropped meanwhile", self.target.shown,
                         time.time() - self.since, self.outbox.dropped - self._dropped_at_outage)
         else:
             log.info("publishing to RabbitMQ %s, exchange %s", self.target.shown, self.target.exchange)
         self.state, self.since, self.error = UP, time.time(), None
-        return exchange
+        return link
 
-    async def _publish_forever(self, exchange: Any) -> None:
-        lost = self._lost
+    async def _publish_forever(self, link: AmqpLink) -> None:
         while True:
             taking = asyncio.ensure_future(self.outbox.take(BATCH))
-            await asyncio.wait((taking, lost), return_when=asyncio.FIRST_COMPLETED)
+            # The link lost while nothing is being published: noticed at once, not at the next event.
+            await asyncio.wait((taking, link.lost), return_when=asyncio.FIRST_COMPLETED)
             if not taking.done():
                 taking.cancel()
-                raise ConnectionError("the broker closed the connection")
+                raise link.lost.result()
             batch = taking.result()
             try:
-                await asyncio.gather(*(
-                    # Not mandatory, as the original's publish: an exchange nobody is bound to drops the
-                    # message (mandatory, the broker would send each one back).
-                    exchange.publish(_message(body, json), routing_key=key, mandatory=False)
-                    for key, body, json in batch
-                ))
+                nacked = await link.publish(batch)
             except BaseException:
                 self.outbox.put_back(batch)  # sent again after the reconnection (some may be twice)
                 raise
-            self.published += len(batch)
-            self.metrics.incr("events.amqp.published.count", len(batch))
+            if nacked:  # the broker could not take them (an internal error of its own): dropped, counted
+                log.error("RabbitMQ %s refused %d of %d events (nack)", self.target.shown, nacked, len(batch))
+                self.metrics.incr("events.amqp.nacked.count", nacked)
+            self.writes += 1
+            self.published += len(batch) - nacked
+            self.metrics.incr("events.amqp.published.count", len(batch) - nacked)
 
     def _down(self, e: Exception) -> None:
         reason = f"{type(e).__name__}: {e}".strip()
@@ -153,13 +145,6 @@ class AmqpPublisher:
         self.error = reason
 
     async def _disconnect(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                await connection.close()
-
-
-def _message(body: bytes, json: bool) -> aio_pika.Message:
-    if json:
-        return aio_pika.Message(body, content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
-    return aio_pika.Message(body)
+        link, self._link = self._link, None
+        if link is not None:
+            await link.close()

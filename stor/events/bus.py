@@ -29,9 +29,9 @@ class EventBus:
         target = settings.amqp
         self.amqp: AmqpPublisher | None = None
         if target is not None:
-            from stor.events.amqp import AmqpPublisher  # here: a node without a broker never loads aio-pika
+            from stor.events.amqp import AmqpPublisher  # here: a node without a broker never loads pamqp
 
-            self.amqp = AmqpPublisher(target, events.queue_size, metrics)
+            self.amqp = AmqpPublisher(target, events.queue_size, metrics, self.node)
         self._requests_key = target.routing_key if target is not None and events.publish_requests else None
         self._amqp_events = frozenset(events.rabbitmq_events) if target is not None else frozenset()
         # Whether requested() does anything: a handler asks once, not per request.
