@@ -181,6 +181,7 @@ class PrometheusSink:
         **{f"s3.multipart.{event}.count": S3_MULTIPART.labels(event) for event in S3_MULTIPART_EVENTS},
         "events.amqp.published.count": EVENT_MESSAGES.labels("rabbitmq", "published"),
         "events.amqp.dropped.count": EVENT_MESSAGES.labels("rabbitmq", "dropped"),
+        "events.amqp.nacked.count": EVENT_MESSAGES.labels("rabbitmq", "nacked"),
         "events.amqp.outages.count": RABBITMQ_OUTAGES,
         "events.webhook.delivered.count": EVENT_MESSAGES.labels("webhook", "delivered"),
         "events.webhook.dropped.count": EVENT_MESSAGES.labels("webhook", "dropped"),

@@ -94,13 +94,16 @@ class RabbitMQ:
 
     _names = itertools.count()
 
-    def __init__(self, workdir: Path | str, user: str = "guest", password: str = "guest") -> None:
+    def __init__(self, workdir: Path | str, user: str = "guest", password: str = "guest",
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.workdir = Path(workdir)
+        self.tls = tls  # (certificate, key): AMQP over TLS too, on tls_port
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.nodename = f"stortest-{os.getpid()}-{next(self._names)}@localhost"
         self.user, self.password = user, password  # guest, allowed from loopback by `loopback_users = none`
         self.port = 0  # AMQP
         self.dist_port = 0  # Erlang distribution (rabbitmqctl talks to the node there)
+        self.tls_port = 0  # AMQPS, with tls
         self.proc: subprocess.Popen[bytes] | None = None
         self.start_seconds = 0.0  # how long the last start took until AMQP accepted a login
         self.stop_seconds = 0.0  # how long the last stop took until the node had exited
@@ -143,6 +146,11 @@ class RabbitMQ:
             "loopback_users = none\n"
             # a test machine's disk may be nearly full: the default 50 MB free space limit would block publishers
             "disk_free_limit.absolute = 1MB\n"
+            + (f"listeners.ssl.1 = 127.0.0.1:{self.tls_port}\n"
+               f"ssl_options.certfile = {self.tls[0]}\n"
+               f"ssl_options.keyfile = {self.tls[1]}\n"
+               "ssl_options.verify = verify_none\n"
+               "ssl_options.fail_if_no_peer_cert = false\n" if self.tls else "")
         )
         (self.workdir / "enabled_plugins").write_text("[].\n")
         (self.workdir / "rabbitmq-env.conf").write_text("")  # not /etc/rabbitmq's
@@ -286,7 +294,8 @@ class RabbitMQ:
         error: Exception | None = None
         for _ in range(tries):
             self.port, self.dist_port = _free_port(), _free_port()
-            if self.port == self.dist_port:
+            self.tls_port = _free_port() if self.tls else 0
+            if len({self.port, self.dist_port, self.tls_port} - {0}) != 2 + bool(self.tls):
                 continue
             self._spawn()
             try:

@@ -247,3 +247,32 @@ def test_a_frozen_broker_is_noticed_by_the_heartbeat(tmp_path: Path, rabbitmq: A
             consumer.close()
     finally:
         server.stop()
+
+
+def test_amqps_verifies_the_broker_with_the_uris_cafile(tmp_path: Path, exchange: str) -> None:
+    """A node of its own with a TLS listener (a self-signed certificate for 127.0.0.1)."""
+    from certs import self_signed_certificate
+    from rabbitmq import RabbitMQ
+
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    cert, key = self_signed_certificate(certs)
+    for name in ("trusted", "untrusted"):
+        (tmp_path / name).mkdir()
+    with RabbitMQ(tmp_path / "tls-node", tls=(cert, key)) as node:
+        amqps = f"amqps://guest:guest@127.0.0.1:{node.tls_port}/?exchange={exchange}"
+        trusted = _server(tmp_path / "trusted", f"{amqps}&cafile={cert}", workers=1)
+        untrusted = _server(tmp_path / "untrusted", amqps, workers=1)  # the system's CAs: not this certificate
+        try:
+            consumer = Consumer(node.url, exchange, "sha")  # plain AMQP on the same node
+            try:
+                _, sha = _blob()
+                assert httpx.get(f"{trusted.url}/{sha}").status_code == 404
+                assert consumer.bodies(1, timeout=20) == [sha.encode()]
+            finally:
+                consumer.close()
+            wait_for(lambda: _status(untrusted)["events"]["rabbitmq"]["state"] == "down", 30, "the refusal")
+            assert "CERTIFICATE_VERIFY_FAILED" in _status(untrusted)["events"]["rabbitmq"]["error"]
+        finally:
+            trusted.stop()
+            untrusted.stop()

@@ -24,21 +24,11 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from certs import self_signed_certificate
 from conftest import PASSWORD, USER, free_port, wait_for
 from s3api_fixture import BUCKET, REGION, WRITER_KEY, WRITER_SECRET, client_env, start_s3_server
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-
-
-def _certificate(directory: Path) -> tuple[Path, Path]:
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=30,
-    )
-    return cert, key
 
 
 def _nginx_config(directory: Path, port: int, upstream: int, cert: Path, key: Path) -> Path:
@@ -89,7 +79,7 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, int, Pa
     for m in mirrors:
         m.mkdir()
     server, s3_port = start_s3_server(workdir, mirrors, min_part_bytes=5 * 1024 * 1024)
-    cert, key = _certificate(workdir)
+    cert, key = self_signed_certificate(workdir)
     port = free_port()
     proxy = subprocess.Popen([NGINX, "-c", str(_nginx_config(workdir, port, s3_port, cert, key))],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

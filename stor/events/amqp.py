@@ -49,8 +49,10 @@ class AmqpPublisher:
         self.error: str | None = None
         self.published = 0
         self.writes = 0  # batches written: published / writes is how much each write carried
+        self.nacked = 0
         self._dropped_at_outage = 0
         self._link: AmqpLink | None = None
+        self._in_flight = 0  # written, its confirms awaited
         self._task: asyncio.Task[None] | None = None
 
     def publish(self, routing_key: str, body: bytes, json: bool = False) -> None:
@@ -66,9 +68,9 @@ class AmqpPublisher:
     async def close(self) -> None:
         if self._task is None:
             return
-        if self.state == UP and len(self.outbox):
+        if self.state == UP and self._unsent():
             deadline = time.monotonic() + DRAIN_SECONDS
-            while len(self.outbox) and self.state == UP and time.monotonic() < deadline:
+            while self._unsent() and self.state == UP and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)  # the task publishes meanwhile; a bounded wait at shutdown
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -78,11 +80,14 @@ class AmqpPublisher:
         if len(self.outbox):
             log.warning("%d events for RabbitMQ %s not sent at shutdown", len(self.outbox), self.target.shown)
 
+    def _unsent(self) -> int:
+        return len(self.outbox) + self._in_flight
+
     def status(self) -> dict[str, Any]:
         return {
             "broker": self.target.shown, "exchange": self.target.exchange, "state": self.state,
             "since": round(self.since, 3), "queued": len(self.outbox), "dropped": self.outbox.dropped,
-            "published": self.published, "writes": self.writes,
+            "published": self.published, "writes": self.writes, "nacked": self.nacked,
             **({"error": self.error} if self.error and self.state != UP else {}),
             **({"blocked": self._link.blocked} if self._link is not None and self._link.blocked else {}),
         }
@@ -123,14 +128,18 @@ class AmqpPublisher:
                 taking.cancel()
                 raise link.lost.result()
             batch = taking.result()
+            self._in_flight = len(batch)
             try:
                 nacked = await link.publish(batch)
             except BaseException:
                 self.outbox.put_back(batch)  # sent again after the reconnection (some may be twice)
                 raise
+            finally:
+                self._in_flight = 0
             if nacked:  # the broker could not take them (an internal error of its own): dropped, counted
                 log.error("RabbitMQ %s refused %d of %d events (nack)", self.target.shown, nacked, len(batch))
                 self.metrics.incr("events.amqp.nacked.count", nacked)
+                self.nacked += nacked
             self.writes += 1
             self.published += len(batch) - nacked
             self.metrics.incr("events.amqp.published.count", len(batch) - nacked)
