@@ -3,6 +3,7 @@
 
     python bench/events.py                  # 5 runs of 5 s of each, alternated (~2 min)
     python bench/events.py --quick          # smoke: 2 runs of 2 s of each
+    python bench/events.py --split-cores    # the broker and its consumer on a CPU of their own, in both runs
     python bench/events.py --sink maxlen    # no consumer: a queue the broker caps at 1,000 messages
     python bench/events.py --profile DIR    # and py-spy on every worker during one more run of each
     python bench/events.py --events '{"queue_size": 1}'   # the set server's "events" section
