@@ -60,6 +60,17 @@ def _status(server: StorServer) -> dict[str, Any]:
     return dict(httpx.get(f"{server.url}/status", headers={"Accept": "application/json"}, timeout=10).json())
 
 
+def _assert_a_request_publishes(server: StorServer, url: str, exchange: str, method: str = "GET") -> None:
+    """A request for a sha not stored (404) reaches a consumer bound on url's broker with its sha."""
+    consumer = Consumer(url, exchange, "sha")
+    try:
+        _, sha = _blob()
+        assert httpx.request(method, f"{server.url}/{sha}").status_code == 404
+        assert consumer.bodies(1, timeout=20) == [sha.encode()]
+    finally:
+        consumer.close()
+
+
 def test_get_and_head_publish_the_requested_sha_as_the_original(
     served: StorServer, rabbitmq: Any, exchange: str
 ) -> None:
@@ -164,13 +175,7 @@ def test_a_user_on_a_vhost_with_a_quoted_password_and_the_uris_heartbeat(
     url = rabbitmq.add_user(user, "p@ss/w:rd %1", vhost="samples/in")  # every part percent-encoded in the URL
     server = _server(tmp_path, f"{url}?exchange={exchange}&heartbeat=7", workers=1)
     try:
-        consumer = Consumer(url, exchange, "sha")
-        try:
-            _, sha = _blob()
-            assert httpx.head(f"{server.url}/{sha}").status_code == 404
-            assert consumer.bodies(1, timeout=20) == [sha.encode()]
-        finally:
-            consumer.close()
+        _assert_a_request_publishes(server, url, exchange, "HEAD")
         rows = rabbitmq.rabbitmqctl("list_connections", "--quiet", "--no-table-headers", "user", "vhost", "timeout")
         ours = [row.split("\t") for row in rows.splitlines() if row.startswith(user)]
         assert ours == [[user, "samples/in", "7"]]  # the URI's heartbeat, not the broker's 60
@@ -238,13 +243,7 @@ def test_a_frozen_broker_is_noticed_by_the_heartbeat(tmp_path: Path, rabbitmq: A
         finally:
             os.kill(rabbitmq.proc.pid, signal.SIGCONT)
         wait_for(lambda: _status(server)["events"]["rabbitmq"]["state"] == "up", 60, "the reconnection")
-        consumer = Consumer(rabbitmq.url, exchange, "sha")
-        try:
-            _, sha = _blob()
-            assert httpx.get(f"{server.url}/{sha}").status_code == 404
-            assert consumer.bodies(1, timeout=20) == [sha.encode()]
-        finally:
-            consumer.close()
+        _assert_a_request_publishes(server, rabbitmq.url, exchange)
     finally:
         server.stop()
 
@@ -264,13 +263,7 @@ def test_amqps_verifies_the_broker_with_the_uris_cafile(tmp_path: Path, exchange
         trusted = _server(tmp_path / "trusted", f"{amqps}&cafile={cert}", workers=1)
         untrusted = _server(tmp_path / "untrusted", amqps, workers=1)  # the system's CAs: not this certificate
         try:
-            consumer = Consumer(node.url, exchange, "sha")  # plain AMQP on the same node
-            try:
-                _, sha = _blob()
-                assert httpx.get(f"{trusted.url}/{sha}").status_code == 404
-                assert consumer.bodies(1, timeout=20) == [sha.encode()]
-            finally:
-                consumer.close()
+            _assert_a_request_publishes(trusted, node.url, exchange)  # consumed over plain AMQP on the same node
             wait_for(lambda: _status(untrusted)["events"]["rabbitmq"]["state"] == "down", 30, "the refusal")
             assert "CERTIFICATE_VERIFY_FAILED" in _status(untrusted)["events"]["rabbitmq"]["error"]
         finally:

@@ -46,6 +46,7 @@ _PREFIXES_MAX = 4096
 # (routing key, body, JSON?) of one message.
 Item = tuple[str, bytes, bool]
 Method = TypeVar("Method")
+Result = TypeVar("Result")
 
 
 class AmqpError(ConnectionError):
@@ -166,13 +167,9 @@ class AmqpLink(asyncio.Protocol):
         confirmed = self._confirmed = self.loop.create_future()
         self._write(out)
         try:
-            await asyncio.wait((confirmed, self.lost), return_when=asyncio.FIRST_COMPLETED)
+            return await self._unless_lost(confirmed)
         finally:
             self._confirmed = None
-        if not confirmed.done():
-            confirmed.cancel()
-            raise self.lost.result()
-        return confirmed.result()
 
     def _prefix(self, key: str, size: int, json: bool) -> bytes:
         """The method and header frames of a message, and its body frame's head when the body fits in one."""
@@ -223,9 +220,13 @@ class AmqpLink(asyncio.Protocol):
         future: asyncio.Future[Method] = self.loop.create_future()
         self._waiting = (method, future)
         try:
-            await asyncio.wait((future, self.lost), return_when=asyncio.FIRST_COMPLETED)
+            return await self._unless_lost(future)
         finally:
             self._waiting = None
+
+    async def _unless_lost(self, future: asyncio.Future[Result]) -> Result:
+        """future's result, or the reason the link was lost first."""
+        await asyncio.wait((future, self.lost), return_when=asyncio.FIRST_COMPLETED)
         if not future.done():
             future.cancel()
             raise self.lost.result()
