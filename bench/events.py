@@ -502,7 +502,7 @@ def publish_floor(args, broker, consumer) -> dict:
     batch = 256
     target = parse_rabbitmq_uri(f"{broker.url}?exchange={EXCHANGE}&routing_key={ROUTING_KEY}")
 
-    async def through_link(count: int):
+    async def through_link():
         link = await AmqpLink.open(target, "bench", 10)
         items = [(ROUTING_KEY, body, False)] * batch
 
@@ -512,7 +512,7 @@ def publish_floor(args, broker, consumer) -> dict:
 
         return send, link.close
 
-    async def through_aio_pika(count: int):
+    async def through_aio_pika():
         import aio_pika
 
         connection = await aio_pika.connect(broker.url)
@@ -527,7 +527,7 @@ def publish_floor(args, broker, consumer) -> dict:
         return send, connection.close
 
     async def measure_one(opener, count: int) -> dict:
-        send, close = await opener(count)
+        send, close = await opener()
         try:
             consumed0 = consumer.count if consumer else 0
             await send(batch)  # warm

@@ -155,7 +155,7 @@ class AmqpLink(asyncio.Protocol):
         out = bytearray()
         for key, body, json in items:
             out += self._prefix(key, len(body), json)
-            if len(body) + 8 <= self.frame_max:  # one body frame (always, for stor's events)
+            if self._one_frame(len(body)):  # always, for stor's events
                 out += body
                 out += FRAME_END
             else:
@@ -182,12 +182,16 @@ class AmqpLink(asyncio.Protocol):
             properties = spec.Basic.Properties(delivery_mode=1)  # as the original's bare sha: transient
         prefix = (pamqp.frame.marshal(spec.Basic.Publish(exchange=self.target.exchange, routing_key=key), CHANNEL)
                   + pamqp.frame.marshal(ContentHeader(0, size, properties), CHANNEL))
-        if size + 8 <= self.frame_max:
+        if self._one_frame(size):
             prefix += _FRAME_HEAD.pack(constants.FRAME_BODY, CHANNEL, size)
         if len(self._prefixes) >= _PREFIXES_MAX:
             self._prefixes.clear()
         self._prefixes[(key, size, json)] = prefix
         return prefix
+
+    def _one_frame(self, size: int) -> bool:
+        """Whether a body of size fits in one frame (with its 7-byte head and end marker)."""
+        return size + 8 <= self.frame_max
 
     def _split_body(self, body: bytes) -> bytes:
         step = self.frame_max - 8
